@@ -1,0 +1,58 @@
+"""ctframe: CT analytics at cohort scale on xarray and dask.
+
+Discovery (:func:`scan`, :func:`series_table`) reads headers into tables;
+:func:`open_series` gives lazy ``(slice, row, col)`` volumes; processing steps
+(:func:`to_hu`, ...) build dask graphs; cohort tables compute them.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from ctframe import accessor as _accessor  # noqa: F401  (registers .ct)
+from ctframe.config import config_context, get_config, load_config
+from ctframe.errors import (
+    ConfigError,
+    CTFrameError,
+    CTFrameWarning,
+    DicomReadError,
+    InconsistentSeriesError,
+    MultipleSeriesError,
+    NoSeriesError,
+    NotHUCalibratedError,
+    OutputExistsError,
+    QCWarning,
+    ScanWarning,
+    UnsupportedDicomError,
+)
+from ctframe.hu import to_hu
+from ctframe.io import open_series
+from ctframe.scan import scan, series_table
+
+try:
+    __version__ = version("ctframe")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = "0.0.0+unknown"
+
+__all__ = [
+    "CTFrameError",
+    "CTFrameWarning",
+    "ConfigError",
+    "DicomReadError",
+    "InconsistentSeriesError",
+    "MultipleSeriesError",
+    "NoSeriesError",
+    "NotHUCalibratedError",
+    "OutputExistsError",
+    "QCWarning",
+    "ScanWarning",
+    "UnsupportedDicomError",
+    "__version__",
+    "config_context",
+    "get_config",
+    "load_config",
+    "open_series",
+    "scan",
+    "series_table",
+    "to_hu",
+]

@@ -1,0 +1,552 @@
+"""One DICOM file at a time: safe header fields and pixel frames.
+
+This module knows DICOM; the rest of the package sees plain records. Headers
+are read with ``stop_before_pixels`` and turned into one flat dict per image
+frame (single-frame files give one, enhanced multi-frame files one per frame,
+from their functional groups). Pixels are read either by a fast path (the raw
+bytes of uncompressed little-endian data at the offset found during the header
+read) or by pydicom's decoders; JPEG Lossless frames go through imagecodecs
+when it is installed. Every path returns exactly what
+``pydicom.Dataset.pixel_array`` returns; the tests prove it on real files.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from collections.abc import Iterable, Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+import pandas as pd
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import UID
+
+from ctframe.errors import DicomReadError, UnsupportedDicomError
+from ctframe.privacy import patient_key
+
+__all__ = [
+    "NATIVE_LITTLE_ENDIAN",
+    "SliceRef",
+    "read_frames",
+    "normalise_rescale_type",
+    "read_header",
+    "stored_dtype",
+]
+
+NATIVE_LITTLE_ENDIAN = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"})
+JPEG_LOSSLESS = frozenset({"1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70"})
+#: Transfer syntaxes that are lossy by definition.
+LOSSY_SYNTAXES = frozenset(
+    {
+        "1.2.840.10008.1.2.4.50",  # JPEG Baseline
+        "1.2.840.10008.1.2.4.51",  # JPEG Extended
+        "1.2.840.10008.1.2.4.81",  # JPEG-LS near-lossless
+        "1.2.840.10008.1.2.4.203",  # HTJ2K (lossy allowed)
+        "1.2.840.10008.1.2.4.100",  # MPEG2
+        "1.2.840.10008.1.2.4.102",  # MPEG-4
+        "1.2.840.10008.1.2.4.103",
+        "1.2.840.10008.1.2.4.110",
+    }
+)
+#: Transfer syntaxes that may be lossy; the LossyImageCompression tag decides.
+MAYBE_LOSSY_SYNTAXES = frozenset({"1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.93"})
+DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
+_PIXEL_TAG_LE = b"\xe0\x7f\x10\x00"
+#: (7FE0,0010) Pixel Data, (7FE0,0008) Float and (7FE0,0009) Double Float Pixel Data, both byte orders.
+_PIXEL_TAGS = frozenset(
+    {_PIXEL_TAG_LE, b"\x7f\xe0\x00\x10", b"\xe0\x7f\x08\x00", b"\x7f\xe0\x00\x08", b"\xe0\x7f\x09\x00", b"\x7f\xe0\x00\x09"}
+)
+
+
+class SliceRef(NamedTuple):
+    """Where one 2-D frame lives and how it is encoded (what a read task needs)."""
+
+    path: str
+    frame: int
+    number_of_frames: int
+    file_size: int
+    transfer_syntax_uid: str
+    pixel_data_offset: int
+    rows: int
+    columns: int
+    bits_allocated: int
+    bits_stored: int
+    pixel_representation: int
+    samples_per_pixel: int
+
+
+# --------------------------------------------------------------------------- headers
+
+
+def _get(ds: Dataset, keyword: str, default: Any = None) -> Any:
+    """Read one element, turning malformed values into `default`."""
+    try:
+        value = ds.get(keyword, default)
+    except Exception:  # pydicom raises many types on malformed values
+        return default
+    return default if value is None or value == "" else value
+
+
+def _float(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def _int(value: Any, default: int = -1) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return default
+
+
+def _floats(value: Any, n: int) -> list[float]:
+    try:
+        items = [float(v) for v in value]
+    except (TypeError, ValueError):
+        return [float("nan")] * n
+    return items if len(items) == n else [float("nan")] * n
+
+
+def _multi_str(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, str | bytes):
+        return str(value)
+    try:
+        return "\\".join(str(v) for v in value)
+    except TypeError:
+        return str(value)
+
+
+def _first_item(seq: Any) -> Dataset | None:
+    try:
+        return seq[0] if seq else None
+    except Exception:
+        return None
+
+
+def _functional(ds: Dataset, per_frame: Dataset | None, shared: Dataset | None, sequence: str, keyword: str) -> Any:
+    """Look `keyword` up in a functional group: per-frame first, then shared."""
+    for group in (per_frame, shared):
+        if group is None:
+            continue
+        item = _first_item(_get(group, sequence))
+        if item is not None:
+            value = _get(item, keyword)
+            if value is not None:
+                return value
+    return None
+
+
+def _padding_value(raw: Any, bits_allocated: int, pixel_representation: int) -> float:
+    """Pixel padding in the stored domain, fixing unsigned encodings of signed values.
+
+    Some scanners write PixelPaddingValue as US even when PixelRepresentation is 1
+    (LIDC-IDRI-0001 stores 63536, which is -2000 as int16). Reinterpret it in
+    the image's own signedness.
+    """
+    if raw is None:
+        return float("nan")
+    try:
+        value = int(raw)
+    except (TypeError, ValueError):
+        return float("nan")
+    if pixel_representation == 1 and bits_allocated in (8, 16, 32) and value >= 2 ** (bits_allocated - 1):
+        value -= 2**bits_allocated
+    return float(value)
+
+
+def _study_datetime(date: str, time: str) -> pd.Timestamp:
+    if not date:
+        return pd.NaT
+    time = (time or "").split(".")[0].ljust(6, "0")[:6]
+    try:
+        return pd.Timestamp(f"{date[:4]}-{date[4:6]}-{date[6:8]} {time[:2]}:{time[2:4]}:{time[4:6]}")
+    except ValueError:
+        return pd.NaT
+
+
+def _open_dataset(path: str) -> tuple[Dataset, int, bool, int]:
+    """Parse the header of `path`.
+
+    Returns the dataset, the offset of native little-endian pixel bytes (or -1),
+    whether a pixel data element follows the header, and the file size.
+    """
+    try:
+        size = os.stat(path).st_size
+    except OSError as exc:
+        raise DicomReadError(f"{path}: cannot read file ({exc.strerror or exc})") from None
+    if size == 0:
+        raise DicomReadError(f"{path}: empty file (0 bytes)")
+    try:
+        with open(path, "rb") as fp:
+            magic = fp.read(2)
+            fp.seek(0)
+            if magic == b"\x1f\x8b":
+                raise DicomReadError(f"{path}: gzip-compressed file, not DICOM; decompress it (gunzip) and scan again")
+            with warnings.catch_warnings():
+                # pydicom warns about every odd value; bad values surface as problems instead
+                warnings.simplefilter("ignore")
+                try:
+                    ds = pydicom.dcmread(fp, stop_before_pixels=True)
+                except InvalidDicomError:
+                    fp.seek(0)
+                    ds = pydicom.dcmread(fp, stop_before_pixels=True, force=True)
+                    if "SOPClassUID" not in ds:
+                        raise DicomReadError(
+                            f"{path}: not a DICOM file (no 'DICM' preamble and no recognisable dataset)"
+                        ) from None
+            offset = fp.tell()
+            fp.seek(offset)
+            head = fp.read(6)
+            has_pixels = head[:4] in _PIXEL_TAGS
+            if head[:4] != _PIXEL_TAG_LE:
+                offset = -1
+            else:  # explicit VR: tag, VR, 2 reserved bytes, 4-byte length; implicit: tag, length
+                offset += 12 if head[4:6] in (b"OW", b"OB") else 8
+    except DicomReadError:
+        raise
+    except OSError as exc:
+        raise DicomReadError(f"{path}: cannot read file ({exc.strerror or exc})") from None
+    except Exception as exc:  # pydicom raises many types on corrupt input
+        raise DicomReadError(f"{path}: unreadable DICOM header ({type(exc).__name__}: {exc})") from None
+    return ds, offset, has_pixels, size
+
+
+def _has_pixels_full_read(path: str) -> bool:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            full = pydicom.dcmread(path, force=True)
+        return any(k in full for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"))
+    except Exception:
+        return False
+
+
+def read_header(path: str | os.PathLike[str], *, salt: str | None = None, include_phi: bool = False) -> list[dict[str, Any]]:
+    """Read the header of one file into catalog records, one per image frame.
+
+    Parameters
+    ----------
+    path : path-like
+        A DICOM file.
+    salt : str, optional
+        Key for the patient pseudonym; see :func:`ctframe.privacy.patient_key`.
+    include_phi : bool
+        Also return PatientID, name, birth date, accession number, institution
+        and referring physician. Off by default.
+
+    Returns
+    -------
+    list of dict
+        One record per frame (a single-frame image gives one record).
+
+    Raises
+    ------
+    DicomReadError
+        Not DICOM, empty, gzip-wrapped, unreadable or corrupt.
+    UnsupportedDicomError
+        Valid DICOM without pixel data (SR, waveform, RT plan, DICOMDIR...).
+
+    Notes
+    -----
+    **Computes** (reads the header from disk; never the pixel data).
+    """
+    path = os.fspath(path)
+    ds, offset, has_pixels, size = _open_dataset(path)
+    meta = getattr(ds, "file_meta", None)
+    media_class = _get(meta, "MediaStorageSOPClassUID", "") if meta is not None else ""
+    sop_class = str(_get(ds, "SOPClassUID", "") or media_class)
+    if sop_class == DICOMDIR_CLASS or "DirectoryRecordSequence" in ds:
+        raise UnsupportedDicomError(f"{path}: DICOMDIR (a media index), not an image; scan the folders it indexes")
+    rows, columns = _int(_get(ds, "Rows")), _int(_get(ds, "Columns"))
+    if rows > 0 and columns > 0 and not has_pixels:
+        has_pixels = _has_pixels_full_read(path)  # deflated streams hide the tag from a header read
+    if rows <= 0 or columns <= 0 or not has_pixels:
+        name = UID(sop_class).name if sop_class else "unknown SOP class"
+        raise UnsupportedDicomError(f"{path}: no image pixel data ({name}); not an image, skipped")
+
+    ts_uid = str(_get(meta, "TransferSyntaxUID", "")) if meta is not None else ""
+    if not ts_uid:
+        ts_uid = "1.2.840.10008.1.2" if ds.is_implicit_VR else "1.2.840.10008.1.2.1"
+        if not ds.is_little_endian:
+            ts_uid = "1.2.840.10008.1.2.2"
+    ts = UID(ts_uid)
+    lossy_flag = str(_get(ds, "LossyImageCompression", ""))
+    is_lossy = lossy_flag == "01" or ts_uid in LOSSY_SYNTAXES or (ts_uid in MAYBE_LOSSY_SYNTAXES and lossy_flag != "00")
+    bits_allocated = _int(_get(ds, "BitsAllocated"), 0)
+    pixel_representation = _int(_get(ds, "PixelRepresentation"), 0)
+    n_frames = max(_int(_get(ds, "NumberOfFrames"), 1), 1)
+    study_date = str(_get(ds, "StudyDate", ""))
+    study_time = str(_get(ds, "StudyTime", ""))
+    patient_id = _get(ds, "PatientID")
+    study_uid = str(_get(ds, "StudyInstanceUID", ""))
+    try:
+        mtime_ns = os.stat(path).st_mtime_ns
+    except OSError:
+        mtime_ns = 0
+
+    common: dict[str, Any] = {
+        "path": path,
+        "file_size": size,
+        "mtime_ns": mtime_ns,
+        "number_of_frames": n_frames,
+        "patient_key": patient_key(None if patient_id is None else str(patient_id), salt=salt, fallback=study_uid),
+        "study_uid": study_uid,
+        "study_date": study_date,
+        "study_time": study_time,
+        "study_datetime": _study_datetime(study_date, study_time),
+        "series_uid": str(_get(ds, "SeriesInstanceUID", "")),
+        "series_number": _int(_get(ds, "SeriesNumber")),
+        "series_description": str(_get(ds, "SeriesDescription", "")),
+        "acquisition_number": _int(_get(ds, "AcquisitionNumber")),
+        "modality": str(_get(ds, "Modality", "")),
+        "sop_class_uid": sop_class,
+        "sop_class": UID(sop_class).name if sop_class else "",
+        "sop_instance_uid": str(_get(ds, "SOPInstanceUID", "")),
+        "instance_number": _int(_get(ds, "InstanceNumber")),
+        "image_type": _multi_str(_get(ds, "ImageType")),
+        "frame_of_reference_uid": str(_get(ds, "FrameOfReferenceUID", "")),
+        "rows": rows,
+        "columns": columns,
+        "samples_per_pixel": _int(_get(ds, "SamplesPerPixel"), 1),
+        "photometric": str(_get(ds, "PhotometricInterpretation", "")),
+        "bits_allocated": bits_allocated,
+        "bits_stored": _int(_get(ds, "BitsStored"), bits_allocated),
+        "pixel_representation": pixel_representation,
+        "padding_value": _padding_value(_get(ds, "PixelPaddingValue"), bits_allocated, pixel_representation),
+        "padding_range_limit": _padding_value(_get(ds, "PixelPaddingRangeLimit"), bits_allocated, pixel_representation),
+        "transfer_syntax_uid": ts_uid,
+        "transfer_syntax": ts.name,
+        "is_compressed": bool(ts.is_compressed) if ts.is_transfer_syntax else False,
+        "is_lossy": is_lossy,
+        "pixel_data_offset": offset if ts_uid in NATIVE_LITTLE_ENDIAN else -1,
+        "convolution_kernel": _multi_str(_get(ds, "ConvolutionKernel")),
+        "kvp": _float(_get(ds, "KVP")),
+        "gantry_tilt_deg": _float(_get(ds, "GantryDetectorTilt")),
+        "manufacturer": str(_get(ds, "Manufacturer", "")),
+        "manufacturer_model": str(_get(ds, "ManufacturerModelName", "")),
+        "body_part": str(_get(ds, "BodyPartExamined", "")),
+        "voi_lut_function": str(_get(ds, "VOILUTFunction", "")),
+    }
+    if include_phi:
+        common.update(
+            patient_id=str(patient_id or ""),
+            patient_name=str(_get(ds, "PatientName", "")),
+            patient_birth_date=str(_get(ds, "PatientBirthDate", "")),
+            accession_number=str(_get(ds, "AccessionNumber", "")),
+            institution_name=str(_get(ds, "InstitutionName", "")),
+            referring_physician_name=str(_get(ds, "ReferringPhysicianName", "")),
+        )
+
+    shared = _first_item(_get(ds, "SharedFunctionalGroupsSequence"))
+    per_frame_seq = _get(ds, "PerFrameFunctionalGroupsSequence")
+    records = []
+    for frame in range(n_frames):
+        per_frame = None
+        if per_frame_seq is not None:
+            try:
+                per_frame = per_frame_seq[frame]
+            except (IndexError, TypeError):
+                per_frame = None
+        records.append({**common, "frame": frame, **_geometry(ds, per_frame, shared)})
+    return records
+
+
+def _geometry(ds: Dataset, per_frame: Dataset | None, shared: Dataset | None) -> dict[str, Any]:
+    """Position, orientation, spacing, rescale and window of one frame."""
+    multi = per_frame is not None or shared is not None
+
+    def pick(sequence: str, keyword: str) -> Any:
+        value = _functional(ds, per_frame, shared, sequence, keyword) if multi else None
+        return value if value is not None else _get(ds, keyword)
+
+    ipp = _floats(pick("PlanePositionSequence", "ImagePositionPatient"), 3)
+    iop = _floats(pick("PlaneOrientationSequence", "ImageOrientationPatient"), 6)
+    spacing = _floats(pick("PixelMeasuresSequence", "PixelSpacing"), 2)
+    slope = pick("PixelValueTransformationSequence", "RescaleSlope")
+    intercept = pick("PixelValueTransformationSequence", "RescaleIntercept")
+    return {
+        "position_x_mm": ipp[0],
+        "position_y_mm": ipp[1],
+        "position_z_mm": ipp[2],
+        "row_dir_x": iop[0],
+        "row_dir_y": iop[1],
+        "row_dir_z": iop[2],
+        "col_dir_x": iop[3],
+        "col_dir_y": iop[4],
+        "col_dir_z": iop[5],
+        "pixel_spacing_row_mm": spacing[0],
+        "pixel_spacing_col_mm": spacing[1],
+        "slice_thickness_mm": _float(pick("PixelMeasuresSequence", "SliceThickness")),
+        "rescale_slope": _float(slope),
+        "rescale_intercept": _float(intercept),
+        "rescale_type": normalise_rescale_type(pick("PixelValueTransformationSequence", "RescaleType")),
+        "window_center": _multi_str(pick("FrameVOILUTSequence", "WindowCenter")),
+        "window_width": _multi_str(pick("FrameVOILUTSequence", "WindowWidth")),
+    }
+
+
+_HU_SPELLINGS = re.compile(r"^\s*(HU|HOUN?D?SFIELD(\s+UNITS?)?)\s*$", re.IGNORECASE)
+
+
+def normalise_rescale_type(value: Any) -> str:
+    """RescaleType as written, except that spellings of Hounsfield units become ``"HU"``.
+
+    Real headers say ``HU``, ``Hounsfield Units`` and even ``Houndsfield Unit``.
+
+    Examples
+    --------
+    >>> normalise_rescale_type("Houndsfield Unit"), normalise_rescale_type("US"), normalise_rescale_type(None)
+    ('HU', 'US', '')
+    """
+    text = "" if value is None else str(value).strip()
+    return "HU" if _HU_SPELLINGS.match(text) else text
+
+
+# --------------------------------------------------------------------------- pixels
+
+
+def stored_dtype(bits_allocated: Iterable[int], pixel_representation: Iterable[int]) -> np.dtype:
+    """The numpy dtype that holds every stored value of a series without loss.
+
+    Examples
+    --------
+    >>> stored_dtype([16, 16], [1, 1])
+    dtype('int16')
+    >>> stored_dtype([16, 16], [0, 1])
+    dtype('int32')
+    """
+    dtypes = []
+    for bits, rep in zip(bits_allocated, pixel_representation, strict=True):
+        bits = int(bits)
+        if bits not in (1, 8, 16, 32):
+            raise UnsupportedDicomError(f"BitsAllocated {bits} is not supported for CT volumes")
+        bits = max(bits, 8)
+        dtypes.append(np.dtype(f"{'i' if int(rep) == 1 else 'u'}{bits // 8}"))
+    return np.result_type(*dtypes) if dtypes else np.dtype("int16")
+
+
+def _fast_path_ok(ref: SliceRef) -> bool:
+    return (
+        ref.transfer_syntax_uid in NATIVE_LITTLE_ENDIAN
+        and ref.pixel_data_offset >= 0
+        and ref.bits_allocated in (8, 16, 32)
+        and ref.samples_per_pixel == 1
+    )
+
+
+def _read_native(ref: SliceRef) -> np.ndarray:
+    """Raw little-endian pixel bytes at their file offset (what pydicom returns for native data)."""
+    dtype = np.dtype(f"<{'i' if ref.pixel_representation == 1 else 'u'}{ref.bits_allocated // 8}")
+    count = ref.rows * ref.columns
+    offset = ref.pixel_data_offset + ref.frame * count * dtype.itemsize
+    try:
+        size = os.stat(ref.path).st_size
+        if size != ref.file_size:
+            raise DicomReadError(
+                f"{ref.path}: file changed since it was scanned ({ref.file_size} -> {size} bytes); scan again"
+            )
+        data = np.fromfile(ref.path, dtype=dtype, count=count, offset=offset)
+    except OSError as exc:
+        raise DicomReadError(f"{ref.path}: cannot read pixel data ({exc.strerror or exc})") from None
+    if data.size != count:
+        raise DicomReadError(
+            f"{ref.path}: pixel data truncated (frame {ref.frame} needs {count} values, found {data.size})"
+        )
+    return data.reshape(ref.rows, ref.columns)
+
+
+def _read_jpeg_lossless(path: str, frames: Sequence[int], n_frames: int) -> list[np.ndarray] | None:
+    """Decode JPEG Lossless frames with imagecodecs; None when it is not installed."""
+    try:
+        import imagecodecs
+    except ImportError:  # pragma: no cover - imagecodecs is a declared dependency
+        return None
+    from pydicom.encaps import generate_frames
+
+    ds = pydicom.dcmread(path)
+    wanted = set(frames)
+    decoded: dict[int, np.ndarray] = {}
+    for index, fragment in enumerate(generate_frames(ds.PixelData, number_of_frames=n_frames)):
+        if index in wanted:
+            decoded[index] = imagecodecs.ljpeg_decode(fragment)
+        if len(decoded) == len(wanted):
+            break
+    return [decoded[f] for f in frames]
+
+
+def _read_with_pydicom(path: str, frames: Sequence[int], n_frames: int) -> list[np.ndarray]:
+    from pydicom.pixels import pixel_array
+
+    if n_frames == 1:
+        return [pixel_array(path)]
+    return [pixel_array(path, index=f) for f in frames]
+
+
+def _decode_file(refs: Sequence[SliceRef]) -> list[np.ndarray]:
+    """Decode the frames `refs` of one file, trying the fastest exact path first."""
+    first = refs[0]
+    if all(_fast_path_ok(r) for r in refs):
+        return [_read_native(r) for r in refs]
+    frames = [r.frame for r in refs]
+    try:
+        arrays = None
+        exact_16 = first.bits_stored == first.bits_allocated or first.pixel_representation == 0
+        if first.transfer_syntax_uid in JPEG_LOSSLESS and exact_16 and first.samples_per_pixel == 1:
+            arrays = _read_jpeg_lossless(first.path, frames, first.number_of_frames)
+            if arrays is not None:
+                want = np.dtype(f"{'i' if first.pixel_representation == 1 else 'u'}{max(first.bits_allocated, 8) // 8}")
+                arrays = [a.view(want) if a.dtype.itemsize == want.itemsize else a.astype(want) for a in arrays]
+        if arrays is None:
+            arrays = _read_with_pydicom(first.path, frames, first.number_of_frames)
+    except Exception as exc:  # decoders raise many types
+        raise DicomReadError(
+            f"{first.path}: cannot decode pixel data ({first.transfer_syntax_uid}; {type(exc).__name__}: {exc}). "
+            "Install the pylibjpeg plugins or check the file."
+        ) from None
+    return arrays
+
+
+def read_frames(refs: Sequence[SliceRef], *, dtype: np.dtype) -> np.ndarray:
+    """Read and stack the frames `refs` as stored values of `dtype`.
+
+    Parameters
+    ----------
+    refs : sequence of SliceRef
+        Frames in output order; frames of one file are read with one open.
+    dtype : numpy dtype
+        Output dtype (see :func:`stored_dtype`).
+
+    Returns
+    -------
+    ndarray (slice, row, col)
+
+    Raises
+    ------
+    DicomReadError
+        A file is missing, changed, truncated or cannot be decoded.
+
+    Notes
+    -----
+    **Computes** (this is the body of every read task).
+    """
+    out = np.empty((len(refs), refs[0].rows, refs[0].columns), dtype=dtype)
+    by_file: dict[str, list[int]] = {}
+    for i, ref in enumerate(refs):
+        by_file.setdefault(ref.path, []).append(i)
+    for path, positions in by_file.items():
+        arrays = _decode_file([refs[i] for i in positions])
+        for i, arr in zip(positions, arrays, strict=True):
+            if arr.shape != out.shape[1:]:
+                raise DicomReadError(
+                    f"{path}: decoded frame has shape {arr.shape}, expected {out.shape[1:]} from the header"
+                )
+            out[i] = arr
+    return out

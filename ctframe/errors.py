@@ -1,0 +1,72 @@
+"""Exception and warning hierarchy.
+
+Every error ctframe raises on purpose derives from :class:`CTFrameError` and also
+from the builtin exception that fits, so ``except ValueError`` keeps working.
+Messages say what is wrong, where (a file path or a series UID, never a patient
+name) and how to fix it.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CTFrameError",
+    "CTFrameWarning",
+    "ConfigError",
+    "DicomReadError",
+    "InconsistentSeriesError",
+    "MultipleSeriesError",
+    "NoSeriesError",
+    "NotHUCalibratedError",
+    "OutputExistsError",
+    "QCWarning",
+    "ScanWarning",
+    "UnsupportedDicomError",
+]
+
+
+class CTFrameError(Exception):
+    """Base class of every error raised by ctframe on purpose."""
+
+
+class DicomReadError(CTFrameError, OSError):
+    """A file cannot be read or decoded as DICOM."""
+
+
+class UnsupportedDicomError(CTFrameError, ValueError):
+    """A DICOM file is valid but holds something ctframe cannot open as a CT volume."""
+
+
+class NoSeriesError(CTFrameError, FileNotFoundError):
+    """No usable image series was found where one was expected."""
+
+
+class MultipleSeriesError(CTFrameError, ValueError):
+    """A source holds several series (or stacks) where exactly one was expected."""
+
+
+class InconsistentSeriesError(CTFrameError, ValueError):
+    """The files of one series disagree (shape, orientation, duplicate positions...)."""
+
+
+class NotHUCalibratedError(CTFrameError, ValueError):
+    """Stored values cannot be mapped to Hounsfield units."""
+
+
+class ConfigError(CTFrameError, ValueError):
+    """A configuration value is missing, of the wrong type or out of range."""
+
+
+class OutputExistsError(CTFrameError, FileExistsError):
+    """An output path exists and overwriting was not requested."""
+
+
+class CTFrameWarning(UserWarning):
+    """Base class of ctframe's warnings."""
+
+
+class ScanWarning(CTFrameWarning):
+    """Some files were skipped during discovery; see the problems table."""
+
+
+class QCWarning(CTFrameWarning):
+    """A series opened, but its geometry or encoding deserves attention."""

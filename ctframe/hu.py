@@ -1,0 +1,156 @@
+"""Stored values to Hounsfield units, with padding and scan-circle fill as NaN.
+
+``HU = stored * RescaleSlope + RescaleIntercept``, each slice with its own slope
+and intercept (DICOM PS3.3 C.11.1, the Modality LUT), computed in float64 and
+returned as float32, so values equal pydicom's ``apply_modality_lut`` cast to
+float32.
+
+Voxels that are not tissue become **NaN** (not a masked array, not a sentinel):
+
+* stored values equal to PixelPaddingValue, or within the PixelPaddingValue ..
+  PixelPaddingRangeLimit range (PS3.3 C.7.5.1.1.2), with the signed/unsigned
+  mismatch of some scanners fixed (LIDC-IDRI-0001 writes 63536 for -2000);
+* HU below ``hu.fill_below_hu`` (default -1500): the outside-the-scan-circle fill
+  (-2048, -3024, ...) that no tissue or air can reach (air is about -1000 HU).
+
+Downstream, NaN is never counted: histograms, statistics and masks skip it,
+projections use nan-aware reductions.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import xarray as xr
+
+from ctframe.config import get_config
+from ctframe.errors import NotHUCalibratedError
+
+__all__ = ["hu_kernel", "to_hu"]
+
+
+def hu_kernel(
+    stored: np.ndarray,
+    slope: np.ndarray,
+    intercept: np.ndarray,
+    *,
+    padding_value: float,
+    padding_range_limit: float,
+    fill_below_hu: float,
+) -> np.ndarray:
+    """Eager HU conversion of one block; the body of :func:`to_hu`.
+
+    Parameters
+    ----------
+    stored : ndarray (slice, row, col)
+        Stored values.
+    slope, intercept : ndarray, broadcastable to `stored`
+        Per-slice rescale slope and intercept.
+    padding_value, padding_range_limit : float
+        Stored-domain padding (NaN when absent).
+    fill_below_hu : float
+        HU below this become NaN.
+
+    Returns
+    -------
+    ndarray of float32
+    """
+    hu = (stored * slope + intercept).astype(np.float32)
+    invalid = hu < fill_below_hu
+    if np.isfinite(padding_value):
+        if np.isfinite(padding_range_limit):
+            lo, hi = sorted((padding_value, padding_range_limit))
+            invalid |= (stored >= lo) & (stored <= hi)
+        else:
+            invalid |= stored == padding_value
+    hu[invalid] = np.nan
+    return hu
+
+
+def to_hu(volume: xr.DataArray, *, fill_below_hu: float | None = None, assume_hu: bool = False) -> xr.DataArray:
+    """Convert stored values to Hounsfield units (float32, padding as NaN).
+
+    Parameters
+    ----------
+    volume : DataArray (slice, row, col)
+        Stored values from :func:`ctframe.open_series`, with per-slice
+        ``rescale_slope`` and ``rescale_intercept`` coordinates.
+    fill_below_hu : float, optional
+        HU below this are outside-the-circle fill and become NaN
+        (default ``hu.fill_below_hu`` = -1500).
+    assume_hu : bool
+        Convert even when the header does not declare HU (non-CT modality or a
+        RescaleType other than HU). Off by default.
+
+    Returns
+    -------
+    DataArray (slice, row, col)
+        float32 HU with NaN for padding and fill; attrs ``units="HU"``.
+        A volume already in HU is returned unchanged.
+
+    Raises
+    ------
+    NotHUCalibratedError
+        The series is not CT, declares a RescaleType other than HU, or lacks
+        rescale slope/intercept; the message names the series.
+
+    Notes
+    -----
+    **Lazy**: one fused task per chunk.
+
+    Examples
+    --------
+    >>> import ctframe, tempfile
+    >>> from ctframe.testing import write_phantom_series
+    >>> folder = tempfile.mkdtemp()
+    >>> _ = write_phantom_series(folder, shape=(4, 64, 64))
+    >>> hu = ctframe.to_hu(ctframe.open_series(folder))
+    >>> hu.dtype, hu.attrs["units"]
+    (dtype('float32'), 'HU')
+    """
+    if volume.attrs.get("units") == "HU":
+        return volume
+    key = volume.attrs.get("stack_key", volume.attrs.get("series_uid", "(unnamed)"))
+    if "rescale_slope" not in volume.coords or "rescale_intercept" not in volume.coords:
+        raise NotHUCalibratedError(
+            f"series {key}: no rescale_slope/rescale_intercept coordinates; open it with ctframe.open_series"
+        )
+    slope = volume["rescale_slope"].astype(float)
+    intercept = volume["rescale_intercept"].astype(float)
+    if not assume_hu:
+        modality = volume.attrs.get("modality", "")
+        rescale_type = volume.attrs.get("rescale_type", "")
+        if modality != "CT":
+            raise NotHUCalibratedError(
+                f"series {key}: modality is {modality or 'missing'}, not CT; stored values are not HU "
+                "(pass assume_hu=True to apply the rescale anyway)"
+            )
+        if rescale_type not in ("", "HU"):
+            raise NotHUCalibratedError(
+                f"series {key}: RescaleType is {rescale_type!r}, not HU (a derived or non-calibrated image); "
+                "pass assume_hu=True to apply the rescale anyway"
+            )
+        if not (np.isfinite(slope.values).all() and np.isfinite(intercept.values).all()):
+            raise NotHUCalibratedError(
+                f"series {key}: RescaleSlope/RescaleIntercept missing on some slices; "
+                "stored values cannot be mapped to HU (pass assume_hu=True to treat them as slope 1, intercept 0)"
+            )
+    slope = slope.fillna(1.0)
+    intercept = intercept.fillna(0.0)
+    threshold = get_config()["hu"]["fill_below_hu"] if fill_below_hu is None else float(fill_below_hu)
+    hu = xr.apply_ufunc(
+        hu_kernel,
+        volume,
+        slope,
+        intercept,
+        kwargs={
+            "padding_value": float(volume.attrs.get("padding_value", np.nan)),
+            "padding_range_limit": float(volume.attrs.get("padding_range_limit", np.nan)),
+            "fill_below_hu": threshold,
+        },
+        dask="parallelized",
+        output_dtypes=[np.float32],
+        keep_attrs=True,
+    )
+    hu.attrs.update(units="HU", fill_below_hu=threshold)
+    hu.name = "hu"
+    return hu.transpose("slice", "row", "col")

@@ -1,0 +1,360 @@
+"""Lazy volumes: one stack of the catalog as a chunked ``xr.DataArray``.
+
+:func:`open_series` turns a folder, a list of files or rows of the catalog into a
+DataArray of *stored* values with dims ``("slice", "row", "col")``, backed by a
+dask array with one read task per chunk of slices. No pixel is read until the
+array is computed.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import pandas as pd
+import xarray as xr
+from dask.base import tokenize
+from dask.highlevelgraph import HighLevelGraph
+
+from ctframe.config import get_config
+from ctframe.dicom import SliceRef, read_frames, stored_dtype
+from ctframe.errors import (
+    InconsistentSeriesError,
+    MultipleSeriesError,
+    NoSeriesError,
+    QCWarning,
+    ScanWarning,
+    UnsupportedDicomError,
+)
+from ctframe.scan import PHI_COLUMNS, assign_stacks, scan, series_table
+
+__all__ = ["catalog_for", "open_series", "volume_from_catalog"]
+
+Source = str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | pd.DataFrame
+
+#: Catalog columns that become per-slice coordinates.
+SLICE_COORDS = (
+    "rescale_slope",
+    "rescale_intercept",
+    "position_x_mm",
+    "position_y_mm",
+    "position_z_mm",
+    "instance_number",
+)
+#: QC flags that open fine but deserve a warning.
+WARN_FLAGS = {
+    "has_gaps": "missing slices (gaps in position)",
+    "irregular_spacing": "irregular slice spacing",
+    "is_tilted": "gantry tilt (slices are sheared)",
+    "rescale_varies": "rescale slope/intercept varies between slices",
+}
+
+
+def catalog_for(source: Source, *, salt: str | None = None, include_phi: bool = False) -> pd.DataFrame:
+    """The catalog rows of `source`: scan a folder or files, or pass rows through.
+
+    Files that are not DICOM at all are skipped silently (they are in
+    ``attrs["problems"]``); DICOM files that fail to parse give a ScanWarning.
+    """
+    if isinstance(source, pd.DataFrame):
+        return source if "stack_key" in source else assign_stacks(source)
+    if isinstance(source, str | os.PathLike):
+        target: Any = source
+    else:
+        target = list(source)
+        if not target:
+            raise NoSeriesError("open_series got an empty list of files; pass a folder, files or catalog rows")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ScanWarning)
+        catalog = scan(target, salt=salt, include_phi=include_phi, progress=False)
+    problems = catalog.attrs.get("problems", pd.DataFrame(columns=["path", "reason"]))
+    broken = problems[~problems["reason"].str.startswith("not a DICOM file")]
+    if len(broken):
+        listing = "; ".join(f"{p}: {r}" for p, r in broken.head(3).itertuples(index=False))
+        warnings.warn(
+            f"{len(broken)} DICOM file(s) were skipped ({listing}{'; ...' if len(broken) > 3 else ''})",
+            ScanWarning,
+            stacklevel=3,
+        )
+    return catalog
+
+
+def _describe(source: Source) -> str:
+    if isinstance(source, pd.DataFrame):
+        return f"the {len(source)} catalog rows given"
+    if isinstance(source, str | os.PathLike):
+        return str(source)
+    return f"the {len(list(source))} files given"
+
+
+def _choose_stack(catalog: pd.DataFrame, series: str | None, source: Source) -> pd.DataFrame:
+    if catalog.empty:
+        raise NoSeriesError(f"no DICOM image found in {_describe(source)}; check the path (see scan(...).attrs['problems'])")
+    if series is not None:
+        chosen = catalog[(catalog["stack_key"] == series) | (catalog["series_uid"] == series)]
+        if chosen.empty:
+            raise NoSeriesError(
+                f"series {series!r} not found in {_describe(source)}; available: "
+                + ", ".join(sorted(catalog["stack_key"].unique()))
+            )
+        if chosen["stack_key"].nunique() > 1:
+            catalog = chosen
+        else:
+            return chosen
+    if catalog["stack_key"].nunique() > 1:
+        table = series_table(catalog)
+        lines = [
+            f"  {r.stack_key}  '{r.series_description}'  {r.modality} {r.orientation}  {r.n_slices} slice(s)"
+            for r in table.itertuples()
+        ]
+        raise MultipleSeriesError(
+            f"{_describe(source)} holds {len(table)} series/stacks; choose one with "
+            "open_series(..., series='<stack key or series UID>'):\n" + "\n".join(lines)
+        )
+    return catalog
+
+
+def _check_stack(rows: pd.DataFrame) -> list[str]:
+    """Raise on what makes a stack unopenable; return QC notes worth a warning."""
+    key = rows["stack_key"].iloc[0]
+    shapes = rows.groupby(["rows", "columns"]).size()
+    if len(shapes) > 1:
+        common = shapes.idxmax()
+        odd = rows[(rows["rows"] != common[0]) | (rows["columns"] != common[1])]
+        raise InconsistentSeriesError(
+            f"series {key}: slices differ in size (most are {common[0]}x{common[1]}; "
+            f"{odd['path'].iloc[0]} is {odd['rows'].iloc[0]}x{odd['columns'].iloc[0]}); "
+            "open the files of one size by passing their catalog rows"
+        )
+    if (rows["samples_per_pixel"] != 1).any():
+        bad = rows.loc[rows["samples_per_pixel"] != 1, "path"].iloc[0]
+        raise UnsupportedDicomError(f"{bad}: colour image (SamplesPerPixel != 1) in series {key}; not a CT volume")
+    for column, tag in (
+        ("pixel_spacing_row_mm", "PixelSpacing"),
+        ("row_dir_x", "ImageOrientationPatient"),
+        ("position_x_mm", "ImagePositionPatient"),
+    ):
+        missing = rows[column].isna()
+        if missing.any() and (len(rows) > 1 or column == "pixel_spacing_row_mm"):
+            raise InconsistentSeriesError(
+                f"{rows.loc[missing, 'path'].iloc[0]}: {tag} is missing or malformed (series {key}); "
+                "slices cannot be placed in space. Fix the header or exclude the file"
+            )
+    positions = rows["slice_position_mm"].to_numpy(float)
+    tol = get_config()["qc"]["duplicate_tolerance_mm"]
+    if len(positions) > 1:
+        dup = np.flatnonzero(np.diff(positions) < tol)
+        if dup.size:
+            i = int(dup[0])
+            raise InconsistentSeriesError(
+                f"series {key}: {rows['path'].iloc[i]} and {rows['path'].iloc[i + 1]} share slice position "
+                f"{positions[i]:.3f} mm ({dup.size} duplicate(s)); pass the catalog rows of one acquisition"
+            )
+    qc = series_table(rows).iloc[0]
+    notes = [text for flag, text in WARN_FLAGS.items() if qc[flag]]
+    if qc["n_missing_slices"]:
+        notes.append(f"about {qc['n_missing_slices']} slice(s) missing")
+    return notes
+
+
+def _attr_value(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, bool):
+        return int(value)
+    return value
+
+
+def volume_from_catalog(rows: pd.DataFrame, *, slices_per_chunk: int | None = None) -> xr.DataArray:
+    """Build the lazy DataArray of one stack from its catalog rows.
+
+    Parameters
+    ----------
+    rows : DataFrame
+        Catalog rows of exactly one stack (see :func:`ctframe.scan.assign_stacks`).
+    slices_per_chunk : int, optional
+        Slices per dask chunk (default ``io.slices_per_chunk``).
+
+    Returns
+    -------
+    DataArray (slice, row, col)
+        Stored values; see :func:`open_series`.
+
+    Notes
+    -----
+    **Lazy**.
+    """
+    if "stack_key" not in rows:
+        rows = assign_stacks(rows)
+    if rows["stack_key"].nunique() != 1:
+        raise MultipleSeriesError("volume_from_catalog needs the rows of exactly one stack")
+    rows = rows.sort_values(["slice_position_mm", "path", "frame"], ignore_index=True)
+    notes = _check_stack(rows)
+    key = str(rows["stack_key"].iloc[0])
+    if notes:
+        warnings.warn(f"series {key}: {'; '.join(notes)}", QCWarning, stacklevel=3)
+
+    chunk = int(slices_per_chunk or get_config()["io"]["slices_per_chunk"])
+    if chunk < 1:
+        raise ValueError(f"slices_per_chunk must be >= 1, got {chunk}")
+    dtype = stored_dtype(rows["bits_allocated"], rows["pixel_representation"])
+    refs = [
+        SliceRef(
+            path=r.path,
+            frame=int(r.frame),
+            number_of_frames=int(r.number_of_frames),
+            file_size=int(r.file_size),
+            transfer_syntax_uid=r.transfer_syntax_uid,
+            pixel_data_offset=int(r.pixel_data_offset),
+            rows=int(r.rows),
+            columns=int(r.columns),
+            bits_allocated=int(r.bits_allocated),
+            bits_stored=int(r.bits_stored),
+            pixel_representation=int(r.pixel_representation),
+            samples_per_pixel=int(r.samples_per_pixel),
+        )
+        for r in rows.itertuples()
+    ]
+    n, n_rows, n_cols = len(refs), refs[0].rows, refs[0].columns
+    bounds = list(range(0, n, chunk)) + [n]
+    chunks = (tuple(np.diff(bounds).tolist()), (n_rows,), (n_cols,))
+    name = "read-dicom-" + tokenize(
+        [(r.path, r.frame, r.file_size) for r in refs], rows["mtime_ns"].tolist(), chunks, str(dtype)
+    )
+    graph = {
+        (name, i, 0, 0): (_read_chunk, tuple(refs[lo:hi]), dtype.str)
+        for i, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:], strict=True))
+    }
+    data = da.Array(
+        HighLevelGraph.from_collections(name, graph, dependencies=()),
+        name,
+        chunks,
+        meta=np.empty((0, 0, 0), dtype=dtype),
+    )
+    first = rows.iloc[0]
+    coords: dict[str, Any] = {
+        "slice": ("slice", rows["slice_position_mm"].to_numpy(float), {"units": "mm", "long_name": "position along the slice normal"}),
+        "row": ("row", np.arange(n_rows) * float(first["pixel_spacing_row_mm"]), {"units": "mm"}),
+        "col": ("col", np.arange(n_cols) * float(first["pixel_spacing_col_mm"]), {"units": "mm"}),
+    }
+    for column in SLICE_COORDS:
+        coords[column] = ("slice", rows[column].to_numpy())
+    return xr.DataArray(data, dims=("slice", "row", "col"), coords=coords, name="stored", attrs=_series_attrs(rows))
+
+
+def _read_chunk(refs: tuple[SliceRef, ...], dtype: str) -> np.ndarray:
+    return read_frames(refs, dtype=np.dtype(dtype))
+
+
+def _series_attrs(rows: pd.DataFrame) -> dict[str, Any]:
+    first = rows.iloc[0]
+    steps = np.diff(rows["slice_position_mm"].to_numpy(float))
+    attrs: dict[str, Any] = {
+        "stack_key": first["stack_key"],
+        "series_uid": first["series_uid"],
+        "study_uid": first["study_uid"],
+        "patient_key": first["patient_key"],
+        "study_date": first["study_date"],
+        "series_description": first["series_description"],
+        "modality": first["modality"],
+        "units": "stored value",
+        "pixel_spacing_mm": [float(first["pixel_spacing_row_mm"]), float(first["pixel_spacing_col_mm"])],
+        "slice_spacing_mm": float(np.median(steps)) if steps.size else float(first["slice_thickness_mm"]),
+        "slice_thickness_mm": float(first["slice_thickness_mm"]),
+        "orientation": [float(first[c]) for c in ("row_dir_x", "row_dir_y", "row_dir_z", "col_dir_x", "col_dir_y", "col_dir_z")],
+        "convolution_kernel": first["convolution_kernel"],
+        "kvp": float(first["kvp"]),
+        "manufacturer": first["manufacturer"],
+        "manufacturer_model": first["manufacturer_model"],
+        "transfer_syntax": ", ".join(sorted(rows["transfer_syntax"].unique())),
+        "is_lossy": bool(rows["is_lossy"].any()),
+        "rescale_type": first["rescale_type"],
+        "padding_value": float(first["padding_value"]),
+        "padding_range_limit": float(first["padding_range_limit"]),
+        "window_center": first["window_center"],
+        "window_width": first["window_width"],
+        "voi_lut_function": first["voi_lut_function"],
+        "gantry_tilt_deg": float(first["gantry_tilt_deg"]),
+    }
+    for column in PHI_COLUMNS:
+        if column in rows:
+            attrs[column] = first[column]
+    return {k: _attr_value(v) for k, v in attrs.items() if not (isinstance(v, float) and np.isnan(v)) and v != ""}
+
+
+def open_series(
+    source: Source,
+    *,
+    series: str | None = None,
+    slices_per_chunk: int | None = None,
+    include_phi: bool = False,
+    salt: str | None = None,
+) -> xr.DataArray:
+    """Open one CT series (stack) as a lazy DataArray of stored values.
+
+    Parameters
+    ----------
+    source : path-like, list of path-like, or DataFrame
+        A folder holding one series, a list of files, or rows of the catalog
+        from :func:`ctframe.scan`.
+    series : str, optional
+        Stack key or SeriesInstanceUID to pick when `source` holds several.
+    slices_per_chunk : int, optional
+        Slices per dask chunk (default ``io.slices_per_chunk`` = 32).
+    include_phi : bool
+        Keep PatientID, name, birth date and other identifying values in attrs.
+    salt : str, optional
+        Key of the patient pseudonym in ``attrs["patient_key"]``.
+
+    Returns
+    -------
+    DataArray (slice, row, col)
+        Stored values (integer dtype), backed by dask with one read task per
+        chunk. Coordinates: ``slice`` (position along the slice normal, mm,
+        ascending), ``row`` and ``col`` (mm from the first pixel), and per slice
+        ``rescale_slope``, ``rescale_intercept``, ``position_x_mm``/``_y_``/``_z_``
+        (ImagePositionPatient, LPS) and ``instance_number``. attrs hold safe
+        metadata only (series UID, modality, units, spacing, orientation,
+        kernel, kVp, manufacturer, study date, pseudonymous patient key).
+
+    Raises
+    ------
+    NoSeriesError
+        Nothing to open, or `series` not found.
+    MultipleSeriesError
+        Several stacks and no `series`; the message lists them.
+    InconsistentSeriesError
+        Mixed slice sizes, duplicate positions, missing geometry.
+    UnsupportedDicomError
+        Colour or otherwise non-volumetric images.
+
+    Warns
+    -----
+    QCWarning
+        Gaps, irregular spacing, tilt or varying rescale.
+
+    Notes
+    -----
+    **Lazy**: headers are read now, pixels when computed. Enhanced multi-frame
+    CT opens from its per-frame functional groups, one slice per frame.
+
+    Examples
+    --------
+    >>> import ctframe, tempfile
+    >>> from ctframe.testing import write_phantom_series
+    >>> folder = tempfile.mkdtemp()
+    >>> _ = write_phantom_series(folder, shape=(8, 64, 64))
+    >>> volume = ctframe.open_series(folder, slices_per_chunk=4)
+    >>> volume.dims, volume.data.numblocks
+    (('slice', 'row', 'col'), (2, 1, 1))
+    """
+    catalog = catalog_for(source, salt=salt, include_phi=include_phi)
+    if not include_phi:
+        catalog = catalog.drop(columns=[c for c in PHI_COLUMNS if c in catalog])
+    rows = _choose_stack(catalog, series, source)
+    return volume_from_catalog(rows, slices_per_chunk=slices_per_chunk)
+

@@ -1,0 +1,439 @@
+"""Discovery: headers of a folder tree into a catalog, and series grouping with QC.
+
+:func:`scan` reads headers only (never pixel data), in parallel processes for
+large trees, and returns the *catalog*: a DataFrame with one row per image frame.
+:func:`series_table` groups the catalog into *stacks* (a series split by
+orientation and, where positions repeat, by acquisition), orders slices along
+the slice normal and flags what deserves a look.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import multiprocessing
+import os
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ctframe.config import get_config
+from ctframe.dicom import read_header
+from ctframe.errors import CTFrameError, NoSeriesError, ScanWarning
+from ctframe.privacy import resolve_salt
+
+__all__ = ["assign_stacks", "iter_files", "scan", "series_table"]
+
+#: Catalog columns in order (PHI columns are appended only with include_phi=True).
+CATALOG_COLUMNS: tuple[str, ...] = (
+    "path", "file_size", "mtime_ns", "frame", "number_of_frames",
+    "patient_key", "study_uid", "study_date", "study_time", "study_datetime",
+    "series_uid", "series_number", "series_description", "acquisition_number",
+    "modality", "sop_class_uid", "sop_class", "sop_instance_uid", "instance_number", "image_type",
+    "frame_of_reference_uid",
+    "position_x_mm", "position_y_mm", "position_z_mm",
+    "row_dir_x", "row_dir_y", "row_dir_z", "col_dir_x", "col_dir_y", "col_dir_z",
+    "pixel_spacing_row_mm", "pixel_spacing_col_mm", "slice_thickness_mm",
+    "rows", "columns", "samples_per_pixel", "photometric",
+    "bits_allocated", "bits_stored", "pixel_representation",
+    "rescale_slope", "rescale_intercept", "rescale_type", "padding_value", "padding_range_limit",
+    "window_center", "window_width", "voi_lut_function",
+    "transfer_syntax_uid", "transfer_syntax", "is_compressed", "is_lossy", "pixel_data_offset",
+    "convolution_kernel", "kvp", "gantry_tilt_deg", "manufacturer", "manufacturer_model", "body_part",
+)  # fmt: skip
+PHI_COLUMNS: tuple[str, ...] = (
+    "patient_id", "patient_name", "patient_birth_date", "accession_number",
+    "institution_name", "referring_physician_name",
+)  # fmt: skip
+STACK_COLUMNS: tuple[str, ...] = ("stack_key", "slice_position_mm")
+LOCALIZER_TYPES = frozenset({"LOCALIZER", "SCOUT", "SURVIEW", "TOPOGRAM", "SCANOGRAM"})
+
+
+# --------------------------------------------------------------------------- walking
+
+
+def iter_files(root: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) -> Iterator[str]:
+    """Yield every regular file under `root` (a file, a folder or several), sorted.
+
+    Symbolic links to folders are followed once; a link loop is not followed
+    again, so the walk always ends.
+
+    Raises
+    ------
+    NoSeriesError
+        A root does not exist.
+    """
+    roots = [root] if isinstance(root, str | os.PathLike) else list(root)
+    seen_dirs: set[str] = set()
+    for item in roots:
+        item = os.fspath(item)
+        if os.path.isfile(item):
+            yield item
+            continue
+        if not os.path.isdir(item):
+            raise NoSeriesError(f"{item}: no such file or folder; check the path")
+        for dirpath, dirnames, filenames in os.walk(item, followlinks=True):
+            real = os.path.realpath(dirpath)
+            if real in seen_dirs:
+                dirnames[:] = []
+                continue
+            seen_dirs.add(real)
+            dirnames.sort()
+            for name in sorted(filenames):
+                yield os.path.join(dirpath, name)
+
+
+def _read_batch(paths: Sequence[str], salt: str, include_phi: bool) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+    records: list[dict[str, Any]] = []
+    problems: list[dict[str, str]] = []
+    for path in paths:
+        try:
+            records.extend(read_header(path, salt=salt, include_phi=include_phi))
+        except CTFrameError as exc:
+            problems.append({"path": path, "reason": _reason(exc, path)})
+        except Exception as exc:  # defensive: one odd file never stops a scan
+            problems.append({"path": path, "reason": f"unexpected {type(exc).__name__}: {exc}"})
+    return records, problems
+
+
+def _reason(exc: Exception, path: str) -> str:
+    text = str(exc)
+    return text[len(path) + 2 :] if text.startswith(path + ": ") else text
+
+
+def _batches(paths: Sequence[str], size: int) -> list[Sequence[str]]:
+    return [paths[i : i + size] for i in range(0, len(paths), size)]
+
+
+def _progress(total: int, enabled: bool | None, desc: str) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="file", disable=(None if enabled is None else not enabled), leave=False)
+
+
+def scan(
+    root: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
+    *,
+    salt: str | None = None,
+    include_phi: bool = False,
+    workers: int | None = None,
+    progress: bool | None = None,
+) -> pd.DataFrame:
+    """Discover the DICOM image files under `root` from their headers.
+
+    Parameters
+    ----------
+    root : path-like or iterable of path-like
+        A folder tree, a file, or several of either.
+    salt : str, optional
+        Key of the patient pseudonym (see :mod:`ctframe.privacy`).
+    include_phi : bool
+        Add PatientID, name, birth date, accession number, institution and
+        referring physician columns. Off by default: the catalog is safe to share.
+    workers : int, optional
+        Header-reading processes. Default from ``scan.workers`` (0: one per CPU);
+        small trees (``scan.min_files_for_processes``) are read in-process.
+    progress : bool, optional
+        Show a progress bar; the default shows one on a terminal for large trees.
+
+    Returns
+    -------
+    DataFrame
+        The catalog: one row per image frame (single-frame files give one row;
+        enhanced multi-frame files one per frame) with the columns of
+        ``CATALOG_COLUMNS`` plus ``stack_key`` and ``slice_position_mm``
+        (see :func:`assign_stacks`), sorted by stack and slice position.
+        ``catalog.attrs["problems"]`` is a DataFrame (path, reason) of the files
+        that are not DICOM images or could not be read.
+
+    Raises
+    ------
+    NoSeriesError
+        `root` does not exist.
+
+    Warns
+    -----
+    ScanWarning
+        Some files were skipped; they are listed in ``attrs["problems"]``.
+
+    Notes
+    -----
+    **Computes** (reads headers with ``stop_before_pixels``).
+
+    Examples
+    --------
+    >>> import ctframe, tempfile
+    >>> from ctframe.testing import write_phantom_series
+    >>> folder = tempfile.mkdtemp()
+    >>> _ = write_phantom_series(folder, shape=(8, 64, 64))
+    >>> catalog = ctframe.scan(folder)
+    >>> len(catalog), catalog["stack_key"].nunique()
+    (8, 1)
+    """
+    cfg = get_config()["scan"]
+    paths = list(iter_files(root))
+    salt = resolve_salt(salt)
+    n_workers = cfg["workers"] if workers is None else workers
+    n_workers = n_workers or os.cpu_count() or 1
+    records: list[dict[str, Any]] = []
+    problems: list[dict[str, str]] = []
+    show = progress if progress is not None else (None if len(paths) >= 2000 else False)
+    with _progress(len(paths), show, "scanning headers") as bar:
+        if n_workers > 1 and len(paths) >= cfg["min_files_for_processes"]:
+            batch = max(16, min(256, len(paths) // (n_workers * 8) or 1))
+            ctx = multiprocessing.get_context("forkserver")
+            ctx.set_forkserver_preload(["ctframe.dicom"])
+            with concurrent.futures.ProcessPoolExecutor(n_workers, mp_context=ctx) as pool:
+                futures = {pool.submit(_read_batch, b, salt, include_phi): len(b) for b in _batches(paths, batch)}
+                for future in concurrent.futures.as_completed(futures):
+                    recs, probs = future.result()
+                    records.extend(recs)
+                    problems.extend(probs)
+                    bar.update(futures[future])
+        else:
+            for b in _batches(paths, 64):
+                recs, probs = _read_batch(b, salt, include_phi)
+                records.extend(recs)
+                problems.extend(probs)
+                bar.update(len(b))
+
+    columns = list(CATALOG_COLUMNS) + (list(PHI_COLUMNS) if include_phi else [])
+    catalog = pd.DataFrame.from_records(records, columns=columns)
+    catalog = assign_stacks(catalog)
+    problems_df = pd.DataFrame(problems, columns=["path", "reason"]).sort_values("path", ignore_index=True)
+    catalog.attrs["problems"] = problems_df
+    if len(problems_df):
+        counts = problems_df["reason"].str.split(r"[;(]", n=1, regex=True).str[0].str.strip().value_counts()
+        summary = "; ".join(f"{n} x {reason}" for reason, n in counts.head(4).items())
+        warnings.warn(
+            f"{len(problems_df)} of {len(paths)} files were skipped ({summary}); "
+            "see catalog.attrs['problems'] for each file and reason",
+            ScanWarning,
+            stacklevel=2,
+        )
+    return catalog
+
+
+# --------------------------------------------------------------------------- stacks
+
+
+def _normals(catalog: pd.DataFrame) -> np.ndarray:
+    row = catalog[["row_dir_x", "row_dir_y", "row_dir_z"]].to_numpy(float)
+    col = catalog[["col_dir_x", "col_dir_y", "col_dir_z"]].to_numpy(float)
+    return np.cross(row, col)
+
+
+def assign_stacks(catalog: pd.DataFrame) -> pd.DataFrame:
+    """Add ``stack_key`` and ``slice_position_mm`` and sort slices along the normal.
+
+    A series is split into stacks by image orientation, and further by
+    AcquisitionNumber where positions repeat within one orientation and the
+    acquisitions do not repeat them. ``stack_key`` is the SeriesInstanceUID for a
+    series with one stack and ``"<uid>#<k>"`` (k = 1, 2, ...) otherwise.
+    ``slice_position_mm`` is ImagePositionPatient projected on the slice normal
+    (the cross product of the row and column direction cosines); slices are
+    ordered by it, never by file name or InstanceNumber.
+
+    Parameters
+    ----------
+    catalog : DataFrame
+        Rows of :func:`scan` (any subset).
+
+    Returns
+    -------
+    DataFrame
+        A new catalog, sorted by ``stack_key`` then ``slice_position_mm``.
+    """
+    out = catalog.drop(columns=[c for c in STACK_COLUMNS if c in catalog], errors="ignore").copy()
+    if out.empty:
+        for c in STACK_COLUMNS:
+            out[c] = pd.Series(dtype=str if c == "stack_key" else float)
+        return out
+    normals = _normals(out)
+    positions = out[["position_x_mm", "position_y_mm", "position_z_mm"]].to_numpy(float)
+    out["slice_position_mm"] = np.einsum("ij,ij->i", positions, normals)
+    orient = out[["row_dir_x", "row_dir_y", "row_dir_z", "col_dir_x", "col_dir_y", "col_dir_z"]].to_numpy(float)
+    out["_orient"] = [",".join(f"{v:.3f}" for v in o) for o in np.nan_to_num(orient, nan=9.0)]
+    tol = get_config()["qc"]["duplicate_tolerance_mm"]
+    keys = pd.Series("", index=out.index, dtype=object)
+    missing_uid = out["series_uid"].fillna("") == ""
+    if missing_uid.any():  # group files without a SeriesInstanceUID by folder
+        folders = out.loc[missing_uid, "path"].map(lambda p: os.path.dirname(os.path.abspath(p)))
+        out.loc[missing_uid, "series_uid"] = ["noseries-" + tokenize_text(f) for f in folders]
+    for series_uid, group in out.groupby("series_uid", sort=False):
+        parts: list[pd.Index] = []
+        for _, orient_group in group.groupby("_orient", sort=True):
+            if _has_duplicates(orient_group["slice_position_mm"], tol) and orient_group["acquisition_number"].nunique() > 1:
+                acq_groups = [g.index for _, g in orient_group.groupby("acquisition_number", sort=True)]
+                if not any(_has_duplicates(out.loc[idx, "slice_position_mm"], tol) for idx in acq_groups):
+                    parts.extend(acq_groups)
+                    continue
+            parts.append(orient_group.index)
+        parts.sort(key=lambda idx: (-len(idx), str(out.loc[idx[0], "_orient"])))
+        for k, idx in enumerate(parts, start=1):
+            keys.loc[idx] = str(series_uid) if len(parts) == 1 else f"{series_uid}#{k}"
+    out["stack_key"] = keys.astype(str)
+    out = out.drop(columns="_orient")
+    return out.sort_values(["stack_key", "slice_position_mm", "path", "frame"], ignore_index=True, na_position="last")
+
+
+def tokenize_text(text: str) -> str:
+    """Short stable hex digest of `text` (for keys that must not show the text)."""
+    return hashlib.sha256(text.encode("utf-8", "replace")).hexdigest()[:10]
+
+
+def _has_duplicates(positions: pd.Series, tol: float) -> bool:
+    values = np.sort(positions.dropna().to_numpy(float))
+    return bool(len(values) > 1 and (np.diff(values) < tol).any())
+
+
+# --------------------------------------------------------------------------- QC table
+
+
+def _orientation_label(normal: np.ndarray) -> str:
+    if not np.isfinite(normal).all() or not normal.any():
+        return "UNKNOWN"
+    axis = int(np.argmax(np.abs(normal)))
+    if abs(normal[axis]) < 0.8:
+        return "OBLIQUE"
+    return ("SAGITTAL", "CORONAL", "AXIAL")[axis]
+
+
+def _stack_qc(group: pd.DataFrame, qc: dict[str, Any]) -> dict[str, Any]:
+    first = group.iloc[0]
+    pos = group["slice_position_mm"].to_numpy(float)
+    steps = np.diff(pos) if len(pos) > 1 else np.array([])
+    finite_steps = steps[np.isfinite(steps)]
+    dup = finite_steps < qc["duplicate_tolerance_mm"]
+    real_steps = finite_steps[~dup]
+    median = float(np.median(real_steps)) if real_steps.size else float("nan")
+    gaps = real_steps > qc["gap_factor"] * median if real_steps.size else np.array([], bool)
+    n_missing = int(np.sum(np.round(real_steps[gaps] / median) - 1)) if gaps.any() else 0
+    spread = (real_steps.max() - real_steps.min()) / median if real_steps.size > 1 and median > 0 else 0.0
+
+    normal = _normals(group.iloc[[0]])[0]
+    ipp = group[["position_x_mm", "position_y_mm", "position_z_mm"]].to_numpy(float)
+    tilt = float("nan")
+    if len(ipp) > 1 and np.isfinite(ipp).all():
+        travel = ipp[-1] - ipp[0]
+        norm = np.linalg.norm(travel)
+        if norm > 0:
+            cos = abs(float(travel @ normal)) / norm
+            tilt = float(np.degrees(np.arccos(min(cos, 1.0))))
+    header_tilt = group["gantry_tilt_deg"].abs().max()
+    if not np.isfinite(tilt):
+        tilt = float(header_tilt) if np.isfinite(header_tilt) else 0.0
+
+    image_types = set("\\".join(group["image_type"].astype(str)).upper().split("\\"))
+    geometry_cols = ["position_x_mm", "row_dir_x", "col_dir_x", "pixel_spacing_row_mm"]
+    flags = {
+        "has_duplicates": bool(dup.any()),
+        "has_gaps": bool(gaps.any()),
+        "irregular_spacing": bool(spread > qc["irregular_tolerance"]),
+        "is_tilted": bool(tilt > 0.5),
+        "rescale_varies": bool(group["rescale_slope"].nunique() > 1 or group["rescale_intercept"].nunique() > 1),
+        "is_compressed": bool(group["is_compressed"].any()),
+        "is_lossy": bool(group["is_lossy"].any()),
+        "is_non_ct": bool((group["modality"] != "CT").any()),
+        "is_localizer": bool(image_types & LOCALIZER_TYPES),
+        "inconsistent_shape": bool(group["rows"].nunique() > 1 or group["columns"].nunique() > 1),
+        "missing_geometry": bool(group[geometry_cols].isna().any().any()),
+        "not_hu_calibrated": bool(
+            group["rescale_intercept"].isna().any()
+            or (~group["rescale_type"].isin(["", "HU"])).any()
+        ),
+    }
+    notes = [name.replace("_", " ") for name, on in flags.items() if on]
+    if n_missing:
+        notes.append(f"about {n_missing} missing slice(s)")
+    usable = not any(
+        flags[k] for k in ("is_non_ct", "is_localizer", "inconsistent_shape", "missing_geometry", "has_duplicates")
+    )
+    return {
+        "stack_key": first["stack_key"],
+        "series_uid": first["series_uid"],
+        "patient_key": first["patient_key"],
+        "study_uid": first["study_uid"],
+        "study_date": first["study_date"],
+        "study_datetime": first["study_datetime"],
+        "series_number": first["series_number"],
+        "series_description": first["series_description"],
+        "modality": first["modality"],
+        "orientation": _orientation_label(normal),
+        "n_files": group["path"].nunique(),
+        "n_slices": len(group),
+        "rows": int(first["rows"]),
+        "columns": int(first["columns"]),
+        "pixel_spacing_row_mm": float(first["pixel_spacing_row_mm"]),
+        "pixel_spacing_col_mm": float(first["pixel_spacing_col_mm"]),
+        "slice_thickness_mm": float(first["slice_thickness_mm"]),
+        "spacing_median_mm": median,
+        "spacing_min_mm": float(real_steps.min()) if real_steps.size else float("nan"),
+        "spacing_max_mm": float(real_steps.max()) if real_steps.size else float("nan"),
+        "n_missing_slices": n_missing,
+        "tilt_angle_deg": round(tilt, 3),
+        "gantry_tilt_deg": float(header_tilt) if np.isfinite(header_tilt) else float("nan"),
+        "convolution_kernel": first["convolution_kernel"],
+        "kvp": float(first["kvp"]),
+        "manufacturer": first["manufacturer"],
+        "manufacturer_model": first["manufacturer_model"],
+        "transfer_syntax": ", ".join(sorted(group["transfer_syntax"].unique())),
+        **flags,
+        "usable": usable,
+        "qc_notes": "; ".join(notes),
+    }
+
+
+def series_table(catalog: pd.DataFrame) -> pd.DataFrame:
+    """One row per stack of the catalog, with geometry and QC flags.
+
+    Parameters
+    ----------
+    catalog : DataFrame
+        The output of :func:`scan` (or any subset of its rows).
+
+    Returns
+    -------
+    DataFrame
+        Columns include ``stack_key``, ``series_uid``, ``n_slices``,
+        ``spacing_median_mm``/``_min_``/``_max_``, ``tilt_angle_deg`` (angle
+        between the slice normal and the direction the slices advance: the
+        gantry tilt as the geometry shows it), flags ``has_duplicates``,
+        ``has_gaps``, ``irregular_spacing``, ``is_tilted``, ``rescale_varies``,
+        ``is_compressed``, ``is_lossy``, ``is_non_ct``, ``is_localizer``,
+        ``inconsistent_shape``, ``missing_geometry``, ``not_hu_calibrated``,
+        ``usable`` and a readable ``qc_notes``.
+
+    Notes
+    -----
+    **Computes** (from the catalog only; no file is read).
+
+    Examples
+    --------
+    >>> import ctframe, tempfile
+    >>> from ctframe.testing import write_phantom_series
+    >>> folder = tempfile.mkdtemp()
+    >>> _ = write_phantom_series(folder, shape=(8, 64, 64), spacing_mm=(2.0, 0.8, 0.8))
+    >>> table = ctframe.series_table(ctframe.scan(folder))
+    >>> table[["n_slices", "spacing_median_mm", "has_gaps"]].to_dict("records")
+    [{'n_slices': 8, 'spacing_median_mm': 2.0, 'has_gaps': False}]
+    """
+    if "stack_key" not in catalog:
+        catalog = assign_stacks(catalog)
+    qc = get_config()["qc"]
+    rows = [_stack_qc(group, qc) for _, group in catalog.groupby("stack_key", sort=True)]
+    if not rows:
+        return pd.DataFrame(columns=list(_stack_qc_columns()))
+    return pd.DataFrame(rows)
+
+
+def _stack_qc_columns() -> list[str]:
+    return [
+        "stack_key", "series_uid", "patient_key", "study_uid", "study_date", "study_datetime",
+        "series_number", "series_description", "modality", "orientation", "n_files", "n_slices",
+        "usable", "qc_notes",
+    ]  # fmt: skip
