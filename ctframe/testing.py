@@ -96,6 +96,7 @@ class _Anatomy:
     height: float  # z extent
     z0: float  # z of the lowest slice
     circle_r: float  # reconstruction circle radius
+    diaphragm_mm: float  # diaphragm thickness between the left lung base and the stomach
 
     def t(self, z: np.ndarray) -> np.ndarray:
         return (z - self.z0) / self.height
@@ -114,6 +115,11 @@ def _segment_distance(p: tuple[np.ndarray, np.ndarray, np.ndarray], a: np.ndarra
     return np.sqrt(dx * dx + dy * dy + dz * dz)
 
 
+def _dome(r2: np.ndarray) -> np.ndarray:
+    """Height (fraction of the volume) of the diaphragm under a lung, highest mid-lung."""
+    return 0.20 + 0.16 * np.clip(1.0 - r2, 0.0, 1.0)
+
+
 def _lung_masks(an: _Anatomy, x: np.ndarray, y: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Right (x < 0) and left lung regions, including what lies inside them."""
     a, b = an.body_a, an.body_b
@@ -125,12 +131,11 @@ def _lung_masks(an: _Anatomy, x: np.ndarray, y: np.ndarray, t: np.ndarray) -> tu
         scale2 = np.where(t > 0.62, 1.0 - ((t - 0.62) / (0.90 - 0.62)) ** 2, 1.0)
         inside = r2 < np.maximum(scale2, 0.0)
         # base: the diaphragm is a dome, highest in the middle of each lung
-        dome = 0.20 + 0.16 * np.clip(1.0 - r2, 0.0, 1.0)
-        inside &= t > dome
+        inside &= t > _dome(r2)
         masks.append(inside)
     right, left = masks
     # anterior junction: the lungs meet in front of the mediastinum
-    junction = (np.abs(x) < 0.12 * a) & (y > -0.66 * b) & (y < -0.50 * b) & (t > 0.50) & (t < 0.72)
+    junction = (np.abs(x) < 0.32 * a) & (y > -0.62 * b) & (y < -0.50 * b) & (t > 0.50) & (t < 0.72)
     right |= junction & (x < 0)
     left |= junction & (x >= 0)
     # mediastinum and heart push the lungs apart elsewhere
@@ -238,7 +243,11 @@ def phantom_slice(
 
     # stomach gas right under the left lung base (touching it across a slice
     # boundary) and colon gas lower down
-    stomach = (_inside_ellipse(x, y, 0.42 * a, -0.05 * b, 0.22 * a, 0.30 * b) < 1.0) & (t > 0.14) & (t < 0.205)
+    # the stomach fills the dome under the left lung, separated from it by a
+    # diaphragm thinner than a slice: in-plane a rim of soft tissue parts them,
+    # across the slice boundary above the gas they touch
+    top = _dome(_inside_ellipse(x, y, 0.47 * a, 0.02 * b, 0.41 * a, 0.74 * b)) - an.diaphragm_mm / an.height
+    stomach = (_inside_ellipse(x, y, 0.42 * a, -0.05 * b, 0.22 * a, 0.30 * b) < 1.0) & (t <= top) & (t > top - 0.08)
     colon = (_inside_ellipse(x, y, -0.45 * a, -0.25 * b, 0.12 * a, 0.15 * b) < 1.0) & (t > 0.04) & (t < 0.10)
     gas = (stomach | colon) & body & ~lung
     hu[gas] = HU["gas"]
@@ -388,6 +397,7 @@ def write_phantom_series(
         height=n * dz,
         z0=-n * dz,
         circle_r=0.5 * min(n_cols * dx, n_rows * dy),
+        diaphragm_mm=0.6 * dz,
     )
     row_dir = np.array([1.0, 0.0, 0.0])
     col_dir = np.array([0.0, np.cos(tilt), -np.sin(tilt)])
