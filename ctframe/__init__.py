@@ -27,7 +27,7 @@ from ctframe.errors import (
 )
 from ctframe.hu import to_hu
 from ctframe.io import open_series
-from ctframe.scan import scan, series_table
+from ctframe.scan import problems_table, scan, series_table
 
 try:
     __version__ = version("ctframe")
@@ -52,6 +52,7 @@ __all__ = [
     "get_config",
     "load_config",
     "open_series",
+    "problems_table",
     "scan",
     "series_table",
     "to_hu",

@@ -259,6 +259,14 @@ def read_header(path: str | os.PathLike[str], *, salt: str | None = None, includ
     **Computes** (reads the header from disk; never the pixel data).
     """
     path = os.fspath(path)
+    with warnings.catch_warnings():
+        # pydicom warns on every malformed value it converts; those surface as
+        # NaN fields or problems instead
+        warnings.simplefilter("ignore")
+        return _records(path, salt=salt, include_phi=include_phi)
+
+
+def _records(path: str, *, salt: str | None, include_phi: bool) -> list[dict[str, Any]]:
     ds, offset, has_pixels, size = _open_dataset(path)
     meta = getattr(ds, "file_meta", None)
     media_class = _get(meta, "MediaStorageSOPClassUID", "") if meta is not None else ""

@@ -30,7 +30,7 @@ from ctframe.errors import (
     ScanWarning,
     UnsupportedDicomError,
 )
-from ctframe.scan import PHI_COLUMNS, assign_stacks, scan, series_table
+from ctframe.scan import PHI_COLUMNS, assign_stacks, problems_table, scan, series_table
 
 __all__ = ["catalog_for", "open_series", "volume_from_catalog"]
 
@@ -58,7 +58,7 @@ def catalog_for(source: Source, *, salt: str | None = None, include_phi: bool = 
     """The catalog rows of `source`: scan a folder or files, or pass rows through.
 
     Files that are not DICOM at all are skipped silently (they are in
-    ``attrs["problems"]``); DICOM files that fail to parse give a ScanWarning.
+    :func:`~ctframe.scan.problems_table`); DICOM files that fail to parse give a ScanWarning.
     """
     if isinstance(source, pd.DataFrame):
         return source if "stack_key" in source else assign_stacks(source)
@@ -71,7 +71,7 @@ def catalog_for(source: Source, *, salt: str | None = None, include_phi: bool = 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ScanWarning)
         catalog = scan(target, salt=salt, include_phi=include_phi, progress=False)
-    problems = catalog.attrs.get("problems", pd.DataFrame(columns=["path", "reason"]))
+    problems = problems_table(catalog)
     broken = problems[~problems["reason"].str.startswith("not a DICOM file")]
     if len(broken):
         listing = "; ".join(f"{p}: {r}" for p, r in broken.head(3).itertuples(index=False))

@@ -26,7 +26,7 @@ from ctframe.dicom import read_header
 from ctframe.errors import CTFrameError, NoSeriesError, ScanWarning
 from ctframe.privacy import resolve_salt
 
-__all__ = ["assign_stacks", "iter_files", "scan", "series_table"]
+__all__ = ["assign_stacks", "iter_files", "problems_table", "scan", "series_table"]
 
 #: Catalog columns in order (PHI columns are appended only with include_phi=True).
 CATALOG_COLUMNS: tuple[str, ...] = (
@@ -147,8 +147,9 @@ def scan(
         enhanced multi-frame files one per frame) with the columns of
         ``CATALOG_COLUMNS`` plus ``stack_key`` and ``slice_position_mm``
         (see :func:`assign_stacks`), sorted by stack and slice position.
-        ``catalog.attrs["problems"]`` is a DataFrame (path, reason) of the files
-        that are not DICOM images or could not be read.
+        The files that are not DICOM images or could not be read are kept in
+        ``catalog.attrs["problems"]``; :func:`problems_table` turns them into a
+        DataFrame (path, reason).
 
     Raises
     ------
@@ -158,7 +159,7 @@ def scan(
     Warns
     -----
     ScanWarning
-        Some files were skipped; they are listed in ``attrs["problems"]``.
+        Some files were skipped; see :func:`problems_table`.
 
     Notes
     -----
@@ -204,18 +205,44 @@ def scan(
     columns = list(CATALOG_COLUMNS) + (list(PHI_COLUMNS) if include_phi else [])
     catalog = pd.DataFrame.from_records(records, columns=columns)
     catalog = assign_stacks(catalog)
-    problems_df = pd.DataFrame(problems, columns=["path", "reason"]).sort_values("path", ignore_index=True)
-    catalog.attrs["problems"] = problems_df
+    # attrs hold plain tuples (pandas compares and copies attrs on every operation)
+    catalog.attrs["problems"] = tuple(sorted((p["path"], p["reason"]) for p in problems))
+    problems_df = problems_table(catalog)
     if len(problems_df):
         counts = problems_df["reason"].str.split(r"[;(]", n=1, regex=True).str[0].str.strip().value_counts()
         summary = "; ".join(f"{n} x {reason}" for reason, n in counts.head(4).items())
         warnings.warn(
             f"{len(problems_df)} of {len(paths)} files were skipped ({summary}); "
-            "see catalog.attrs['problems'] for each file and reason",
+            "see ctframe.problems_table(catalog) for each file and reason",
             ScanWarning,
             stacklevel=2,
         )
     return catalog
+
+
+def problems_table(catalog: pd.DataFrame) -> pd.DataFrame:
+    """The files :func:`scan` skipped, as a DataFrame with columns ``path`` and ``reason``.
+
+    Parameters
+    ----------
+    catalog : DataFrame
+        A catalog returned by :func:`scan`.
+
+    Returns
+    -------
+    DataFrame
+        One row per skipped file, sorted by path (empty when none was skipped).
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> folder = pathlib.Path(tempfile.mkdtemp())
+    >>> _ = (folder / "notes.txt").write_text("hello")
+    >>> import warnings; warnings.simplefilter("ignore")
+    >>> problems_table(scan(folder))["reason"].tolist()
+    ["not a DICOM file (no 'DICM' preamble and no recognisable dataset)"]
+    """
+    return pd.DataFrame(list(catalog.attrs.get("problems", ())), columns=["path", "reason"])
 
 
 # --------------------------------------------------------------------------- stacks
@@ -278,6 +305,7 @@ def assign_stacks(catalog: pd.DataFrame) -> pd.DataFrame:
             keys.loc[idx] = str(series_uid) if len(parts) == 1 else f"{series_uid}#{k}"
     out["stack_key"] = keys.astype(str)
     out = out.drop(columns="_orient")
+    out = out[[c for c in out.columns if c not in STACK_COLUMNS] + list(STACK_COLUMNS)]
     return out.sort_values(["stack_key", "slice_position_mm", "path", "frame"], ignore_index=True, na_position="last")
 
 
