@@ -153,4 +153,4 @@ def to_hu(volume: xr.DataArray, *, fill_below_hu: float | None = None, assume_hu
     )
     hu.attrs.update(units="HU", fill_below_hu=threshold)
     hu.name = "hu"
-    return hu.transpose("slice", "row", "col")
+    return hu.transpose(*volume.dims)

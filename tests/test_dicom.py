@@ -1,0 +1,160 @@
+"""Pixel reading paths give exactly pydicom's pixel_array; header records are safe."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+
+import ctframe
+from ctframe import dicom
+from ctframe.dicom import SliceRef, read_frames, read_header
+from ctframe.errors import DicomReadError, ScanWarning, UnsupportedDicomError
+
+
+def _refs(catalog) -> list[SliceRef]:
+    return [
+        SliceRef(
+            path=r.path, frame=int(r.frame), number_of_frames=int(r.number_of_frames), file_size=int(r.file_size),
+            transfer_syntax_uid=r.transfer_syntax_uid, pixel_data_offset=int(r.pixel_data_offset), rows=int(r.rows),
+            columns=int(r.columns), bits_allocated=int(r.bits_allocated), bits_stored=int(r.bits_stored),
+            pixel_representation=int(r.pixel_representation), samples_per_pixel=int(r.samples_per_pixel),
+        )
+        for r in catalog.itertuples()
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def shared_catalog(shared_data: Path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ScanWarning)
+        return ctframe.scan(shared_data)
+
+
+def _pydicom_frame(path: str, frame: int, n_frames: int) -> np.ndarray:
+    ds = pydicom.dcmread(path)
+    array = ds.pixel_array
+    return array[frame] if n_frames > 1 else array
+
+
+def test_read_frames__fast_path_equals_pydicom_on_every_native_file(shared_catalog, monkeypatch) -> None:
+    native = shared_catalog[
+        (shared_catalog["pixel_data_offset"] >= 0)
+        & (shared_catalog["samples_per_pixel"] == 1)
+        & shared_catalog["bits_allocated"].isin([8, 16, 32])
+    ]
+    assert len(native) > 300  # LIDC, dcm_qa_ct, covid slices, edge cases
+    # prove the fast path is what runs: pydicom's decoder must not be called
+    monkeypatch.setattr(dicom, "_read_with_pydicom", lambda *a, **k: pytest.fail("fallback used"))
+    checked, pydicom_failed = 0, set()
+    for ref in _refs(native):
+        if ref.path.endswith("MR_truncated.dcm"):
+            continue
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                reference = _pydicom_frame(ref.path, ref.frame, ref.number_of_frames)
+        except ValueError:
+            pydicom_failed.add(Path(ref.path).name)
+            continue
+        ours = read_frames([ref], dtype=np.dtype(f"{'i' if ref.pixel_representation else 'u'}{ref.bits_allocated // 8}"))[0]
+        assert ours.dtype == reference.dtype, ref.path
+        np.testing.assert_array_equal(ours, reference, err_msg=ref.path)
+        checked += 1
+    # badVR.dcm has NumberOfFrames '1A': pydicom cannot decode it, so there is no reference
+    assert pydicom_failed == {"badVR.dcm"}
+    assert checked == len(native) - 2
+
+
+def test_read_frames__truncated_pixel_data_is_a_clear_error(edge_cases: Path) -> None:
+    path = edge_cases / "pydicom-3.0.2" / "MR_truncated.dcm"
+    catalog = ctframe.scan(path)
+    with pytest.raises(DicomReadError, match=r"MR_truncated.dcm: pixel data truncated"):
+        read_frames(_refs(catalog), dtype=np.dtype("int16"))
+
+
+@pytest.mark.parametrize("name", ["CT1_RLE", "CT1_JPLL", "CT1_JLSL", "CT1_J2KR"])
+def test_read_frames__lossless_syntaxes_decode_to_uncompressed_hu(edge_cases: Path, name: str) -> None:
+    folder = edge_cases / "wg04-robyoung"
+    reference = ctframe.to_hu(ctframe.open_series(folder / "CT1_UNC.dcm")).values
+    decoded = ctframe.to_hu(ctframe.open_series(folder / f"{name}.dcm")).values
+    np.testing.assert_array_equal(decoded, reference)
+
+
+@pytest.mark.parametrize(("name", "max_error"), [("CT1_JLSN", 4), ("CT1_J2KI", 500)])
+def test_read_frames__lossy_syntaxes_decode_close_and_are_flagged(edge_cases: Path, name: str, max_error: int) -> None:
+    folder = edge_cases / "wg04-robyoung"
+    reference = ctframe.open_series(folder / "CT1_UNC.dcm").values.astype(int)
+    volume = ctframe.open_series(folder / f"{name}.dcm")
+    assert volume.attrs["is_lossy"] == 1
+    difference = np.abs(volume.values.astype(int) - reference)
+    assert 0 < difference.max() <= max_error
+
+
+def test_read_frames__jpeg_lossless_uses_imagecodecs_and_matches_pydicom(edge_cases: Path, monkeypatch) -> None:
+    pytest.importorskip("imagecodecs")
+    path = edge_cases / "wg04-robyoung" / "CT1_JPLL.dcm"
+    monkeypatch.setattr(dicom, "_read_with_pydicom", lambda *a, **k: pytest.fail("fallback used"))
+    ours = read_frames(_refs(ctframe.scan(path)), dtype=np.dtype("int16"))[0]
+    np.testing.assert_array_equal(ours, pydicom.dcmread(path).pixel_array)
+
+
+def test_read_frames__compressed_files_fall_back_to_pydicom(edge_cases: Path, monkeypatch) -> None:
+    calls = []
+    original = dicom._read_with_pydicom
+
+    def spy(*args, **kwargs):
+        calls.append(args[0])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(dicom, "_read_with_pydicom", spy)
+    path = edge_cases / "wg04-robyoung" / "CT1_RLE.dcm"
+    ours = read_frames(_refs(ctframe.scan(path)), dtype=np.dtype("int16"))[0]
+    assert calls == [str(path)]
+    np.testing.assert_array_equal(ours, pydicom.dcmread(path).pixel_array)
+
+
+@pytest.mark.parametrize(
+    "name", ["J2K_pixelrep_mismatch.dcm", "693_J2KI.dcm"]
+)
+def test_read_frames__awkward_jpeg2000_matches_pydicom(edge_cases: Path, name: str) -> None:
+    path = edge_cases / "pydicom-3.0.2" / name
+    ours = read_frames(_refs(ctframe.scan(path)), dtype=np.dtype("int16"))[0]
+    np.testing.assert_array_equal(ours, pydicom.dcmread(path).pixel_array)
+
+
+def test_read_header__padding_value_signedness(lidc_dir: Path) -> None:
+    record = read_header(lidc_dir / "1-001.dcm")[0]
+    assert record["padding_value"] == -2000.0
+
+
+def test_read_header__non_image_raises_unsupported(edge_cases: Path) -> None:
+    with pytest.raises(UnsupportedDicomError, match="no image pixel data"):
+        read_header(edge_cases / "pydicom-3.0.2" / "test-SR.dcm")
+
+
+def test_read_header__bad_value_does_not_escape(edge_cases: Path) -> None:
+    # NumberOfFrames = '1A' (invalid IS): read as one frame, no exception
+    records = read_header(edge_cases / "pydicom-3.0.2" / "badVR.dcm")
+    assert len(records) == 1 and records[0]["modality"] == "RTDOSE"
+
+
+def test_read_header__deflated_and_big_endian_are_images(edge_cases: Path) -> None:
+    deflated = read_header(edge_cases / "pydicom-3.0.2" / "image_dfl.dcm")[0]
+    assert deflated["transfer_syntax"] == "Deflated Explicit VR Little Endian"
+    assert deflated["pixel_data_offset"] == -1  # never read deflated bytes directly
+    big = read_header(edge_cases / "pydicom-3.0.2" / "MR_small_bigendian.dcm")[0]
+    assert big["pixel_data_offset"] == -1
+    volume = ctframe.open_series(edge_cases / "pydicom-3.0.2" / "MR_small_bigendian.dcm")
+    np.testing.assert_array_equal(
+        volume.values[0], pydicom.dcmread(edge_cases / "pydicom-3.0.2" / "MR_small_bigendian.dcm").pixel_array
+    )
+
+
+def test_stored_dtype__mixed_signedness_widens() -> None:
+    assert dicom.stored_dtype([16, 16], [0, 1]) == np.int32
+    with pytest.raises(UnsupportedDicomError, match="BitsAllocated 12"):
+        dicom.stored_dtype([12], [0])
