@@ -23,7 +23,9 @@ from ctframe.errors import ConfigError
 __all__ = ["config_context", "default_config_path", "get_config", "load_config"]
 
 #: Keys whose value must be one of a fixed set (dotted path -> allowed values).
-ALLOWED_VALUES: dict[str, tuple[Any, ...]] = {}
+ALLOWED_VALUES: dict[str, tuple[Any, ...]] = {
+    "window.function": ("LINEAR", "LINEAR_EXACT", "SIGMOID"),
+}
 
 #: Keys whose numeric value must lie in a closed range (dotted path -> (lo, hi)).
 RANGES: dict[str, tuple[float, float]] = {
@@ -103,7 +105,7 @@ def _merge(default: Mapping[str, Any], user: Mapping[str, Any], prefix: str = ""
 
 
 #: Mappings whose entries are user-defined (names are free, not fixed keys).
-OPEN_MAPPINGS: set[str] = set()
+OPEN_MAPPINGS: set[str] = {"window.presets"}
 
 
 def _is_open_mapping(path: str) -> bool:
@@ -121,6 +123,25 @@ def _check_values(cfg: Mapping[str, Any]) -> None:
         value = _lookup(cfg, path)
         if not lo <= value <= hi:
             raise ConfigError(f"config key '{path}' is {value!r}; it must lie in [{lo}, {hi}]")
+    _check_window_presets(cfg)
+
+
+def _check_window_presets(cfg: Mapping[str, Any]) -> None:
+    """Each ``window.presets`` entry is ``{level_hu: number, width_hu: number > 0}``."""
+    for name, entry in cfg.get("window", {}).get("presets", {}).items():
+        key = f"window.presets.{name}"
+        if name == "dicom":
+            raise ConfigError(f"config key '{key}': 'dicom' is reserved for the series' own window; use another name")
+        if not isinstance(entry, dict) or set(entry) != {"level_hu", "width_hu"}:
+            raise ConfigError(
+                f"config key '{key}' must be a mapping with exactly the keys level_hu and width_hu (HU), got {entry!r}"
+            )
+        for field in ("level_hu", "width_hu"):
+            value = entry[field]
+            if isinstance(value, bool) or not isinstance(value, int | float) or value != value or abs(value) == float("inf"):
+                raise ConfigError(f"config key '{key}.{field}' must be a finite number (HU), got {value!r}")
+        if entry["width_hu"] <= 0:
+            raise ConfigError(f"config key '{key}.width_hu' is {entry['width_hu']!r}; a window width must be > 0 HU")
 
 
 def _lookup(cfg: Mapping[str, Any], path: str) -> Any:

@@ -18,6 +18,7 @@ __all__ = [
     "NoSeriesError",
     "NotHUCalibratedError",
     "OutputExistsError",
+    "ParameterError",
     "QCWarning",
     "ScanWarning",
     "UnsupportedDicomError",
@@ -58,6 +59,10 @@ class ConfigError(CTFrameError, ValueError):
 
 class OutputExistsError(CTFrameError, FileExistsError):
     """An output path exists and overwriting was not requested."""
+
+
+class ParameterError(CTFrameError, ValueError):
+    """An argument is invalid: unknown name, out of range, or in conflict with another argument or the data."""
 
 
 class CTFrameWarning(UserWarning):
