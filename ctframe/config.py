@@ -35,6 +35,17 @@ RANGES: dict[str, tuple[float, float]] = {
     "qc.gap_factor": (1.0, 100.0),
     "qc.irregular_tolerance": (0.0, 10.0),
     "qc.duplicate_tolerance_mm": (0.0, 100.0),
+    "histogram.bin_width_hu": (1, 4096),
+    "histogram.min_hu": (-2048, 4095),
+    "histogram.max_hu": (-2047, 4096),
+    "selection.min_slices": (1, 100_000),
+}
+
+#: List-valued keys whose items must come from a fixed set.
+LIST_CHOICES: dict[str, tuple[str, ...]] = {
+    "selection.prefer": ("thinnest", "most_slices"),
+    "selection.orientations": ("AXIAL", "CORONAL", "SAGITTAL", "OBLIQUE", "UNKNOWN"),
+    "cohort.regions": ("scan", "body", "lungs", "right_lung", "left_lung"),
 }
 
 _active: dict[str, Any] | None = None
@@ -124,6 +135,27 @@ def _check_values(cfg: Mapping[str, Any]) -> None:
         if not lo <= value <= hi:
             raise ConfigError(f"config key '{path}' is {value!r}; it must lie in [{lo}, {hi}]")
     _check_window_presets(cfg)
+    _check_lists(cfg)
+
+
+def _check_lists(cfg: Mapping[str, Any]) -> None:
+    """List items from fixed sets, percentiles in [0, 100], ordered HU ranges."""
+    for path, allowed in LIST_CHOICES.items():
+        for item in _lookup(cfg, path):
+            if item not in allowed:
+                raise ConfigError(f"config key '{path}' holds {item!r}; allowed values: {', '.join(allowed)}")
+    for q in _lookup(cfg, "statistics.percentiles"):
+        if isinstance(q, bool) or not isinstance(q, int | float) or not 0 <= q <= 100:
+            raise ConfigError(f"config key 'statistics.percentiles' holds {q!r}; percentiles lie in [0, 100]")
+    for path in ("statistics.laa_thresholds_hu", "statistics.haa_range_hu"):
+        for value in _lookup(cfg, path):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"config key '{path}' holds {value!r}; thresholds are whole HU numbers")
+    haa = _lookup(cfg, "statistics.haa_range_hu")
+    if len(haa) != 2 or haa[0] >= haa[1]:
+        raise ConfigError(f"config key 'statistics.haa_range_hu' is {haa!r}; give [low, high] with low < high (HU)")
+    if _lookup(cfg, "histogram.min_hu") >= _lookup(cfg, "histogram.max_hu"):
+        raise ConfigError("config keys 'histogram.min_hu' and 'histogram.max_hu': min_hu must be below max_hu")
 
 
 def _check_window_presets(cfg: Mapping[str, Any]) -> None:
