@@ -11,6 +11,7 @@ from __future__ import annotations
 __all__ = [
     "CTFrameError",
     "CTFrameWarning",
+    "CohortWarning",
     "ConfigError",
     "DicomReadError",
     "InconsistentSeriesError",
@@ -71,6 +72,10 @@ class CTFrameWarning(UserWarning):
 
 class ScanWarning(CTFrameWarning):
     """Some files were skipped during discovery; see the problems table."""
+
+
+class CohortWarning(CTFrameWarning):
+    """A stack of a cohort was skipped; the rest of the cohort goes on."""
 
 
 class QCWarning(CTFrameWarning):
