@@ -21,13 +21,16 @@ from ctframe.errors import (
     NoSeriesError,
     NotHUCalibratedError,
     OutputExistsError,
+    ParameterError,
     QCWarning,
     ScanWarning,
     UnsupportedDicomError,
 )
 from ctframe.hu import to_hu
 from ctframe.io import open_series
+from ctframe.projection import aspect, mean_projection, minip, mip, plane_dim, reformat, resample_isotropic
 from ctframe.scan import problems_table, scan, series_table
+from ctframe.window import adjust_gamma, apply_window, equalize_adapthist, rescale_intensity
 
 try:
     __version__ = version("ctframe")
@@ -44,15 +47,27 @@ __all__ = [
     "NoSeriesError",
     "NotHUCalibratedError",
     "OutputExistsError",
+    "ParameterError",
     "QCWarning",
     "ScanWarning",
     "UnsupportedDicomError",
     "__version__",
+    "adjust_gamma",
+    "apply_window",
+    "aspect",
     "config_context",
+    "equalize_adapthist",
     "get_config",
     "load_config",
+    "mean_projection",
+    "minip",
+    "mip",
     "open_series",
+    "plane_dim",
     "problems_table",
+    "reformat",
+    "resample_isotropic",
+    "rescale_intensity",
     "scan",
     "series_table",
     "to_hu",

@@ -25,3 +25,73 @@ class CTAccessor:
         from ctframe.hu import to_hu
 
         return to_hu(self._obj, **kwargs)
+
+    # --- window.py: display windows and contrast
+
+    def apply_window(self, **kwargs: Any) -> xr.DataArray:
+        """Call :func:`ctframe.apply_window` on this array."""
+        from ctframe.window import apply_window
+
+        return apply_window(self._obj, **kwargs)
+
+    def equalize_adapthist(self, **kwargs: Any) -> xr.DataArray:
+        """Call :func:`ctframe.equalize_adapthist` on this array."""
+        from ctframe.window import equalize_adapthist
+
+        return equalize_adapthist(self._obj, **kwargs)
+
+    def adjust_gamma(self, **kwargs: Any) -> xr.DataArray:
+        """Call :func:`ctframe.adjust_gamma` on this array."""
+        from ctframe.window import adjust_gamma
+
+        return adjust_gamma(self._obj, **kwargs)
+
+    def rescale_intensity(self, **kwargs: Any) -> xr.DataArray:
+        """Call :func:`ctframe.rescale_intensity` on this array."""
+        from ctframe.window import rescale_intensity
+
+        return rescale_intensity(self._obj, **kwargs)
+
+    # --- projection.py: reformats and projections
+
+    def reformat(self, **kwargs: Any) -> xr.DataArray:
+        """Call :func:`ctframe.reformat` on this array."""
+        from ctframe.projection import reformat
+
+        return reformat(self._obj, **kwargs)
+
+    def plane_dim(self, plane: str) -> Any:
+        """Call :func:`ctframe.plane_dim` on this array."""
+        from ctframe.projection import plane_dim
+
+        return plane_dim(self._obj, plane)
+
+    def aspect(self) -> float:
+        """Call :func:`ctframe.aspect` on this array."""
+        from ctframe.projection import aspect
+
+        return aspect(self._obj)
+
+    def resample_isotropic(self, **kwargs: Any) -> xr.DataArray:
+        """Call :func:`ctframe.resample_isotropic` on this array."""
+        from ctframe.projection import resample_isotropic
+
+        return resample_isotropic(self._obj, **kwargs)
+
+    def mip(self, **kwargs: Any) -> xr.DataArray:
+        """Call :func:`ctframe.mip` on this array."""
+        from ctframe.projection import mip
+
+        return mip(self._obj, **kwargs)
+
+    def minip(self, **kwargs: Any) -> xr.DataArray:
+        """Call :func:`ctframe.minip` on this array."""
+        from ctframe.projection import minip
+
+        return minip(self._obj, **kwargs)
+
+    def mean_projection(self, **kwargs: Any) -> xr.DataArray:
+        """Call :func:`ctframe.mean_projection` on this array."""
+        from ctframe.projection import mean_projection
+
+        return mean_projection(self._obj, **kwargs)
