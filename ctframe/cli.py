@@ -1,0 +1,325 @@
+"""The ``ctframe`` command line: scan, summarize, demo, export, show-config.
+
+Every bad input ends in one line on stderr and a non-zero exit status, never a
+traceback: 2 for a ctframe error (bad path, bad config, no CT series, output
+exists...), 130 when interrupted, 3 for an unexpected internal error (rerun with
+``--debug`` to see its traceback). Heavy libraries are imported inside the
+commands so ``ctframe --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+app = typer.Typer(
+    name="ctframe",
+    help="CT analytics at cohort scale: scan DICOM folders, summarise cohorts, export volumes.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+EXIT_ERROR, EXIT_INTERNAL, EXIT_INTERRUPTED = 2, 3, 130
+_state: dict[str, bool] = {"debug": False}
+
+ConfigOption = Annotated[
+    Path | None, typer.Option("--config", "-c", help="YAML file overriding configs/default.yaml.", show_default=False)
+]
+QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or messages, only errors.")]
+
+
+def _fail(message: str, code: int = EXIT_ERROR) -> None:
+    typer.echo(f"ctframe: error: {message.splitlines()[0] if message else 'failed'}", err=True)
+    raise typer.Exit(code)
+
+
+def handle_errors(func: F) -> F:
+    """Turn every exception of a command into one line on stderr and an exit status."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from ctframe.errors import CTFrameError
+
+        try:
+            return func(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except CTFrameError as exc:
+            _fail(str(exc))
+        except KeyboardInterrupt:
+            _fail("interrupted; nothing was written", EXIT_INTERRUPTED)
+        except (OSError, ValueError) as exc:
+            _fail(f"{type(exc).__name__}: {exc}")
+        except Exception as exc:
+            if _state["debug"]:
+                raise
+            _fail(f"unexpected {type(exc).__name__}: {exc} (rerun with --debug for details)", EXIT_INTERNAL)
+
+    return wrapper  # type: ignore[return-value]
+
+
+@app.callback()
+def main(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of internal errors.")] = False) -> None:
+    """CT analytics at cohort scale."""
+    _state["debug"] = debug
+
+
+@contextlib.contextmanager
+def _configured(config: Path | None, quiet: bool) -> Iterator[dict[str, Any]]:
+    from ctframe.config import config_context, load_config
+
+    cfg = load_config(config)
+    with config_context(cfg) as active, warnings.catch_warnings():
+        warnings.simplefilter("ignore" if quiet else "default")
+        if not quiet:
+            warnings.showwarning = _one_line_warning
+        yield active
+
+
+def _one_line_warning(message: Any, category: Any, *args: Any, **kwargs: Any) -> None:
+    typer.echo(f"ctframe: warning: {str(message).splitlines()[0]}", err=True)
+
+
+def _require_folder(root: Path) -> None:
+    from ctframe.errors import NoSeriesError
+
+    if not root.exists():
+        raise NoSeriesError(f"{root}: no such file or folder")
+
+
+def _say(quiet: bool, message: str) -> None:
+    if not quiet:
+        typer.echo(message, err=True)
+
+
+# --------------------------------------------------------------------------- commands
+
+
+@app.command()
+@handle_errors
+def scan(
+    root: Annotated[Path, typer.Argument(help="Folder tree (or file) of DICOM.")],
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the series table (.csv or .parquet).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output file.")] = False,
+    config: ConfigOption = None,
+    quiet: QuietOption = False,
+) -> None:
+    """Print the series table with QC flags; list files that were skipped."""
+    _require_folder(root)
+    with _configured(config, quiet):
+        import pandas as pd
+
+        import ctframe
+        from ctframe.errors import NoSeriesError
+        from ctframe.export import atomic_path
+        from ctframe.outputs import write_table
+
+        catalog = ctframe.scan(root, progress=None if not quiet else False)
+        problems = ctframe.problems_table(catalog)
+        if catalog.empty:
+            raise NoSeriesError(f"no DICOM image found under {root} ({len(problems)} file(s) skipped)")
+        table = ctframe.series_table(catalog)
+        if output is not None:
+            if output.suffix not in (".csv", ".parquet"):
+                raise ValueError(f"{output}: the series table is written as .csv or .parquet")
+            with atomic_path(output, overwrite=overwrite) as tmp:
+                write_table(table, tmp)
+        if not quiet:
+            shown = table[
+                ["stack_key", "modality", "orientation", "n_slices", "spacing_median_mm", "usable", "qc_notes"]
+            ].copy()
+            shown["stack_key"] = shown["stack_key"].str.slice(-24)
+            with pd.option_context("display.width", 200, "display.max_colwidth", 60, "display.max_rows", 200):
+                typer.echo(shown.to_string(index=False))
+            typer.echo(f"\n{len(table)} stack(s) in {catalog['path'].nunique()} file(s); {len(problems)} file(s) skipped")
+            for path, reason in problems.head(20).itertuples(index=False):
+                typer.echo(f"  skipped {path}: {reason}")
+            if len(problems) > 20:
+                typer.echo(f"  ... and {len(problems) - 20} more")
+
+
+def _scheduler_for(scheduler: str | None, workers: int | None) -> contextlib.AbstractContextManager[Any]:
+    if scheduler and workers:
+        raise ValueError("give either --scheduler or --workers, not both")
+    if workers:
+        if workers < 1:
+            raise ValueError(f"--workers must be >= 1, got {workers}")
+
+        @contextlib.contextmanager
+        def cluster() -> Iterator[Any]:
+            from distributed import Client
+
+            from ctframe.execution import local_cluster
+
+            with local_cluster(workers) as lc, Client(lc) as client:
+                yield client
+
+        return cluster()
+    return contextlib.nullcontext(scheduler)
+
+
+def run_summarize(
+    root: Path,
+    outdir: Path,
+    *,
+    config_path: Path | None = None,
+    scheduler: str | None = None,
+    workers: int | None = None,
+    overwrite: bool = False,
+    quiet: bool = False,
+    include_phi: bool = False,
+    command: str = "ctframe summarize",
+) -> Path:
+    """The summarize pipeline (also used by ``ctframe demo``)."""
+    _require_folder(root)
+    if outdir.exists() and not overwrite:
+        from ctframe.errors import OutputExistsError
+
+        raise OutputExistsError(f"{outdir} already exists; choose another folder or pass --overwrite")
+    with _configured(config_path, quiet) as cfg:
+        import ctframe
+        from ctframe.cohort import open_cohort, summarize
+        from ctframe.outputs import write_summary
+
+        _say(quiet, f"scanning {root} ...")
+        catalog = ctframe.scan(root, progress=None if not quiet else False, include_phi=include_phi)
+        cohort = open_cohort(catalog, include_phi=include_phi)
+        _say(quiet, f"{len(cohort.volumes)} series selected from {cohort.series['study_uid'].nunique()} studies")
+        with _scheduler_for(scheduler, workers) as sched:
+            summary = summarize(cohort, scheduler=sched, progress=not quiet)
+        extras = _figures_and_report(summary, cohort, quiet)
+        write_summary(
+            summary,
+            outdir,
+            catalog=catalog,
+            scan_problems=ctframe.problems_table(catalog),
+            config=cfg,
+            root=root,
+            command=command,
+            scheduler=scheduler or (f"LocalCluster({workers} workers)" if workers else "threads"),
+            overwrite=overwrite,
+            extras=extras,
+        )
+    _say(quiet, f"wrote {outdir}")
+    return outdir
+
+
+def _figures_and_report(summary: Any, cohort: Any, quiet: bool) -> Callable[[Path], None] | None:
+    try:
+        from ctframe.report import write_figures_and_report
+    except ImportError:  # pragma: no cover - the report module ships with ctframe
+        return None
+    return lambda folder: write_figures_and_report(summary, cohort, folder)
+
+
+@app.command()
+@handle_errors
+def summarize(
+    root: Annotated[Path, typer.Argument(help="Folder tree of DICOM studies.")],
+    outdir: Annotated[Path, typer.Option("--output", "-o", help="Output folder (must not exist).")],
+    config: ConfigOption = None,
+    scheduler: Annotated[
+        str | None, typer.Option(help="Address of a dask.distributed scheduler, e.g. tcp://10.0.0.5:8786.")
+    ] = None,
+    workers: Annotated[int | None, typer.Option(help="Run on a local cluster of N worker processes.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder (once the new one is complete).")] = False,
+    include_phi: Annotated[
+        bool, typer.Option("--include-phi", help="Keep PatientID and other identifying values in the tables.")
+    ] = False,
+    quiet: QuietOption = False,
+) -> None:
+    """Run the whole pipeline (HU, lungs, tables, figures, report) into OUTDIR."""
+    run_summarize(
+        root, outdir, config_path=config, scheduler=scheduler, workers=workers, overwrite=overwrite, quiet=quiet,
+        include_phi=include_phi,
+    )  # fmt: skip
+
+
+@app.command()
+@handle_errors
+def demo(
+    outdir: Annotated[Path, typer.Option("--output", "-o", help="Folder for the phantom DICOM and the summary.")] = Path(
+        "ctframe-demo"
+    ),
+    patients: Annotated[int, typer.Option(help="Phantom patients.", min=1, max=50)] = 3,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing demo folder.")] = False,
+    quiet: QuietOption = False,
+) -> None:
+    """Write a small phantom cohort (two time points per patient) and summarise it."""
+    from ctframe.errors import OutputExistsError
+
+    if outdir.exists() and not overwrite:
+        raise OutputExistsError(f"{outdir} already exists; choose another folder or pass --overwrite")
+    from ctframe.export import atomic_path
+    from ctframe.testing import write_phantom_cohort
+
+    _say(quiet, f"writing a phantom cohort of {patients} patients x 2 studies ...")
+    with atomic_path(outdir, overwrite=overwrite) as tmp:
+        write_phantom_cohort(tmp / "dicom", n_patients=patients, n_time_points=2)
+        run_summarize(tmp / "dicom", tmp / "summary", quiet=quiet, command="ctframe demo")
+    _say(quiet, f"demo done: DICOM in {outdir / 'dicom'}, summary in {outdir / 'summary'} (open report.html)")
+
+
+@app.command()
+@handle_errors
+def export(
+    root: Annotated[Path, typer.Argument(help="Folder (or file) holding the series.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output path (.nii/.nii.gz, .zarr or .nc).")],
+    series: Annotated[str | None, typer.Option(help="Stack key or SeriesInstanceUID (needed when ROOT has several).")] = None,
+    format: Annotated[str, typer.Option("--format", "-f", help="zarr, nifti or netcdf.")] = "nifti",
+    labels: Annotated[bool, typer.Option("--labels", help="Add the lung labels (zarr/netcdf: a variable; nifti: a second file).")] = False,
+    stored: Annotated[bool, typer.Option("--stored", help="Export stored values instead of HU.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output.")] = False,
+    config: ConfigOption = None,
+    quiet: QuietOption = False,
+) -> None:
+    """Export one volume (HU by default) with its geometry."""
+    formats = ("zarr", "nifti", "netcdf")
+    if format not in formats:
+        raise ValueError(f"--format must be one of {', '.join(formats)}, got {format!r}")
+    _require_folder(root)
+    with _configured(config, quiet):
+        import ctframe
+        from ctframe import export as writers
+
+        volume = ctframe.open_series(root, series=series)
+        data = volume if stored else ctframe.to_hu(volume)
+        label_volume = None
+        if labels:
+            from ctframe.segment import lung_mask
+
+            label_volume = lung_mask(ctframe.to_hu(volume))
+        if format == "nifti":
+            writers.to_nifti(data, output, overwrite=overwrite)
+            if label_volume is not None:
+                name = output.name.replace(".nii", "_labels.nii")
+                writers.to_nifti(label_volume, output.with_name(name), overwrite=overwrite)
+        elif format == "zarr":
+            writers.to_zarr(data, output, labels=label_volume, overwrite=overwrite)
+        else:
+            writers.to_netcdf(data, output, labels=label_volume, overwrite=overwrite)
+    _say(quiet, f"wrote {output}")
+
+
+@app.command("show-config")
+@handle_errors
+def show_config(config: ConfigOption = None) -> None:
+    """Print the merged configuration (defaults plus --config) as YAML."""
+    import yaml
+
+    from ctframe.config import load_config
+
+    typer.echo(yaml.safe_dump(load_config(config), sort_keys=False).rstrip())
+
+
+def run() -> None:  # pragma: no cover - console-script entry point
+    """Entry point of the ``ctframe`` console script."""
+    app(prog_name="ctframe")

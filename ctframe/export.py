@@ -1,0 +1,183 @@
+"""Writers: one volume to NIfTI, Zarr or NetCDF, and atomic output helpers.
+
+Every writer computes (it is a sink) and writes atomically: into a temporary
+name beside the target, renamed into place only when complete, so a killed run
+never leaves a half-written file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from ctframe.errors import CTFrameError, OutputExistsError
+
+__all__ = ["atomic_path", "lps_affine", "ras_affine", "to_netcdf", "to_nifti", "to_zarr"]
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | os.PathLike[str], *, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside `target`; move it onto `target` on success.
+
+    Works for files and folders. On error (or interruption) the temporary is
+    removed and `target` is untouched.
+
+    Raises
+    ------
+    OutputExistsError
+        `target` exists and `overwrite` is False.
+    CTFrameError
+        The parent folder cannot be written.
+    """
+    target = Path(target)
+    if target.exists() and not overwrite:
+        raise OutputExistsError(f"{target} already exists; choose another path or pass --overwrite")
+    parent = target.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=parent))
+    except OSError as exc:
+        raise CTFrameError(f"cannot write to {parent}: {exc.strerror or exc}") from None
+    work = tmp / target.name
+    try:
+        yield work
+        if target.exists():
+            backup = parent / f".{target.name}.old-{os.getpid()}"
+            os.replace(target, backup)
+            os.replace(work, target)
+            _remove(backup)
+        else:
+            os.replace(work, target)
+    finally:
+        _remove(tmp)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists() or path.is_symlink():
+        path.unlink(missing_ok=True)
+
+
+def lps_affine(volume: xr.DataArray) -> np.ndarray:
+    """4x4 affine from (col, row, slice) indices to patient LPS millimetres.
+
+    The slice axis follows the first and last ImagePositionPatient, so a
+    sheared (tilted) stack keeps its true geometry.
+
+    Raises
+    ------
+    CTFrameError
+        `volume` lacks the orientation attrs or position coordinates.
+    """
+    try:
+        orientation = np.asarray(volume.attrs["orientation"], float)
+        first = np.array([float(volume[c][0]) for c in ("position_x_mm", "position_y_mm", "position_z_mm")])
+        last = np.array([float(volume[c][-1]) for c in ("position_x_mm", "position_y_mm", "position_z_mm")])
+    except (KeyError, IndexError) as exc:
+        raise CTFrameError(f"volume has no DICOM geometry ({exc}); open it with ctframe.open_series") from None
+    row_dir, col_dir = orientation[:3], orientation[3:]
+    d_col = float(volume["col"][1] - volume["col"][0]) if volume.sizes["col"] > 1 else 1.0
+    d_row = float(volume["row"][1] - volume["row"][0]) if volume.sizes["row"] > 1 else 1.0
+    n = volume.sizes["slice"]
+    if n > 1:
+        step = (last - first) / (n - 1)
+    else:
+        step = np.cross(row_dir, col_dir) * float(volume.attrs.get("slice_spacing_mm", 1.0))
+    affine = np.eye(4)
+    affine[:3, 0] = row_dir * d_col
+    affine[:3, 1] = col_dir * d_row
+    affine[:3, 2] = step
+    affine[:3, 3] = first
+    return affine
+
+
+def ras_affine(volume: xr.DataArray) -> np.ndarray:
+    """The NIfTI (RAS) affine: :func:`lps_affine` with x and y negated."""
+    return np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps_affine(volume)
+
+
+def to_nifti(volume: xr.DataArray, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+    """Write a volume as NIfTI-1 (``.nii`` or ``.nii.gz``) with its RAS affine.
+
+    The array is stored in (col, row, slice) order, so voxel (i, j, k) of the
+    file is column i, row j, slice k; the affine maps it to RAS millimetres.
+    NaN (padding) is kept as NaN in float volumes.
+
+    Notes
+    -----
+    **Computes**.
+    """
+    import nibabel as nib
+
+    data = np.asarray(volume.transpose("col", "row", "slice").values)
+    image = nib.Nifti1Image(data, ras_affine(volume))
+    image.header.set_xyzt_units("mm")
+    if volume.attrs.get("units") == "HU":
+        image.header["descrip"] = b"HU"
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        nib.save(image, str(tmp))
+    return Path(path)
+
+
+def _netcdf_safe(attrs: dict[str, Any]) -> dict[str, Any]:
+    safe: dict[str, Any] = {}
+    for key, value in attrs.items():
+        if isinstance(value, bool | np.bool_):
+            safe[key] = int(value)
+        elif isinstance(value, str | int | float | np.number) or (
+            isinstance(value, list | tuple) and all(isinstance(v, int | float) for v in value)
+        ):
+            safe[key] = value
+        else:
+            safe[key] = str(value)
+    return safe
+
+
+def _dataset(volume: xr.DataArray, labels: xr.DataArray | None) -> xr.Dataset:
+    name = volume.name if isinstance(volume.name, str) else "volume"
+    ds = volume.to_dataset(name=name)
+    if labels is not None:
+        ds["labels"] = labels
+    for var in ds.variables.values():
+        var.attrs = _netcdf_safe(dict(var.attrs))
+    ds.attrs = _netcdf_safe(dict(volume.attrs))
+    return ds
+
+
+def to_zarr(
+    volume: xr.DataArray, path: str | os.PathLike[str], *, labels: xr.DataArray | None = None, overwrite: bool = False
+) -> Path:
+    """Write a volume (and optional labels) as a Zarr store with coordinates and safe attrs.
+
+    Notes
+    -----
+    **Computes** chunk by chunk.
+    """
+    ds = _dataset(volume, labels)
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        ds.to_zarr(tmp, mode="w", consolidated=True)
+    return Path(path)
+
+
+def to_netcdf(
+    volume: xr.DataArray, path: str | os.PathLike[str], *, labels: xr.DataArray | None = None, overwrite: bool = False
+) -> Path:
+    """Write a volume (and optional labels) as NetCDF-4 with coordinates and safe attrs.
+
+    Notes
+    -----
+    **Computes**.
+    """
+    ds = _dataset(volume, labels)
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        ds.to_netcdf(tmp, engine="h5netcdf")
+    return Path(path)
