@@ -190,14 +190,15 @@ def phantom_slice(
     time_point: int = 0,
     rng: np.random.Generator | None = None,
     noise_hu: float = 18.0,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """HU, labels and ground-glass mask at physical points (x, y, z) in mm (LPS).
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """HU, labels, high-attenuation and ground-glass masks at physical points (x, y, z) in mm (LPS).
 
     Returns
     -------
     hu : ndarray of float32 (fill voxels at -3024)
     labels : ndarray of int8 (see :data:`LABELS`)
     ggo : ndarray of bool (high-attenuation lung: ground glass and consolidation)
+    ground_glass : ndarray of bool (the ground glass alone, -550 HU)
     """
     a, b = an.body_a, an.body_b
     t = an.t(z)
@@ -227,6 +228,7 @@ def phantom_slice(
     vessels = _vessels(an, x, y, z) & lung
     hu[vessels] = HU["blood"]
     ggo = np.zeros(x.shape, bool)
+    ground_glass = np.zeros(x.shape, bool)
     if time_point > 0:
         ground_glass, consolidation = _disease(an, x, y, z)
         ground_glass &= lung & ~vessels
@@ -259,7 +261,8 @@ def phantom_slice(
     hu[outside] = HU["fill"]
     labels[outside] = LABELS["background"]
     ggo &= ~outside
-    return hu, labels, ggo
+    ground_glass &= ~outside
+    return hu, labels, ggo, ground_glass
 
 
 # --------------------------------------------------------------------------- writing
@@ -282,6 +285,7 @@ class PhantomTruth:
     voxel_volume_ml: float
     lung_volume_ml: dict[str, float]
     ggo_volume_ml: float
+    ground_glass_volume_ml: float
     labels: np.ndarray | None = field(default=None, repr=False)
     ggo: np.ndarray | None = field(default=None, repr=False)
     hu: np.ndarray | None = field(default=None, repr=False)
@@ -416,7 +420,7 @@ def write_phantom_series(
     kept_ggo: list[np.ndarray] = []
     kept_hu: list[np.ndarray] = []
     voxel_ml = dz * np.cos(tilt) * dy * dx / 1000.0
-    counts = {"right": 0, "left": 0, "ggo": 0}
+    counts = {"right": 0, "left": 0, "ggo": 0, "ground_glass": 0}
     paths: list[tuple[int, Path]] = []
     for k in range(n):
         # slice k is centred on the table position z0 + k * dz
@@ -425,12 +429,13 @@ def write_phantom_series(
         py = origin[1] + jj * dx * row_dir[1] + ii * dy * col_dir[1]
         pz = origin[2] + jj * dx * row_dir[2] + ii * dy * col_dir[2]
         rng = np.random.default_rng([seed, time_point, k])
-        hu, lab, g = phantom_slice(an, px, py, pz, time_point=time_point, rng=rng, noise_hu=noise_hu)
+        hu, lab, g, glass = phantom_slice(an, px, py, pz, time_point=time_point, rng=rng, noise_hu=noise_hu)
         if k in dropped:
             continue
         counts["right"] += int((lab == LABELS["right_lung"]).sum())
         counts["left"] += int((lab == LABELS["left_lung"]).sum())
         counts["ggo"] += int(g.sum())
+        counts["ground_glass"] += int(glass.sum())
         stored = np.clip(np.round(hu - INTERCEPT), -32768, 32767).astype(np.int16)
         if return_arrays:
             kept_labels.append(lab)
@@ -510,6 +515,7 @@ def write_phantom_series(
         voxel_volume_ml=voxel_ml,
         lung_volume_ml={"right": counts["right"] * voxel_ml, "left": counts["left"] * voxel_ml},
         ggo_volume_ml=counts["ggo"] * voxel_ml,
+        ground_glass_volume_ml=counts["ground_glass"] * voxel_ml,
         labels=np.stack(kept_labels) if return_arrays else None,
         ggo=np.stack(kept_ggo) if return_arrays else None,
         hu=np.stack(kept_hu) if return_arrays else None,
