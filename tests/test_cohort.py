@@ -1,0 +1,185 @@
+"""Cohorts: selection, one-pass tables against eager numpy, schedulers, longitudinal."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import ctframe
+from ctframe.cohort import (
+    CohortSummary,
+    histogram_edges,
+    longitudinal_table,
+    open_cohort,
+    select_series,
+    summarize,
+)
+from ctframe.errors import CohortWarning, NoSeriesError, ScanWarning
+from ctframe.testing import raise_if_dask_computes, write_phantom_cohort, write_phantom_series
+
+EDGES = histogram_edges()
+ALL_EDGES = np.concatenate([[-np.inf], EDGES, [np.inf]])
+
+
+@pytest.fixture(scope="module")
+def cohort_root(tmp_path_factory) -> tuple[Path, list]:
+    root = tmp_path_factory.mktemp("cohort")
+    truths = write_phantom_cohort(root, n_patients=2, n_time_points=2, shape=(40, 96, 96), spacing_mm=(6.0, 3.75, 3.75))
+    return root, truths
+
+
+@pytest.fixture(scope="module")
+def cohort(cohort_root):
+    return open_cohort(cohort_root[0])
+
+
+@pytest.fixture(scope="module")
+def scan_summary(cohort) -> CohortSummary:
+    return summarize(cohort, regions=["scan"], levels=("slice", "series", "patient", "cohort"), progress=False)
+
+
+def test_open_cohort__tree_and_selection(cohort, cohort_root) -> None:
+    _, truths = cohort_root
+    assert set(cohort.volumes) == {t.series_uid for t in truths}
+    assert len(cohort.tree.children) == 2  # two patients
+    for patient in cohort.tree.children.values():
+        assert len(patient.children) == 2  # two studies each
+        for study in patient.children.values():
+            (series,) = study.children.values()
+            assert series.dataset["stored"].dims == ("slice", "row", "col")
+    assert cohort.series["selected"].all()
+    assert cohort.series["selection_reason"].str.startswith("selected").all()
+
+
+def test_open_cohort__is_lazy(cohort_root) -> None:
+    with raise_if_dask_computes():
+        cohort = open_cohort(cohort_root[0])
+    assert all(v.chunks for v in cohort.volumes.values())
+
+
+def test_select_series__prefers_thin_then_long_and_explains(tmp_path: Path) -> None:
+    common = {"patient_id": "SEL-1", "study_date": "20210101", "uid_prefix": "same-study"}
+    thick = write_phantom_series(tmp_path / "thick", shape=(10, 32, 32), spacing_mm=(5.0, 10.0, 10.0), **common)
+    thin = write_phantom_series(tmp_path / "thin", shape=(12, 32, 32), spacing_mm=(2.0, 10.0, 10.0), seed=1, **common)
+    table = ctframe.series_table(ctframe.scan(tmp_path))
+    # the phantom writer derives the study UID from patient, date and seed: give both one study
+    table["study_uid"] = "1.2.3"
+    chosen = select_series(table).set_index("stack_key")
+    assert chosen.at[thin.series_uid, "selected"] and not chosen.at[thick.series_uid, "selected"]
+    assert "another stack of the study is preferred" in chosen.at[thick.series_uid, "selection_reason"]
+    by_count = select_series(table, {"prefer": ["most_slices"]}).set_index("stack_key")
+    assert by_count.at[thin.series_uid, "selected"]  # 12 > 10 slices
+    coronal_only = select_series(table, {"orientations": ["CORONAL"]})
+    assert not coronal_only["selected"].any()
+    assert coronal_only["selection_reason"].str.contains("excluded: orientation not in CORONAL").all()
+
+
+def test_open_cohort__nothing_selectable_raises(shared_data: Path) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ScanWarning)
+        catalog = ctframe.scan(shared_data / "edge-cases" / "pydicom-3.0.2" / "dicomdirtests" / "98892001" / "CT2N")
+    with pytest.raises(NoSeriesError, match="passes the series-selection rule"):
+        open_cohort(catalog)
+
+
+def _eager_hu(cohort, key: str) -> np.ndarray:
+    return ctframe.to_hu(cohort.volumes[key]).values
+
+
+def test_summarize__scan_histograms_equal_numpy(cohort, scan_summary) -> None:
+    hist = scan_summary.histograms
+    patients: dict[str, np.ndarray] = {}
+    total = np.zeros(len(ALL_EDGES) - 1, np.int64)
+    for key in cohort.volumes:
+        hu = _eager_hu(cohort, key)
+        values = hu[~np.isnan(hu)]
+        expected, _ = np.histogram(values, bins=ALL_EDGES)
+        got = hist[(hist["level"] == "series") & (hist["series"] == key)]
+        np.testing.assert_array_equal(got["count"].to_numpy(), expected)
+        np.testing.assert_array_equal(got["bin_left_hu"].to_numpy(), ALL_EDGES[:-1])
+        patient = cohort.volumes[key].attrs["patient_key"]
+        patients[patient] = patients.get(patient, 0) + expected
+        total += expected
+        # per slice
+        per_slice = hist[(hist["level"] == "slice") & (hist["series"] == key)]
+        assert per_slice["slice_position_mm"].nunique() == hu.shape[0]
+        k = 7
+        position = cohort.volumes[key]["slice"].values[k]
+        slice_expected, _ = np.histogram(hu[k][~np.isnan(hu[k])], bins=ALL_EDGES)
+        np.testing.assert_array_equal(per_slice[per_slice["slice_position_mm"] == position]["count"], slice_expected)
+    for patient, expected in patients.items():
+        got = hist[(hist["level"] == "patient") & (hist["patient_key"] == patient)]["count"].to_numpy()
+        np.testing.assert_array_equal(got, expected)
+    np.testing.assert_array_equal(hist[hist["level"] == "cohort"]["count"].to_numpy(), total)
+
+
+def test_summarize__scan_region_statistics_equal_numpy(cohort, scan_summary) -> None:
+    regions = scan_summary.regions.set_index("series")
+    for key, volume in cohort.volumes.items():
+        hu = _eager_hu(cohort, key)
+        values = hu[~np.isnan(hu)].astype(float)
+        row = regions.loc[key]
+        voxel_ml = np.prod(volume.attrs["pixel_spacing_mm"]) * volume.attrs["slice_spacing_mm"] / 1000
+        assert row["voxel_count"] == values.size
+        assert row["volume_ml"] == pytest.approx(values.size * voxel_ml)
+        assert row["hu_mean"] == pytest.approx(values.mean())
+        assert row["hu_std"] == pytest.approx(values.std())
+        assert row["hu_median"] == np.median(values)
+        assert row["hu_p15"] == np.percentile(values, 15)
+        assert row["laa_950_pct"] == pytest.approx(100 * (values < -950).mean())
+        assert row["haa_pct"] == pytest.approx(100 * ((values >= -700) & (values < -250)).mean())
+
+
+def test_summarize__slice_areas_in_mm2(cohort, scan_summary) -> None:
+    areas = scan_summary.slice_areas
+    key = next(iter(cohort.volumes))
+    hu = _eager_hu(cohort, key)
+    rows = areas[(areas["series"] == key) & (areas["region"] == "scan")]
+    pixel_area = np.prod(cohort.volumes[key].attrs["pixel_spacing_mm"])
+    np.testing.assert_allclose(rows["area_mm2"].to_numpy(), (~np.isnan(hu)).sum(axis=(1, 2)) * pixel_area)
+
+
+def test_summarize__bad_region_and_level_raise(cohort) -> None:
+    with pytest.raises(ValueError, match="unknown region"):
+        summarize(cohort, regions=["liver"])
+    with pytest.raises(ValueError, match="unknown histogram level"):
+        summarize(cohort, regions=["scan"], levels=("study",))
+
+
+def test_summarize__unreadable_stack_is_skipped(tmp_path: Path) -> None:
+    truths = write_phantom_cohort(tmp_path, n_patients=2, n_time_points=1, shape=(8, 32, 32), spacing_mm=(8.0, 10.0, 10.0))
+    cohort = open_cohort(tmp_path)
+    broken = truths[1]
+    broken.paths[3].write_bytes(broken.paths[3].read_bytes()[:-500])  # truncated after the scan
+    with pytest.warns(CohortWarning, match="skipped"):
+        summary = summarize(cohort, regions=["scan"], progress=False)
+    assert list(summary.problems["stack_key"]) == [broken.series_uid]
+    assert "changed since it was scanned" in summary.problems["reason"].iloc[0]
+    assert set(summary.regions["series"]) == {truths[0].series_uid}
+
+
+def test_longitudinal_table__changes_and_comparability() -> None:
+    base = {"study_uid": "s1", "study_date": "20200101", "study_datetime": pd.Timestamp("2020-01-01"),
+            "series": "a", "convolution_kernel": "STANDARD", "slice_thickness_mm": 1.0, "kvp": 120.0,
+            "manufacturer": "GE", "manufacturer_model": "X"}  # fmt: skip
+    later = {**base, "study_uid": "s2", "study_date": "20200131", "study_datetime": pd.Timestamp("2020-01-31"),
+             "series": "b", "convolution_kernel": "LUNG"}  # fmt: skip
+    rows = []
+    for meta, volume in ((base, 4000.0), (later, 3000.0)):
+        for region, scale in (("lungs", 1.0), ("right_lung", 0.5), ("left_lung", 0.5)):
+            rows.append({**meta, "patient_key": "P-1", "region": region, "volume_ml": volume * scale, "hu_mean": -850.0,
+                         "hu_p15": -900.0, "laa_950_pct": 1.0, "haa_pct": 2.0, "haa_volume_ml": 80.0})  # fmt: skip
+    table = longitudinal_table(pd.DataFrame(rows))
+    volume = table[table["measure"] == "lung_volume_ml"].set_index("series")
+    assert volume.at["b", "days_since_baseline"] == 30
+    assert volume.at["b", "change_from_baseline"] == -1000.0
+    assert volume.at["b", "change_from_baseline_pct"] == -25.0
+    assert volume.at["b", "change_from_previous"] == -1000.0
+    assert volume.at["a", "change_from_baseline"] == 0.0
+    assert not volume.at["b", "comparable_to_baseline"]
+    assert "kernel differs (STANDARD vs LUNG)" in volume.at["b", "comparability_notes"]
+    assert volume.at["a", "comparable_to_baseline"]
