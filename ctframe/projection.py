@@ -467,8 +467,9 @@ def mip(
     slab : int, optional
         Number of samples in the slab.
     slab_mm : float, optional
-        Or its thickness in mm: ``round(slab_mm / spacing)`` samples (at least
-        one), the spacing being the median step of the dim's coordinate.
+        Or its thickness in mm: ``slab_mm / spacing`` samples rounded to the
+        nearest integer, halves up (at least one), the spacing being the
+        median step of the dim's coordinate.
         Without `slab` and `slab_mm` the whole dim is projected.
     center : int, optional
         Index the slab is centred on (samples ``center - slab // 2`` up to, not
@@ -531,8 +532,9 @@ def minip(
     slab : int, optional
         Number of samples in the slab.
     slab_mm : float, optional
-        Or its thickness in mm: ``round(slab_mm / spacing)`` samples (at least
-        one), the spacing being the median step of the dim's coordinate.
+        Or its thickness in mm: ``slab_mm / spacing`` samples rounded to the
+        nearest integer, halves up (at least one), the spacing being the
+        median step of the dim's coordinate.
         Without `slab` and `slab_mm` the whole dim is projected.
     center : int, optional
         Index the slab is centred on (samples ``center - slab // 2`` up to, not
@@ -595,8 +597,9 @@ def mean_projection(
     slab : int, optional
         Number of samples in the slab.
     slab_mm : float, optional
-        Or its thickness in mm: ``round(slab_mm / spacing)`` samples (at least
-        one), the spacing being the median step of the dim's coordinate.
+        Or its thickness in mm: ``slab_mm / spacing`` samples rounded to the
+        nearest integer, halves up (at least one), the spacing being the
+        median step of the dim's coordinate.
         Without `slab` and `slab_mm` the whole dim is projected.
     center : int, optional
         Index the slab is centred on (samples ``center - slab // 2`` up to, not
