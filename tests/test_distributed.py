@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import dask
 import pandas as pd
 import pytest
 
@@ -98,5 +99,7 @@ def test_summarize__dask_scheduler_and_workers_equal_threads(cohort, threaded, t
 def test_summarize__unreachable_scheduler_is_a_clear_error(cohort) -> None:
     from ctframe.errors import CTFrameError
 
-    with pytest.raises(CTFrameError, match="cannot reach the dask scheduler"):
+    with dask.config.set({"distributed.comm.timeouts.connect": "2s"}), pytest.raises(
+        CTFrameError, match="cannot reach the dask scheduler"
+    ):
         summarize(cohort, regions=REGIONS, scheduler=f"tcp://127.0.0.1:{_free_port()}", progress=False)
