@@ -227,8 +227,7 @@ def reformat(
         i = _check_index(n, index, dim, "index")
     else:
         i = n // 2
-    result = volume.isel({dim: i})
-    result.attrs["plane"] = plane
+    result = volume.isel({dim: i}).assign_attrs(plane=plane)
     if isotropic:
         result = resample_isotropic(result)
     return result
@@ -393,10 +392,10 @@ def _slab(
         if isinstance(slab_mm, bool) or not isinstance(slab_mm, numbers.Real) or not slab_mm > 0:
             raise ParameterError(f"slab_mm must be a number > 0, got {slab_mm!r}")
         count = max(1, math.floor(float(slab_mm) / _spacing(volume, dim) + 0.5))
+    elif isinstance(slab, numbers.Integral) and not isinstance(slab, bool) and slab >= 1:
+        count = int(slab)
     else:
-        if not _is_int(slab) or slab < 1:  # type: ignore[operator]
-            raise ParameterError(f"slab must be an int >= 1 (samples), got {slab!r}")
-        count = int(slab)  # type: ignore[arg-type]
+        raise ParameterError(f"slab must be an int >= 1 (samples), got {slab!r}")
     if count > n:
         raise ParameterError(
             f"a slab of {count} samples is thicker than dim {dim!r} ({n} samples); "
