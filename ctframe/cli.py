@@ -107,7 +107,9 @@ def _say(quiet: bool, message: str) -> None:
 @handle_errors
 def scan(
     root: Annotated[Path, typer.Argument(help="Folder tree (or file) of DICOM.")],
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the series table (.csv or .parquet).")] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write the series table (.csv or .parquet).")
+    ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output file.")] = False,
     config: ConfigOption = None,
     quiet: QuietOption = False,
@@ -139,7 +141,9 @@ def scan(
             shown["stack_key"] = shown["stack_key"].str.slice(-24)
             with pd.option_context("display.width", 200, "display.max_colwidth", 60, "display.max_rows", 200):
                 typer.echo(shown.to_string(index=False))
-            typer.echo(f"\n{len(table)} stack(s) in {catalog['path'].nunique()} file(s); {len(problems)} file(s) skipped")
+            typer.echo(
+                f"\n{len(table)} stack(s) in {catalog['path'].nunique()} file(s); {len(problems)} file(s) skipped"
+            )
             for path, reason in problems.head(20).itertuples(index=False):
                 typer.echo(f"  skipped {path}: {reason}")
             if len(problems) > 20:
@@ -230,7 +234,9 @@ def summarize(
         str | None, typer.Option(help="Address of a dask.distributed scheduler, e.g. tcp://10.0.0.5:8786.")
     ] = None,
     workers: Annotated[int | None, typer.Option(help="Run on a local cluster of N worker processes.")] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder (once the new one is complete).")] = False,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace an existing output folder (once the new one is complete).")
+    ] = False,
     include_phi: Annotated[
         bool, typer.Option("--include-phi", help="Keep PatientID and other identifying values in the tables.")
     ] = False,
@@ -246,9 +252,9 @@ def summarize(
 @app.command()
 @handle_errors
 def demo(
-    outdir: Annotated[Path, typer.Option("--output", "-o", help="Folder for the phantom DICOM and the summary.")] = Path(
-        "ctframe-demo"
-    ),
+    outdir: Annotated[
+        Path, typer.Option("--output", "-o", help="Folder for the phantom DICOM and the summary.")
+    ] = Path("ctframe-demo"),
     patients: Annotated[int, typer.Option(help="Phantom patients.", min=1, max=50)] = 3,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing demo folder.")] = False,
     quiet: QuietOption = False,
@@ -273,9 +279,13 @@ def demo(
 def export(
     root: Annotated[Path, typer.Argument(help="Folder (or file) holding the series.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Output path (.nii/.nii.gz, .zarr or .nc).")],
-    series: Annotated[str | None, typer.Option(help="Stack key or SeriesInstanceUID (needed when ROOT has several).")] = None,
+    series: Annotated[
+        str | None, typer.Option(help="Stack key or SeriesInstanceUID (needed when ROOT has several).")
+    ] = None,
     format: Annotated[str, typer.Option("--format", "-f", help="zarr, nifti or netcdf.")] = "nifti",
-    labels: Annotated[bool, typer.Option("--labels", help="Add the lung labels (zarr/netcdf: a variable; nifti: a second file).")] = False,
+    labels: Annotated[
+        bool, typer.Option("--labels", help="Add the lung labels (zarr/netcdf: a variable; nifti: a second file).")
+    ] = False,
     stored: Annotated[bool, typer.Option("--stored", help="Export stored values instead of HU.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output.")] = False,
     config: ConfigOption = None,

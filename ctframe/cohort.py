@@ -115,8 +115,8 @@ def select_series(table: pd.DataFrame, rule: Mapping[str, Any] | None = None) ->
     ...     "orientation": ["AXIAL", "AXIAL"], "is_localizer": [False, False], "usable": [True, True],
     ...     "n_slices": [100, 300], "spacing_median_mm": [2.5, 1.0], "slice_thickness_mm": [2.5, 1.0],
     ...     "qc_notes": ["", ""]})
-    >>> select_series(table).set_index("stack_key")["selected"].to_dict()
-    {'a': False, 'b': True}
+    >>> select_series(table)[["stack_key", "selected"]].values.tolist()
+    [['b', True], ['a', False]]
     """
     cfg = {**get_config()["selection"], **(rule or {})}
     out = table.copy()
@@ -137,7 +137,9 @@ def select_series(table: pd.DataFrame, rule: Mapping[str, Any] | None = None) ->
     sort_cols = [f"_k{i}" for i in range(len(cfg["prefer"]))]
     for col, name in zip(sort_cols, cfg["prefer"], strict=True):
         out[col] = keys[name].to_numpy()
-    out = out.sort_values(["study_uid", "candidate", *sort_cols, "stack_key"], ascending=[True, False] + [True] * (len(sort_cols) + 1))
+    out = out.sort_values(
+        ["study_uid", "candidate", *sort_cols, "stack_key"], ascending=[True, False] + [True] * (len(sort_cols) + 1)
+    )
     out["selected"] = False
     for _, group in out.groupby("study_uid", sort=False):
         candidates = group[group["candidate"]]
@@ -146,8 +148,12 @@ def select_series(table: pd.DataFrame, rule: Mapping[str, Any] | None = None) ->
         out.loc[candidates.index[0], "selected"] = True
         reasons[candidates.index[0]] = f"selected: best of {len(candidates)} candidate(s) by {', '.join(cfg['prefer'])}"
         for idx in candidates.index[1:]:
-            reasons[idx] = f"another stack of the study is preferred ({candidates.loc[candidates.index[0], 'stack_key']})"
-    out["selection_reason"] = reasons.loc[out.index].map(lambda r: r if r.startswith(("selected", "another")) else f"excluded: {r}")
+            reasons[idx] = (
+                f"another stack of the study is preferred ({candidates.loc[candidates.index[0], 'stack_key']})"
+            )
+    out["selection_reason"] = reasons.loc[out.index].map(
+        lambda r: r if r.startswith(("selected", "another")) else f"excluded: {r}"
+    )
     return out.drop(columns=sort_cols).reset_index(drop=True)
 
 
@@ -243,13 +249,15 @@ def open_cohort(
         catalog = catalog.drop(columns=[c for c in PHI_COLUMNS if c in catalog])
     table = select_series(series_table(catalog), selection)
     volumes: dict[str, xr.DataArray] = {}
-    for study_uid, group in table.groupby("study_uid", sort=True):
+    for _, group in table.groupby("study_uid", sort=True):
         for idx in group.index[group["candidate"]]:
             key = table.at[idx, "stack_key"]
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", QCWarning)  # QC notes are in the series table
-                    volume = volume_from_catalog(catalog[catalog["stack_key"] == key], slices_per_chunk=slices_per_chunk)
+                    volume = volume_from_catalog(
+                        catalog[catalog["stack_key"] == key], slices_per_chunk=slices_per_chunk
+                    )
             except CTFrameError as exc:
                 table.loc[idx, ["selected", "candidate"]] = False
                 table.loc[idx, "selection_reason"] = f"excluded: could not open ({exc})"
@@ -500,7 +508,17 @@ def _histogram_rows(
     if "cohort" in levels:
         for r in regions:
             emit("cohort", sum(series_coarse[k][r] for k in summaries), r)
-    columns = ["level", "patient_key", "study_date", "series", "slice_position_mm", "region", "bin_left_hu", "bin_right_hu", "count"]
+    columns = [
+        "level",
+        "patient_key",
+        "study_date",
+        "series",
+        "slice_position_mm",
+        "region",
+        "bin_left_hu",
+        "bin_right_hu",
+        "count",
+    ]
     if not frames:
         return pd.DataFrame(columns=columns)
     table = pd.concat(frames, ignore_index=True).reindex(columns=columns)
@@ -576,7 +594,16 @@ def _slice_area_rows(
             )
     if not frames:
         return pd.DataFrame(
-            columns=["patient_key", "study_date", "series", "region", "slice_index", "slice_position_mm", "voxel_count", "area_mm2"]
+            columns=[
+                "patient_key",
+                "study_date",
+                "series",
+                "region",
+                "slice_index",
+                "slice_position_mm",
+                "voxel_count",
+                "area_mm2",
+            ]
         )
     return pd.concat(frames, ignore_index=True)
 
@@ -637,13 +664,19 @@ def longitudinal_table(regions: pd.DataFrame, lung_histograms: Mapping[str, np.n
                     measures[name] = float(by_series.loc[(study["series"], region), stat])
             if lung_histograms is not None:
                 current = lung_histograms[study["series"]]
-                measures["lung_emd_from_baseline_hu"] = earth_movers_distance(current, lung_histograms[baseline["series"]])
+                measures["lung_emd_from_baseline_hu"] = earth_movers_distance(
+                    current, lung_histograms[baseline["series"]]
+                )
                 measures["lung_emd_from_previous_hu"] = (
-                    earth_movers_distance(current, lung_histograms[previous["series"]]) if previous is not None else np.nan
+                    earth_movers_distance(current, lung_histograms[previous["series"]])
+                    if previous is not None
+                    else np.nan
                 )
             for name, value in measures.items():
                 base_value = _measure(by_series, baseline["series"], name, lung_histograms)
-                prev_value = _measure(by_series, previous["series"], name, lung_histograms) if previous is not None else np.nan
+                prev_value = (
+                    _measure(by_series, previous["series"], name, lung_histograms) if previous is not None else np.nan
+                )
                 is_distance = name.startswith("lung_emd")
                 rows.append(
                     {

@@ -50,7 +50,9 @@ def scheduler_client(scheduler: Scheduler) -> Iterator[Any]:
         from distributed import Client
 
         try:
-            client = Client(scheduler, timeout=dask.config.get("distributed.comm.timeouts.connect"), set_as_default=False)
+            client = Client(
+                scheduler, timeout=dask.config.get("distributed.comm.timeouts.connect"), set_as_default=False
+            )
         except OSError as exc:
             raise CTFrameError(
                 f"cannot reach the dask scheduler at {scheduler} ({exc}); start it with `dask scheduler` "

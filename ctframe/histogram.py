@@ -34,6 +34,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ctframe.hu import rescale_values
+
 __all__ = [
     "CATEGORIES",
     "FINE_MAX_HU",
@@ -105,21 +107,11 @@ class HUSummary:
         )
 
 
-def _valid_and_fine_index(
-    hu: np.ndarray, stored: np.ndarray, padding_value: float, padding_range_limit: float, fill_below_hu: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """For HU values (float64) of stored values: validity and fine bin index."""
+def _fine_index(hu: np.ndarray) -> np.ndarray:
+    """Fine bin of each HU value (0: underflow, N_FINE - 1: overflow)."""
     with np.errstate(invalid="ignore"):
-        valid = hu >= fill_below_hu
-        if np.isfinite(padding_value):
-            if np.isfinite(padding_range_limit):
-                lo, hi = sorted((padding_value, padding_range_limit))
-                valid &= (stored < lo) | (stored > hi)
-            else:
-                valid &= stored != padding_value
         index = np.floor(hu) - FINE_MIN_HU + 1
-    index = np.clip(np.nan_to_num(index, nan=0.0), 0, N_FINE - 1).astype(np.int64)
-    return valid, index
+    return np.clip(np.nan_to_num(index, nan=0.0), 0, N_FINE - 1).astype(np.int64)
 
 
 def summarize_block(
@@ -183,12 +175,21 @@ def summarize_block(
     )
     if stored.size == 0:
         return empty
+    padding = dict(padding_value=padding_value, padding_range_limit=padding_range_limit, fill_below_hu=fill_below_hu)
     lo, hi = int(stored.min()), int(stored.max())
     n_values = hi - lo + 1
     if n_slices * n_categories * n_values > _MAX_BINS:
         if n_slices == 1:  # 32-bit data with a huge range: voxel by voxel
             return _summarize_voxels(
-                stored, slope, intercept, category, empty, padding_value, padding_range_limit, fill_below_hu, slice_edges
+                stored,
+                slope,
+                intercept,
+                category,
+                empty,
+                padding_value,
+                padding_range_limit,
+                fill_below_hu,
+                slice_edges,
             )
         options = dict(
             n_categories=n_categories,
@@ -198,7 +199,9 @@ def summarize_block(
             slice_edges=slice_edges,
         )
         parts = (
-            summarize_block(stored[k : k + 1], slope[k], intercept[k], None if category is None else category[k : k + 1], **options)
+            summarize_block(
+                stored[k : k + 1], slope[k], intercept[k], None if category is None else category[k : k + 1], **options
+            )
             for k in range(n_slices)
         )
         return functools.reduce(operator.add, parts)
@@ -215,8 +218,8 @@ def summarize_block(
 
     # map every stored value once, through its own slice's rescale
     values = np.arange(lo, hi + 1)
-    hu = values[None, :] * slope + intercept  # (slice, value)
-    valid, index = _valid_and_fine_index(hu, values[None, :], padding_value, padding_range_limit, fill_below_hu)
+    hu, valid = rescale_values(values[None, :], slope, intercept, **padding)  # (slice, value)
+    index = _fine_index(hu)
     weights = by_value * valid[:, None, :]  # (slice, category, value)
     summary = empty
     for c in range(n_categories):
@@ -246,8 +249,11 @@ def _summarize_voxels(
 ) -> HUSummary:
     """One slice with a huge range of stored values (32-bit data): voxel by voxel."""
     n_categories = summary.n_categories
-    hu = stored.astype(float) * float(np.ravel(slope)[0]) + float(np.ravel(intercept)[0])
-    valid, index = _valid_and_fine_index(hu, stored, padding_value, padding_range_limit, fill_below_hu)
+    hu, valid = rescale_values(
+        stored, float(np.ravel(slope)[0]), float(np.ravel(intercept)[0]), padding_value=padding_value,
+        padding_range_limit=padding_range_limit, fill_below_hu=fill_below_hu,
+    )  # fmt: skip
+    index = _fine_index(hu)
     cat = np.zeros(stored.shape, np.int64) if category is None else np.asarray(category, np.int64)
     c_valid, i_valid, h_valid = cat[valid], index[valid], hu[valid]
     summary.counts[:] = np.bincount(c_valid * N_FINE + i_valid, minlength=n_categories * N_FINE).reshape(

@@ -25,7 +25,66 @@ import xarray as xr
 from ctframe.config import get_config
 from ctframe.errors import NotHUCalibratedError
 
-__all__ = ["hu_kernel", "to_hu"]
+__all__ = ["hu_kernel", "rescale_values", "to_hu"]
+
+
+def rescale_values(
+    stored: np.ndarray,
+    slope: float | np.ndarray,
+    intercept: float | np.ndarray,
+    *,
+    padding_value: float,
+    padding_range_limit: float,
+    fill_below_hu: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """HU (float64) of stored values and whether each is tissue (not padding or fill).
+
+    The one place where the Modality LUT and the padding rules are applied;
+    :func:`hu_kernel` and the cohort histograms both call it.
+
+    Parameters
+    ----------
+    stored : ndarray
+        Stored values.
+    slope, intercept : float or ndarray broadcastable to `stored`
+        Rescale slope and intercept.
+    padding_value, padding_range_limit : float
+        Stored-domain padding (NaN when absent).
+    fill_below_hu : float
+        HU below this are fill.
+
+    Returns
+    -------
+    hu : ndarray of float64
+    valid : ndarray of bool
+    """
+    hu = stored * np.asarray(slope, float) + np.asarray(intercept, float)
+    with np.errstate(invalid="ignore"):
+        valid = hu >= fill_below_hu
+    if np.isfinite(padding_value):
+        if np.isfinite(padding_range_limit):
+            lo, hi = sorted((padding_value, padding_range_limit))
+            valid &= (stored < lo) | (stored > hi)
+        else:
+            valid &= stored != padding_value
+    return hu, valid
+
+
+def _lookup_table(
+    dtype: np.dtype,
+    slope: float,
+    intercept: float,
+    padding_value: float,
+    padding_range_limit: float,
+    fill_below_hu: float,
+) -> np.ndarray:
+    """float32 HU for every value of a 8/16-bit dtype, indexed by the value's unsigned bit pattern."""
+    values = np.arange(2 ** (8 * dtype.itemsize), dtype=np.dtype(f"u{dtype.itemsize}")).view(dtype)
+    hu, valid = rescale_values(
+        values, slope, intercept, padding_value=padding_value, padding_range_limit=padding_range_limit,
+        fill_below_hu=fill_below_hu,
+    )  # fmt: skip
+    return np.where(valid, hu, np.nan).astype(np.float32)
 
 
 def hu_kernel(
@@ -39,9 +98,13 @@ def hu_kernel(
 ) -> np.ndarray:
     """Eager HU conversion of one block; the body of :func:`to_hu`.
 
+    8- and 16-bit stored values go through a lookup table built once per
+    distinct (slope, intercept) of the block, which gives the same float32
+    values as converting voxel by voxel in float64, at a fraction of the cost.
+
     Parameters
     ----------
-    stored : ndarray (slice, row, col)
+    stored : ndarray (slice, row, col) or (row, col)
         Stored values.
     slope, intercept : ndarray, broadcastable to `stored`
         Per-slice rescale slope and intercept.
@@ -54,16 +117,23 @@ def hu_kernel(
     -------
     ndarray of float32
     """
-    hu = (stored * slope + intercept).astype(np.float32)
-    invalid = hu < fill_below_hu
-    if np.isfinite(padding_value):
-        if np.isfinite(padding_range_limit):
-            lo, hi = sorted((padding_value, padding_range_limit))
-            invalid |= (stored >= lo) & (stored <= hi)
-        else:
-            invalid |= stored == padding_value
-    hu[invalid] = np.nan
-    return hu
+    stored = np.asarray(stored)
+    options = dict(padding_value=padding_value, padding_range_limit=padding_range_limit, fill_below_hu=fill_below_hu)
+    if stored.dtype.kind in "iu" and stored.dtype.itemsize <= 2 and stored.ndim >= 2:
+        planes = stored.reshape(-1, *stored.shape[-2:])
+        slopes = np.broadcast_to(np.asarray(slope, float).reshape(-1), (planes.shape[0],))
+        intercepts = np.broadcast_to(np.asarray(intercept, float).reshape(-1), (planes.shape[0],))
+        out = np.empty(planes.shape, np.float32)
+        unsigned = planes.view(np.dtype(f"u{stored.dtype.itemsize}"))
+        tables: dict[tuple[float, float], np.ndarray] = {}
+        for k in range(planes.shape[0]):
+            key = (float(slopes[k]), float(intercepts[k]))
+            if key not in tables:
+                tables[key] = _lookup_table(stored.dtype, *key, **options)
+            np.take(tables[key], unsigned[k], out=out[k])
+        return out.reshape(stored.shape)
+    hu, valid = rescale_values(stored, slope, intercept, **options)
+    return np.where(valid, hu, np.nan).astype(np.float32)
 
 
 def to_hu(volume: xr.DataArray, *, fill_below_hu: float | None = None, assume_hu: bool = False) -> xr.DataArray:

@@ -84,7 +84,9 @@ def provenance(config: Mapping[str, Any], checksums: pd.DataFrame, *, command: s
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = None
-    manifest = hashlib.sha256("\n".join(f"{p} {s}" for p, s in zip(checksums["path"], checksums["sha256"], strict=True)).encode())
+    manifest = hashlib.sha256(
+        "\n".join(f"{p} {s}" for p, s in zip(checksums["path"], checksums["sha256"], strict=True)).encode()
+    )
     return {
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "command": command,

@@ -66,9 +66,7 @@ class _CountingScheduler:
     def __call__(self, dsk: Any, keys: Any, **kwargs: Any) -> Any:
         self.total_computes += 1
         if self.total_computes > self.max_computes:
-            raise RuntimeError(
-                f"Too many computes. Total: {self.total_computes} > max: {self.max_computes}."
-            )
+            raise RuntimeError(f"Too many computes. Total: {self.total_computes} > max: {self.max_computes}.")
         return dask.get(dsk, keys, **kwargs)
 
 
@@ -176,7 +174,11 @@ def _disease(an: _Anatomy, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> tuple
     def ball(cx: float, cy: float, ct: float, r: float) -> np.ndarray:
         return (x - cx) ** 2 + (y - cy) ** 2 + (z - (z0 + ct * h)) ** 2 < r * r
 
-    ggo = ball(-0.80 * a, 0.20 * b, 0.45, 22.0) | ball(0.55 * a, -0.35 * b, 0.55, 18.0) | ball(0.60 * a, 0.45 * b, 0.35, 16.0)
+    ggo = (
+        ball(-0.80 * a, 0.20 * b, 0.45, 22.0)
+        | ball(0.55 * a, -0.35 * b, 0.55, 18.0)
+        | ball(0.60 * a, 0.45 * b, 0.35, 16.0)
+    )
     consolidation = ball(-0.45 * a, -0.30 * b, 0.50, 9.0)
     return ggo & ~consolidation, consolidation
 
@@ -299,7 +301,7 @@ def _uid(*parts: Any) -> str:
 
 def _base_dataset(**values: Any) -> Any:
     from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID
+    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, CTImageStorage, ExplicitVRLittleEndian
 
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = CTImageStorage

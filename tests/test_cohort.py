@@ -151,7 +151,9 @@ def test_summarize__bad_region_and_level_raise(cohort) -> None:
 
 
 def test_summarize__unreadable_stack_is_skipped(tmp_path: Path) -> None:
-    truths = write_phantom_cohort(tmp_path, n_patients=2, n_time_points=1, shape=(8, 32, 32), spacing_mm=(8.0, 10.0, 10.0))
+    truths = write_phantom_cohort(
+        tmp_path, n_patients=2, n_time_points=1, shape=(8, 32, 32), spacing_mm=(8.0, 10.0, 10.0)
+    )
     cohort = open_cohort(tmp_path)
     broken = truths[1]
     broken.paths[3].write_bytes(broken.paths[3].read_bytes()[:-500])  # truncated after the scan

@@ -67,13 +67,13 @@ def test_summarize__dask_scheduler_and_workers_equal_threads(cohort, threaded, t
         )
     ]  # fmt: skip
     try:
-        for i in range(2):
-            procs.append(
-                subprocess.Popen(
-                    [dask_cli, "worker", address, "--nthreads", "1", "--nworkers", "1", "--no-dashboard"],
-                    stdout=subprocess.DEVNULL, stderr=(tmp_path / f"worker{i}.log").open("w"), env=env,
-                )
-            )  # fmt: skip
+        procs.extend(
+            subprocess.Popen(
+                [dask_cli, "worker", address, "--nthreads", "1", "--nworkers", "1", "--no-dashboard"],
+                stdout=subprocess.DEVNULL, stderr=(tmp_path / f"worker{i}.log").open("w"), env=env,
+            )
+            for i in range(2)
+        )  # fmt: skip
         deadline = time.monotonic() + 60
         while True:
             try:
@@ -99,7 +99,8 @@ def test_summarize__dask_scheduler_and_workers_equal_threads(cohort, threaded, t
 def test_summarize__unreachable_scheduler_is_a_clear_error(cohort) -> None:
     from ctframe.errors import CTFrameError
 
-    with dask.config.set({"distributed.comm.timeouts.connect": "2s"}), pytest.raises(
-        CTFrameError, match="cannot reach the dask scheduler"
+    with (
+        dask.config.set({"distributed.comm.timeouts.connect": "2s"}),
+        pytest.raises(CTFrameError, match="cannot reach the dask scheduler"),
     ):
         summarize(cohort, regions=REGIONS, scheduler=f"tcp://127.0.0.1:{_free_port()}", progress=False)

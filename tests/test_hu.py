@@ -28,7 +28,7 @@ def varying_rescale(tmp_path_factory) -> Path:
         slope, intercept = (0.5, -2048.0) if k % 2 else (2.0, -1000.0)
         stored = np.round((hu - intercept) / slope).astype(np.int16)
         ds.RescaleSlope, ds.RescaleIntercept = f"{slope:g}", f"{intercept:g}"
-        ds.PixelPaddingValue = int(round((-3024 - intercept) / slope))
+        ds.PixelPaddingValue = round((-3024 - intercept) / slope)
         ds.PixelData = stored.tobytes()
         ds.save_as(path)
     return folder
@@ -122,5 +122,5 @@ def test_to_hu__missing_rescale_raises(tmp_path: Path) -> None:
 
 
 def test_to_hu__plain_dataarray_without_rescale_raises() -> None:
-    with pytest.raises(NotHUCalibratedError, match="open it with ctframe.open_series"):
+    with pytest.raises(NotHUCalibratedError, match=r"open it with ctframe\.open_series"):
         ctframe.to_hu(xr.DataArray(np.zeros((2, 2, 2)), dims=("slice", "row", "col")))

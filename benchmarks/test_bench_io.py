@@ -1,0 +1,52 @@
+"""Series to HU: ctframe vs a plain pydicom loop (the notebook's way) vs SimpleITK, same files, same run.
+
+Run: python -m pytest benchmarks/test_bench_io.py --benchmark-only --benchmark-columns=median,iqr,rounds
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.pixels import apply_modality_lut
+
+import ctframe
+
+
+def ctframe_to_hu(folder: Path) -> np.ndarray:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ctframe.ScanWarning)
+        return ctframe.to_hu(ctframe.open_series(folder)).values
+
+
+def pydicom_loop(folder: Path) -> np.ndarray:
+    """The notebook's way, with the sort fixed: read every file, sort by position, stack, rescale."""
+    slices = []
+    for path in sorted(folder.glob("*.dcm")):
+        ds = pydicom.dcmread(path)
+        slices.append((float(ds.ImagePositionPatient[2]), apply_modality_lut(ds.pixel_array, ds).astype(np.float32)))
+    slices.sort(key=lambda s: s[0])
+    return np.stack([s[1] for s in slices])
+
+
+def simpleitk_reader(folder: Path) -> np.ndarray:
+    import SimpleITK as sitk
+
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(folder)))
+    return sitk.GetArrayFromImage(reader.Execute()).astype(np.float32)
+
+
+METHODS = {"ctframe": ctframe_to_hu, "pydicom_loop": pydicom_loop, "simpleitk": simpleitk_reader}
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize("dataset", ["lidc", "phantom300"])
+def test_bench_series_to_hu(benchmark, method: str, dataset: str, request) -> None:
+    folder = request.getfixturevalue("lidc_dir" if dataset == "lidc" else "phantom_300")
+    benchmark.group = f"series to HU: {dataset}"
+    result = benchmark.pedantic(METHODS[method], args=(folder,), rounds=5, warmup_rounds=1)
+    assert result.ndim == 3 and result.shape[0] in (133, 300)
