@@ -117,14 +117,15 @@ def scan(
     """Print the series table with QC flags; list files that were skipped."""
     _require_folder(root)
     with _configured(config, quiet):
-        import pandas as pd
 
         import ctframe
         from ctframe.errors import NoSeriesError
         from ctframe.export import atomic_path
         from ctframe.outputs import write_table
 
-        catalog = ctframe.scan(root, progress=None if not quiet else False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ctframe.ScanWarning)  # skipped files are listed below
+            catalog = ctframe.scan(root, progress=None if not quiet else False)
         problems = ctframe.problems_table(catalog)
         if catalog.empty:
             raise NoSeriesError(f"no DICOM image found under {root} ({len(problems)} file(s) skipped)")
@@ -135,19 +136,27 @@ def scan(
             with atomic_path(output, overwrite=overwrite) as tmp:
                 write_table(table, tmp)
         if not quiet:
-            shown = table[
-                ["stack_key", "modality", "orientation", "n_slices", "spacing_median_mm", "usable", "qc_notes"]
-            ].copy()
-            shown["stack_key"] = shown["stack_key"].str.slice(-24)
-            with pd.option_context("display.width", 200, "display.max_colwidth", 60, "display.max_rows", 200):
-                typer.echo(shown.to_string(index=False))
-            typer.echo(
-                f"\n{len(table)} stack(s) in {catalog['path'].nunique()} file(s); {len(problems)} file(s) skipped"
-            )
-            for path, reason in problems.head(20).itertuples(index=False):
-                typer.echo(f"  skipped {path}: {reason}")
-            if len(problems) > 20:
-                typer.echo(f"  ... and {len(problems) - 20} more")
+            _print_scan(table, catalog, problems)
+
+
+def _print_scan(table: Any, catalog: Any, problems: Any) -> None:
+    import pandas as pd
+
+    shown = table[
+        ["stack_key", "modality", "orientation", "n_slices", "spacing_median_mm", "usable", "qc_notes"]
+    ].copy()
+    shown["stack_key"] = shown["stack_key"].str.slice(-24)
+    with pd.option_context("display.width", 200, "display.max_colwidth", 60, "display.max_rows", 500):
+        typer.echo(shown.to_string(index=False))
+    typer.echo(f"\n{len(table)} stack(s) in {catalog['path'].nunique()} file(s); {len(problems)} file(s) skipped")
+    if len(problems):
+        kinds = problems["reason"].str.split(r"[;(]", n=1, regex=True).str[0].str.strip().value_counts()
+        for kind, n in kinds.items():
+            typer.echo(f"  {n:5d} x {kind}")
+        for path, reason in problems.head(20).itertuples(index=False):
+            typer.echo(f"  skipped {path}: {reason}")
+        if len(problems) > 20:
+            typer.echo(f"  ... and {len(problems) - 20} more (write them with the Python API: ctframe.problems_table)")
 
 
 def _scheduler_for(scheduler: str | None, workers: int | None) -> contextlib.AbstractContextManager[Any]:

@@ -247,6 +247,8 @@ def open_cohort(
     catalog = catalog_for(source, salt=salt, include_phi=include_phi)
     if not include_phi:
         catalog = catalog.drop(columns=[c for c in PHI_COLUMNS if c in catalog])
+    if catalog.empty:
+        raise NoSeriesError("no DICOM image found in the cohort source; check the path (see ctframe.problems_table)")
     table = select_series(series_table(catalog), selection)
     volumes: dict[str, xr.DataArray] = {}
     for _, group in table.groupby("study_uid", sort=True):

@@ -179,5 +179,5 @@ def to_netcdf(
     """
     ds = _dataset(volume, labels)
     with atomic_path(path, overwrite=overwrite) as tmp:
-        ds.to_netcdf(tmp, engine="h5netcdf")
+        ds.to_netcdf(tmp, engine="netcdf4")
     return Path(path)

@@ -50,6 +50,16 @@ PHI_COLUMNS: tuple[str, ...] = (
     "institution_name", "referring_physician_name",
 )  # fmt: skip
 STACK_COLUMNS: tuple[str, ...] = ("stack_key", "slice_position_mm")
+#: Columns of the series table, in order.
+SERIES_COLUMNS: tuple[str, ...] = (
+    "stack_key", "series_uid", "patient_key", "study_uid", "study_date", "study_datetime", "series_number",
+    "series_description", "modality", "orientation", "n_files", "n_slices", "rows", "columns",
+    "pixel_spacing_row_mm", "pixel_spacing_col_mm", "slice_thickness_mm", "spacing_median_mm", "spacing_min_mm",
+    "spacing_max_mm", "n_missing_slices", "tilt_angle_deg", "gantry_tilt_deg", "convolution_kernel", "kvp",
+    "manufacturer", "manufacturer_model", "transfer_syntax", "has_duplicates", "has_gaps", "irregular_spacing",
+    "is_tilted", "rescale_varies", "is_compressed", "is_lossy", "is_non_ct", "is_localizer", "inconsistent_shape",
+    "missing_geometry", "not_hu_calibrated", "usable", "qc_notes",
+)  # fmt: skip
 LOCALIZER_TYPES = frozenset({"LOCALIZER", "SCOUT", "SURVIEW", "TOPOGRAM", "SCANOGRAM"})
 
 
@@ -454,14 +464,4 @@ def series_table(catalog: pd.DataFrame) -> pd.DataFrame:
         catalog = assign_stacks(catalog)
     qc = get_config()["qc"]
     rows = [_stack_qc(group, qc) for _, group in catalog.groupby("stack_key", sort=True)]
-    if not rows:
-        return pd.DataFrame(columns=list(_stack_qc_columns()))
-    return pd.DataFrame(rows)
-
-
-def _stack_qc_columns() -> list[str]:
-    return [
-        "stack_key", "series_uid", "patient_key", "study_uid", "study_date", "study_datetime",
-        "series_number", "series_description", "modality", "orientation", "n_files", "n_slices",
-        "usable", "qc_notes",
-    ]  # fmt: skip
+    return pd.DataFrame(rows, columns=list(SERIES_COLUMNS))
