@@ -361,7 +361,7 @@ def write_phantom_series(
         and an enclosed consolidation.
     seed : int
         Noise seed (and UIDs): the same arguments give the same files.
-    compression : {None, "rle", "jpeg-ls", "jpeg2000"}
+    compression : {None, "rle", "jpeg-ls", "jpeg2000", "jpeg-lossless"}
         Lossless transfer syntax to encode with.
     patient_id, patient_name, birth_date, accession_number, institution_name, referring_physician : str
         Identifying values planted in the header (privacy tests look for them).
@@ -387,9 +387,15 @@ def write_phantom_series(
     (8, (8, 64, 64))
     """
     from pydicom.dataset import Dataset
-    from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless
+    from pydicom.uid import JPEG2000Lossless, JPEGLosslessSV1, JPEGLSLossless, RLELossless
 
-    syntaxes = {None: None, "rle": RLELossless, "jpeg-ls": JPEGLSLossless, "jpeg2000": JPEG2000Lossless}
+    syntaxes = {
+        None: None,
+        "rle": RLELossless,
+        "jpeg-ls": JPEGLSLossless,
+        "jpeg2000": JPEG2000Lossless,
+        "jpeg-lossless": JPEGLosslessSV1,
+    }
     if compression not in syntaxes:
         raise ValueError(f"compression must be one of {sorted(map(str, syntaxes))}, got {compression!r}")
     folder = Path(folder)
@@ -496,7 +502,9 @@ def write_phantom_series(
             else:
                 ds.add_new(0x00280120, "SS", pad_stored)
             ds.PixelData = stored.tobytes()
-            if syntaxes[compression] is not None:
+            if compression == "jpeg-lossless":  # pydicom has no encoder for it; imagecodecs does
+                _encapsulate_jpeg_lossless(ds, stored)
+            elif syntaxes[compression] is not None:
                 ds.compress(syntaxes[compression], stored)
             path = folder / next(names)
             Dataset.save_as(ds, path, enforce_file_format=True)
@@ -522,6 +530,18 @@ def write_phantom_series(
         ggo=np.stack(kept_ggo) if return_arrays else None,
         hu=np.stack(kept_hu) if return_arrays else None,
     )
+
+
+def _encapsulate_jpeg_lossless(ds: Any, stored: np.ndarray) -> None:
+    """Encode one int16 frame as JPEG Lossless, first-order prediction (Process 14, SV1)."""
+    import imagecodecs
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGLosslessSV1
+
+    frame = imagecodecs.ljpeg_encode(np.ascontiguousarray(stored).view(np.uint16))
+    ds.PixelData = encapsulate([frame])
+    ds["PixelData"].VR = "OB"
+    ds.file_meta.TransferSyntaxUID = JPEGLosslessSV1
 
 
 def write_phantom_cohort(

@@ -12,12 +12,15 @@ import ctframe
 from ctframe.testing import LABELS, raise_if_dask_computes, write_phantom_series
 
 
-@pytest.mark.parametrize("compression", ["rle", "jpeg-ls", "jpeg2000"])
+@pytest.mark.parametrize("compression", ["rle", "jpeg-ls", "jpeg2000", "jpeg-lossless"])
 def test_write_phantom_series__compressed_reads_back_exactly(tmp_path: Path, compression: str) -> None:
     truth = write_phantom_series(tmp_path, shape=(4, 48, 48), spacing_mm=(5.0, 7.0, 7.0), compression=compression)
     catalog = ctframe.scan(tmp_path)
     assert catalog["is_compressed"].all() and not catalog["is_lossy"].any()
     np.testing.assert_array_equal(ctframe.to_hu(ctframe.open_series(catalog)).values, truth.hu)
+    # pydicom's own decoders agree with what we read
+    ds = pydicom.dcmread(truth.paths[0])
+    np.testing.assert_array_equal(ds.pixel_array.astype(np.float32) - 1024, np.nan_to_num(truth.hu[0], nan=-3024))
 
 
 def test_write_phantom_series__names_and_instance_numbers_mislead(small_phantom) -> None:
