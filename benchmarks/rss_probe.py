@@ -1,0 +1,148 @@
+"""Cohort-histogram methods for the benchmarks, and a peak-RSS probe.
+
+``python benchmarks/rss_probe.py METHOD N`` runs METHOD once over N cached
+phantom series in this fresh process and prints one JSON line:
+``{"seconds": ..., "peak_rss_mib": ..., "baseline_rss_mib": ...}`` where the
+baseline is the RSS after imports, before any pixel is read.
+
+Every method returns counts over the same 1-HU bins, -1024 .. 3071 HU
+(4096 bins; values outside are dropped), so results can be compared.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import resource
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+EDGES = np.arange(-1024, 3073)
+#: From this bin on (HU >= -1000) every method agrees; below, ctframe and the floor
+#: drop padding and fill (-3024 HU) while the plain readers count what is in range.
+TISSUE_FROM_BIN = 24
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/status") as fp:
+        for line in fp:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def notebook(folders: list[Path]) -> np.ndarray:
+    import pydicom
+    from pydicom.pixels import apply_modality_lut
+
+    counts = np.zeros(len(EDGES) - 1, np.int64)
+    for folder in folders:
+        slices = []
+        for path in sorted(folder.glob("*.dcm")):
+            ds = pydicom.dcmread(path)
+            slices.append((float(ds.ImagePositionPatient[2]), apply_modality_lut(ds.pixel_array, ds)))
+        slices.sort(key=lambda s: s[0])
+        volume = np.stack([s[1] for s in slices])
+        counts += np.histogram(volume, bins=EDGES)[0]
+    return counts
+
+
+def simpleitk(folders: list[Path]) -> np.ndarray:
+    import SimpleITK as sitk
+
+    counts = np.zeros(len(EDGES) - 1, np.int64)
+    for folder in folders:
+        reader = sitk.ImageSeriesReader()
+        reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(folder)))
+        image = reader.Execute()  # keep a reference: the array view borrows its memory
+        counts += np.histogram(sitk.GetArrayViewFromImage(image), bins=EDGES)[0]
+    return counts
+
+
+def ctframe_threads(folders: list[Path], client: object = None) -> np.ndarray:
+    import ctframe
+    from ctframe.cohort import open_cohort, summarize
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ctframe.CTFrameWarning)
+        cohort = open_cohort(ctframe.scan(folders))
+    table = summarize(
+        cohort, regions=["scan"], levels=("cohort",), bins={"min_hu": -1024, "max_hu": 3072, "bin_width_hu": 1},
+        scheduler=client, progress=False,
+    ).histograms  # fmt: skip
+    return table["count"].to_numpy()[1:-1]  # drop under- and overflow
+
+
+def ctframe_cluster(folders: list[Path], client: object = None) -> np.ndarray:
+    if client is None:
+        import distributed
+
+        from ctframe.execution import local_cluster
+
+        with local_cluster(2) as cluster, distributed.Client(cluster) as own:
+            return ctframe_threads(folders, client=own)
+    return ctframe_threads(folders, client=client)
+
+
+def _floor_file(args: tuple[str, int, int]) -> np.ndarray:
+    path, offset, count = args
+    data = np.fromfile(path, dtype="<i2", count=count, offset=offset)
+    return np.bincount(data.astype(np.int32) + 32768, minlength=65536)
+
+
+def floor(folders: list[Path]) -> np.ndarray:
+    """Pixel bytes at their offset (from a header pass) and bincount, in 2 processes."""
+    import ctframe
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ctframe.CTFrameWarning)
+        catalog = ctframe.scan(folders)
+    jobs = [
+        (p, int(o), int(r * c))
+        for p, o, r, c in catalog[["path", "pixel_data_offset", "rows", "columns"]].itertuples(index=False)
+    ]
+    with concurrent.futures.ProcessPoolExecutor(2) as pool:
+        by_value = sum(pool.map(_floor_file, jobs, chunksize=32))
+    stored = np.arange(65536) - 32768
+    hu = stored - 1024  # the phantoms' rescale: slope 1, intercept -1024
+    keep = (hu >= EDGES[0]) & (hu < EDGES[-1]) & (stored != -2000)
+    counts = np.zeros(len(EDGES) - 1, np.int64)
+    np.add.at(counts, hu[keep] - EDGES[0], by_value[keep])
+    return counts
+
+
+METHODS = {
+    "notebook": notebook,
+    "simpleitk": simpleitk,
+    "ctframe_threads": ctframe_threads,
+    "ctframe_cluster": ctframe_cluster,
+    "floor": floor,
+}
+
+
+def main() -> None:
+    method, n_series = sys.argv[1], int(sys.argv[2])
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from conftest import phantom_cohort
+
+    folders = phantom_cohort(n_series)
+    import ctframe  # noqa: F401  (imports count in the baseline)
+
+    baseline = _rss_mib()
+    start = time.perf_counter()
+    METHODS[method](folders)
+    seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    print(json.dumps({"method": method, "n_series": n_series, "seconds": round(seconds, 3),
+                      "peak_rss_mib": round(peak, 1), "baseline_rss_mib": round(baseline, 1),
+                      "peak_child_rss_mib": round(children, 1), "pid": os.getpid()}))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
