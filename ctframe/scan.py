@@ -13,6 +13,8 @@ import concurrent.futures
 import hashlib
 import multiprocessing
 import os
+import sys
+import threading
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -119,10 +121,51 @@ def _batches(paths: Sequence[str], size: int) -> list[Sequence[str]]:
     return [paths[i : i + size] for i in range(0, len(paths), size)]
 
 
+def _can_fork() -> bool:
+    """Whether header reading may use forked worker processes.
+
+    Only on Linux and only while no other thread runs: fork then starts workers
+    in milliseconds and, unlike spawn or forkserver, never re-runs the user's
+    ``__main__`` (a script without an ``if __name__ == "__main__"`` guard would
+    otherwise run again in every worker). With other threads alive (a dask
+    pool, a Jupyter kernel) forking is unsafe, so headers are read in-process.
+    """
+    return sys.platform.startswith("linux") and threading.active_count() == 1
+
+
+def _read_in_processes(
+    batches: list[Sequence[str]],
+    n_workers: int,
+    salt: str,
+    include_phi: bool,
+    records: list[dict[str, Any]],
+    problems: list[dict[str, str]],
+    bar: Any,
+) -> list[Sequence[str]]:
+    """Read batches in worker processes; return the batches left undone if the pool broke."""
+    done: set[int] = set()
+    try:
+        context = multiprocessing.get_context("fork")
+        with concurrent.futures.ProcessPoolExecutor(n_workers, mp_context=context) as pool:
+            futures = {pool.submit(_read_batch, b, salt, include_phi): i for i, b in enumerate(batches)}
+            for future in concurrent.futures.as_completed(futures):
+                recs, probs = future.result()
+                records.extend(recs)
+                problems.extend(probs)
+                done.add(futures[future])
+                bar.update(len(batches[futures[future]]))
+    except (concurrent.futures.process.BrokenProcessPool, OSError):
+        pass  # a worker could not start or died: go on in-process
+    return [b for i, b in enumerate(batches) if i not in done]
+
+
 def _progress(total: int, enabled: bool | None, desc: str) -> Any:
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, unit="file", disable=(None if enabled is None else not enabled), leave=False)
+    class Bar(tqdm):  # type: ignore[misc, valid-type]
+        monitor_interval = 0  # no monitor thread: it would make forking unsafe
+
+    return Bar(total=total, desc=desc, unit="file", disable=(None if enabled is None else not enabled), leave=False)
 
 
 def scan(
@@ -194,23 +237,15 @@ def scan(
     problems: list[dict[str, str]] = []
     show = progress if progress is not None else (None if len(paths) >= 2000 else False)
     with _progress(len(paths), show, "scanning headers") as bar:
-        if n_workers > 1 and len(paths) >= cfg["min_files_for_processes"]:
-            batch = max(16, min(256, len(paths) // (n_workers * 8) or 1))
-            ctx = multiprocessing.get_context("forkserver")
-            ctx.set_forkserver_preload(["ctframe.dicom"])
-            with concurrent.futures.ProcessPoolExecutor(n_workers, mp_context=ctx) as pool:
-                futures = {pool.submit(_read_batch, b, salt, include_phi): len(b) for b in _batches(paths, batch)}
-                for future in concurrent.futures.as_completed(futures):
-                    recs, probs = future.result()
-                    records.extend(recs)
-                    problems.extend(probs)
-                    bar.update(futures[future])
-        else:
-            for b in _batches(paths, 64):
-                recs, probs = _read_batch(b, salt, include_phi)
-                records.extend(recs)
-                problems.extend(probs)
-                bar.update(len(b))
+        batches = _batches(paths, 64)
+        if n_workers > 1 and len(paths) >= cfg["min_files_for_processes"] and _can_fork():
+            batches = _batches(paths, max(16, min(256, len(paths) // (n_workers * 8) or 1)))
+            batches = _read_in_processes(batches, n_workers, salt, include_phi, records, problems, bar)
+        for b in batches:  # in this process: small trees, or what a broken pool left
+            recs, probs = _read_batch(b, salt, include_phi)
+            records.extend(recs)
+            problems.extend(probs)
+            bar.update(len(b))
 
     columns = list(CATALOG_COLUMNS) + (list(PHI_COLUMNS) if include_phi else [])
     catalog = pd.DataFrame.from_records(records, columns=columns)
