@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 
@@ -185,3 +186,25 @@ def test_longitudinal_table__changes_and_comparability() -> None:
     assert not volume.at["b", "comparable_to_baseline"]
     assert "kernel differs (STANDARD vs LUNG)" in volume.at["b", "comparability_notes"]
     assert volume.at["a", "comparable_to_baseline"]
+
+
+def test_open_cohort__covid_patients_prior_and_current(shared_data: Path) -> None:
+    root = shared_data / "covid19-ny-sbu-slices"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ScanWarning)
+        cohort = open_cohort(root)
+    selected = cohort.selected
+    assert selected["patient_key"].nunique() == 10 and len(selected) == 20
+    assert (selected["orientation"] == "AXIAL").all()
+    # folder names are the (de-identified) patient IDs, file names start with the study date
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        dates = sorted({f.name.split("-")[0] for f in (folder / "axial").glob("*.dcm")})
+        rows = cohort.catalog[cohort.catalog["path"].str.startswith(str(folder) + os.sep)]
+        (key,) = rows["patient_key"].unique()
+        mine = selected[selected["patient_key"] == key].sort_values("study_datetime")
+        assert mine["study_date"].tolist() == dates, folder.name  # prior first, then current
+        assert folder.name not in key
+    # coronal and sagittal reformats are recorded as excluded, with the reason
+    excluded = cohort.series[~cohort.series["selected"]]
+    assert len(excluded) == 40
+    assert excluded["selection_reason"].str.contains("orientation not in AXIAL").all()
