@@ -38,7 +38,18 @@ __all__ = [
 ]
 
 NATIVE_LITTLE_ENDIAN = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"})
-JPEG_LOSSLESS = frozenset({"1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70"})
+#: Encapsulated syntaxes decoded by imagecodecs (it releases the GIL, so threads
+#: decode in parallel) -> the imagecodecs function. Everything else, and any
+#: frame whose signedness or bit depth needs pydicom's corrections, goes
+#: through pydicom.
+IMAGECODECS_DECODERS = {
+    "1.2.840.10008.1.2.4.57": "ljpeg_decode",  # JPEG Lossless, Process 14
+    "1.2.840.10008.1.2.4.70": "ljpeg_decode",  # JPEG Lossless, SV1
+    "1.2.840.10008.1.2.4.80": "jpegls_decode",  # JPEG-LS lossless
+    "1.2.840.10008.1.2.4.81": "jpegls_decode",  # JPEG-LS near-lossless
+    "1.2.840.10008.1.2.4.90": "jpeg2k_decode",  # JPEG 2000 lossless
+    "1.2.840.10008.1.2.4.91": "jpeg2k_decode",  # JPEG 2000
+}
 #: Transfer syntaxes that are lossy by definition.
 LOSSY_SYNTAXES = frozenset(
     {
@@ -471,11 +482,14 @@ def _read_native(ref: SliceRef) -> np.ndarray:
     return data.reshape(ref.rows, ref.columns)
 
 
-def _read_jpeg_lossless(path: str, frames: Sequence[int], n_frames: int) -> list[np.ndarray] | None:
-    """Decode JPEG Lossless frames with imagecodecs; None when it is not installed."""
+def _read_with_imagecodecs(path: str, frames: Sequence[int], n_frames: int, ts_uid: str) -> list[np.ndarray] | None:
+    """Decode frames with imagecodecs; None when it (or the codec) is not available."""
     try:
         import imagecodecs
     except ImportError:  # pragma: no cover - imagecodecs is a declared dependency
+        return None
+    decode = getattr(imagecodecs, IMAGECODECS_DECODERS[ts_uid], None)
+    if decode is None:  # pragma: no cover - a build without the codec
         return None
     from pydicom.encaps import generate_frames
 
@@ -484,7 +498,7 @@ def _read_jpeg_lossless(path: str, frames: Sequence[int], n_frames: int) -> list
     decoded: dict[int, np.ndarray] = {}
     for index, fragment in enumerate(generate_frames(ds.PixelData, number_of_frames=n_frames)):
         if index in wanted:
-            decoded[index] = imagecodecs.ljpeg_decode(fragment)
+            decoded[index] = decode(fragment)
         if len(decoded) == len(wanted):
             break
     return [decoded[f] for f in frames]
@@ -506,12 +520,15 @@ def _decode_file(refs: Sequence[SliceRef]) -> list[np.ndarray]:
     frames = [r.frame for r in refs]
     try:
         arrays = None
-        exact_16 = first.bits_stored == first.bits_allocated or first.pixel_representation == 0
-        if first.transfer_syntax_uid in JPEG_LOSSLESS and exact_16 and first.samples_per_pixel == 1:
-            arrays = _read_jpeg_lossless(first.path, frames, first.number_of_frames)
-            if arrays is not None:
-                want = np.dtype(f"{'i' if first.pixel_representation == 1 else 'u'}{max(first.bits_allocated, 8) // 8}")
-                arrays = [a.view(want) if a.dtype.itemsize == want.itemsize else a.astype(want) for a in arrays]
+        # no sign or unused-bit corrections needed: the decoded bits are the stored values
+        plain_bits = first.bits_stored == first.bits_allocated or first.pixel_representation == 0
+        if first.transfer_syntax_uid in IMAGECODECS_DECODERS and plain_bits and first.samples_per_pixel == 1:
+            arrays = _read_with_imagecodecs(first.path, frames, first.number_of_frames, first.transfer_syntax_uid)
+            want = np.dtype(f"{'i' if first.pixel_representation == 1 else 'u'}{max(first.bits_allocated, 8) // 8}")
+            if arrays is not None and all(a.dtype.itemsize == want.itemsize and a.ndim == 2 for a in arrays):
+                arrays = [a.view(want) for a in arrays]
+            else:  # an unexpected layout: let pydicom decide
+                arrays = None
         if arrays is None:
             arrays = _read_with_pydicom(first.path, frames, first.number_of_frames)
     except Exception as exc:  # decoders raise many types

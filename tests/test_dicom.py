@@ -102,6 +102,33 @@ def test_read_frames__jpeg_lossless_uses_imagecodecs_and_matches_pydicom(edge_ca
     np.testing.assert_array_equal(ours, pydicom.dcmread(path).pixel_array)
 
 
+def test_read_frames__every_compressed_real_file_matches_pydicom(shared_catalog) -> None:
+    compressed = shared_catalog[shared_catalog["is_compressed"] & (shared_catalog["samples_per_pixel"] == 1)]
+    assert len(compressed) >= 12
+    checked = 0
+    for ref in _refs(compressed):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                reference = _pydicom_frame(ref.path, ref.frame, ref.number_of_frames)
+        except Exception:  # no reference: pydicom itself cannot decode it
+            continue
+        dtype = np.dtype(f"{'i' if ref.pixel_representation else 'u'}{max(ref.bits_allocated, 8) // 8}")
+        ours = read_frames([ref], dtype=dtype)[0]
+        np.testing.assert_array_equal(ours, reference, err_msg=ref.path)
+        checked += 1
+    assert checked >= 12
+
+
+@pytest.mark.parametrize("name", ["CT1_JLSL", "CT1_J2KR", "CT1_JLSN", "CT1_J2KI"])
+def test_read_frames__imagecodecs_path_is_used_and_exact(edge_cases: Path, monkeypatch, name: str) -> None:
+    pytest.importorskip("imagecodecs")
+    path = edge_cases / "wg04-robyoung" / f"{name}.dcm"
+    monkeypatch.setattr(dicom, "_read_with_pydicom", lambda *a, **k: pytest.fail("fallback used"))
+    ours = read_frames(_refs(ctframe.scan(path)), dtype=np.dtype("int16"))[0]
+    np.testing.assert_array_equal(ours, pydicom.dcmread(path).pixel_array)
+
+
 def test_read_frames__compressed_files_fall_back_to_pydicom(edge_cases: Path, monkeypatch) -> None:
     calls = []
     original = dicom._read_with_pydicom
