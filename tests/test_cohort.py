@@ -208,3 +208,51 @@ def test_open_cohort__covid_patients_prior_and_current(shared_data: Path) -> Non
     excluded = cohort.series[~cohort.series["selected"]]
     assert len(excluded) == 40
     assert excluded["selection_reason"].str.contains("orientation not in AXIAL").all()
+
+
+# --------------------------------------------------------------------------- with the lung segmentation
+
+
+@pytest.fixture(scope="module")
+def lung_cohort(tmp_path_factory):
+    """One patient, healthy then with ground glass, at the default phantom resolution (4 mm slices)."""
+    root = tmp_path_factory.mktemp("lung-cohort")
+    truths = write_phantom_cohort(
+        root, n_patients=1, n_time_points=2, shape=(80, 192, 192), spacing_mm=(4.0, 1.875, 1.875), return_arrays=True
+    )
+    cohort = open_cohort(root)
+    return cohort, truths, summarize(cohort, progress=False)
+
+
+def test_summarize__lung_histograms_equal_numpy_on_the_mask(lung_cohort) -> None:
+    from ctframe.cohort import region_categories
+
+    cohort, _, summary = lung_cohort
+    hist = summary.histograms
+    for key, volume in cohort.volumes.items():
+        hu = ctframe.to_hu(volume)
+        category = region_categories(hu).values
+        values = hu.values
+        for region, codes in (("lungs", (2, 3)), ("right_lung", (2,)), ("body", (1, 2, 3)), ("scan", (0, 1, 2, 3))):
+            mask = np.isin(category, codes) & ~np.isnan(values)
+            expected, _ = np.histogram(values[mask], bins=ALL_EDGES)
+            got = hist[(hist["level"] == "series") & (hist["series"] == key) & (hist["region"] == region)]
+            np.testing.assert_array_equal(got["count"].to_numpy(), expected, err_msg=region)
+
+
+def test_summarize__longitudinal_ground_glass_change_within_2_percent(lung_cohort) -> None:
+    _, truths, summary = lung_cohort
+    baseline, follow_up = truths
+    assert baseline.ground_glass_volume_ml == 0 and follow_up.ground_glass_volume_ml > 20
+    table = summary.longitudinal
+    haa = table[table["measure"] == "lung_haa_volume_ml"].sort_values("days_since_baseline")
+    assert haa["days_since_baseline"].tolist() == [0.0, 90.0]
+    change = haa["change_from_baseline"].iloc[1]
+    known = follow_up.ground_glass_volume_ml - baseline.ground_glass_volume_ml
+    assert change == pytest.approx(known, rel=0.02)
+    assert haa["comparable_to_baseline"].all()
+    volume = table[table["measure"] == "lung_volume_ml"]["value"].to_numpy()
+    truth_volume = [sum(t.lung_volume_ml.values()) for t in truths]
+    np.testing.assert_allclose(volume, truth_volume, rtol=0.02)
+    emd = table[table["measure"] == "lung_emd_from_baseline_hu"]["value"].to_numpy()
+    assert emd[0] == 0 and emd[1] > 0
