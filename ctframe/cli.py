@@ -190,8 +190,9 @@ def run_summarize(
     quiet: bool = False,
     include_phi: bool = False,
     command: str = "ctframe summarize",
+    announce: bool = True,
 ) -> Path:
-    """The summarize pipeline (also used by ``ctframe demo``)."""
+    """The summarize pipeline (also used by ``ctframe demo``, which announces its own paths)."""
     _require_folder(root)
     if outdir.exists() and not overwrite:
         from ctframe.errors import OutputExistsError
@@ -202,7 +203,7 @@ def run_summarize(
         from ctframe.cohort import open_cohort, summarize
         from ctframe.outputs import write_summary
 
-        _say(quiet, f"scanning {root} ...")
+        _say(quiet or not announce, f"scanning {root} ...")
         catalog = ctframe.scan(root, progress=None if not quiet else False, include_phi=include_phi)
         cohort = open_cohort(catalog, include_phi=include_phi)
         _say(quiet, f"{len(cohort.volumes)} series selected from {cohort.series['study_uid'].nunique()} studies")
@@ -221,7 +222,7 @@ def run_summarize(
             overwrite=overwrite,
             extras=extras,
         )
-    _say(quiet, f"wrote {outdir}")
+    _say(quiet or not announce, f"wrote {outdir}")
     return outdir
 
 
@@ -279,7 +280,7 @@ def demo(
     _say(quiet, f"writing a phantom cohort of {patients} patients x 2 studies ...")
     with atomic_path(outdir, overwrite=overwrite) as tmp:
         write_phantom_cohort(tmp / "dicom", n_patients=patients, n_time_points=2)
-        run_summarize(tmp / "dicom", tmp / "summary", quiet=quiet, command="ctframe demo")
+        run_summarize(tmp / "dicom", tmp / "summary", quiet=quiet, command="ctframe demo", announce=False)
     _say(quiet, f"demo done: DICOM in {outdir / 'dicom'}, summary in {outdir / 'summary'} (open report.html)")
 
 

@@ -566,7 +566,14 @@ def _region_rows(summaries: Mapping[str, HUSummary], info: pd.DataFrame, regions
                     "manufacturer_model": meta["manufacturer_model"],
                 }
             )
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return table
+    order = {r: i for i, r in enumerate(regions)}
+    table = table.sort_values(
+        ["patient_key", "study_datetime", "series", "region"], key=lambda c: c.map(order) if c.name == "region" else c
+    )
+    return table.reset_index(drop=True)
 
 
 def _slice_area_rows(
