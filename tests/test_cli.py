@@ -232,3 +232,20 @@ def test_cli__help_everywhere() -> None:
     for command in ([], ["scan"], ["summarize"], ["demo"], ["export"], ["show-config"]):
         result = runner.invoke(app, [*command, "--help"])
         assert result.exit_code == 0 and "Usage" in result.output, command
+
+
+def test_demo__phantom_cohort_summary_with_lungs(tmp_path: Path) -> None:
+    pytest.importorskip("ctframe.segment", reason="the lung segmentation has not landed yet")
+    outdir = tmp_path / "demo"
+    result = ctframe_cmd("demo", "-o", str(outdir), "--patients", "2")
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr and str(outdir / "summary") in result.stderr
+    regions = pd.read_parquet(outdir / "summary" / "regions.parquet")
+    assert set(regions["region"]) == {"scan", "body", "lungs", "right_lung", "left_lung"}
+    lungs = regions[regions["region"] == "lungs"]
+    assert len(lungs) == 4 and lungs["volume_ml"].between(2000, 8000).all()
+    longitudinal = pd.read_parquet(outdir / "summary" / "longitudinal.parquet")
+    haa = longitudinal[longitudinal["measure"] == "lung_haa_volume_ml"]
+    assert haa["patient_key"].nunique() == 2
+    assert (haa[haa["days_since_baseline"] > 0]["change_from_baseline"] > 10).all()
+    assert len(list((outdir / "dicom").rglob("*.dcm"))) == 2 * 2 * 64
