@@ -342,6 +342,7 @@ def write_phantom_series(
     noise_hu: float = 18.0,
     return_arrays: bool = True,
     uid_prefix: str = "",
+    body_scale: float = 1.0,
 ) -> PhantomTruth:
     """Write a synthetic chest CT series as DICOM files and return its truth.
 
@@ -372,6 +373,9 @@ def write_phantom_series(
         signed image, as some scanners (and LIDC-IDRI-0001) do.
     return_arrays : bool
         Keep truth labels, ground-glass mask and HU in the result.
+    body_scale : float
+        In-plane size of the body (and everything in it) relative to the
+        default, within (0.5, 1.2]: smaller and larger patients.
 
     Returns
     -------
@@ -396,6 +400,8 @@ def write_phantom_series(
         "jpeg2000": JPEG2000Lossless,
         "jpeg-lossless": JPEGLosslessSV1,
     }
+    if not 0.5 < body_scale <= 1.2:
+        raise ValueError(f"body_scale must lie in (0.5, 1.2], got {body_scale}")
     if compression not in syntaxes:
         raise ValueError(f"compression must be one of {sorted(map(str, syntaxes))}, got {compression!r}")
     folder = Path(folder)
@@ -404,8 +410,8 @@ def write_phantom_series(
     dz, dy, dx = spacing_mm
     tilt = np.radians(tilt_deg)
     an = _Anatomy(
-        body_a=0.40 * n_cols * dx,
-        body_b=0.28 * n_rows * dy,
+        body_a=0.40 * n_cols * dx * body_scale,
+        body_b=0.28 * n_rows * dy * body_scale,
         height=n * dz,
         z0=-n * dz,
         circle_r=0.5 * min(n_cols * dx, n_rows * dy),
@@ -561,7 +567,8 @@ def write_phantom_cohort(
     Files go to ``root/patient-NN/study-T/``. Time point 0 is healthy; later
     time points add ground-glass opacities and a consolidation, so the change
     in high-attenuation lung volume is known exactly (see
-    :attr:`PhantomTruth.ggo_volume_ml`).
+    :attr:`PhantomTruth.ground_glass_volume_ml`). Patients differ in size
+    (``body_scale`` cycles through 1.0, 0.92 and 1.08).
 
     Returns
     -------
@@ -586,7 +593,7 @@ def write_phantom_cohort(
                     study_date=date.strftime("%Y%m%d"),
                     accession_number=f"ACC{p + 1:03d}{tp + 1}",
                     return_arrays=return_arrays,
-                    **series_options,
+                    **{"body_scale": (1.0, 0.92, 1.08)[p % 3], **series_options},
                 )
             )
     return truths
