@@ -30,6 +30,7 @@ from ctframe.hu import to_hu
 from ctframe.io import open_series
 from ctframe.projection import aspect, mean_projection, minip, mip, plane_dim, reformat, resample_isotropic
 from ctframe.scan import problems_table, scan, series_table
+from ctframe.segment import body_mask, lung_mask
 from ctframe.window import adjust_gamma, apply_window, equalize_adapthist, rescale_intensity
 
 try:
@@ -55,10 +56,12 @@ __all__ = [
     "adjust_gamma",
     "apply_window",
     "aspect",
+    "body_mask",
     "config_context",
     "equalize_adapthist",
     "get_config",
     "load_config",
+    "lung_mask",
     "mean_projection",
     "minip",
     "mip",

@@ -1,0 +1,868 @@
+"""Body and lung masks in 3-D, lazily, one task per series.
+
+:func:`body_mask` marks the patient (not outside air, table or padding);
+:func:`lung_mask` labels the right lung 1, the left lung 2 and, on request, the
+trachea and main bronchi outside the lungs 3. Both work on the HU volume from
+:func:`ctframe.to_hu` and return lazy DataArrays chunked like it.
+
+How the work is laid out (bounded memory, one series per task):
+
+1. Per chunk of slices, every threshold the method needs is applied at once and
+   packed into one ``uint8`` code per voxel (bit flags, see ``CODE_*``): one
+   byte per voxel leaves the chunk instead of four.
+2. The code is rechunked to a single block and one task per series runs the
+   3-D morphology on bool/int8/int16 arrays (scipy.ndimage), cropped to the
+   body where it can.
+3. The labels are rechunked like the input.
+
+Right and left are decided from patient coordinates (LPS: +x is the patient's
+left), never from the side of the array; the head end of the stack from
+ImagePositionPatient z. docs/segmentation.md explains the method and each
+default of the ``segmentation`` section of the configuration.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+from scipy import ndimage
+
+from ctframe.config import get_config
+from ctframe.errors import NotHUCalibratedError, ParameterError
+
+__all__ = [
+    "CODE_AIR",
+    "CODE_DENSE",
+    "CODE_GAS",
+    "CODE_LOW",
+    "CODE_VALID",
+    "LUNG_LABELS",
+    "body_mask",
+    "encode_block",
+    "lung_mask",
+]
+
+#: Label values of :func:`lung_mask`.
+LUNG_LABELS = {"background": 0, "right_lung": 1, "left_lung": 2, "airway": 3}
+
+#: Bit flags of the per-voxel code: not NaN.
+CODE_VALID = 1
+#: HU >= body threshold (tissue).
+CODE_DENSE = 2
+#: HU < lung threshold (lung candidate).
+CODE_LOW = 4
+#: HU < gas threshold (bowel gas evidence).
+CODE_GAS = 8
+#: HU < airway threshold, and one and two steps lower (airway growth, leak fallbacks).
+CODE_AIR = (16, 32, 64)
+
+_FACES_3D = ndimage.generate_binary_structure(3, 1)  # 6-connectivity
+_FACES_2D = ndimage.generate_binary_structure(2, 1)  # 4-connectivity
+_IN_PLANE = np.zeros((3, 3, 3), bool)
+_IN_PLANE[1] = _FACES_2D  # in-plane neighbours only (per-slice operations on a volume)
+
+
+# --------------------------------------------------------------------------- settings and geometry
+
+
+def _settings(overrides: Mapping[str, Any]) -> dict[str, float]:
+    settings = {k: float(v) for k, v in get_config()["segmentation"].items()}
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise ParameterError(f"{key} must be a finite number (HU), got {value!r}")
+        settings[key] = float(value)
+    return settings
+
+
+@dataclass(frozen=True)
+class _Geometry:
+    """What the 3-D task needs to know about the grid, as plain numbers."""
+
+    spacing_mm: tuple[float, float, float]  # slice, row, col
+    x0_mm: tuple[float, ...]  # LPS x of pixel (0, 0) of each slice
+    x_per_col_mm: float  # change of LPS x per column index
+    x_per_row_mm: float  # change of LPS x per row index
+    head_last: bool  # the last slice is the head end (the arrays' slice order)
+
+    @property
+    def voxel_ml(self) -> float:
+        dz, dy, dx = self.spacing_mm
+        return dz * dy * dx / 1000.0
+
+    def voxels(self, mm: float, axis: int) -> int:
+        """Whole voxels along `axis` in `mm` (at least 0)."""
+        return max(round(mm / self.spacing_mm[axis]), 0)
+
+    def flipped(self) -> _Geometry:
+        """The geometry of the arrays with the slice axis reversed."""
+        return _Geometry(self.spacing_mm, self.x0_mm[::-1], self.x_per_col_mm, self.x_per_row_mm, not self.head_last)
+
+    def cropped(self, box: tuple[slice, ...]) -> _Geometry:
+        """The geometry of ``array[box]``."""
+        x0 = np.asarray(self.x0_mm)[box[0]] + box[1].start * self.x_per_row_mm + box[2].start * self.x_per_col_mm
+        return _Geometry(self.spacing_mm, tuple(float(v) for v in x0), self.x_per_col_mm, self.x_per_row_mm,
+                         self.head_last)  # fmt: skip
+
+    def mean_x(self, mask: np.ndarray) -> float:
+        """Mean LPS x (mm) of the voxels of `mask` (slice, row, col)."""
+        n_per_slice = mask.sum(axis=(1, 2))
+        total = int(n_per_slice.sum())
+        if total == 0:
+            return float("nan")
+        x0 = np.asarray(self.x0_mm)
+        rows = np.nonzero(mask.any(axis=(0, 2)))[0]
+        cols = np.nonzero(mask.any(axis=(0, 1)))[0]
+        row_sum = float((mask.sum(axis=(0, 2))[rows] * rows).sum())
+        col_sum = float((mask.sum(axis=(0, 1))[cols] * cols).sum())
+        return float((n_per_slice * x0).sum() + row_sum * self.x_per_row_mm + col_sum * self.x_per_col_mm) / total
+
+    def count_beyond(self, mask: np.ndarray, x_mm: float) -> int:
+        """Voxels of `mask` whose LPS x is above `x_mm` (towards the patient's left)."""
+        total = 0
+        for k in np.flatnonzero(mask.any(axis=(1, 2))):
+            total += int((self.x_of_columns(int(k), *mask.shape[1:])[mask[k]] > x_mm).sum())
+        return total
+
+    def x_of_columns(self, k: int, n_rows: int, n_cols: int) -> np.ndarray:
+        """LPS x (mm) of every pixel of slice `k`."""
+        return (
+            self.x0_mm[k]
+            + np.arange(n_rows)[:, None] * self.x_per_row_mm
+            + np.arange(n_cols)[None, :] * self.x_per_col_mm
+        )
+
+
+def _series_name(volume: xr.DataArray) -> str:
+    return str(volume.attrs.get("stack_key", volume.attrs.get("series_uid", volume.name or "(unnamed volume)")))
+
+
+def _check_hu(volume: xr.DataArray, function: str) -> None:
+    if not isinstance(volume, xr.DataArray):
+        raise ParameterError(
+            f"{function} needs an xarray.DataArray (slice, row, col) of HU, got {type(volume).__name__}"
+        )
+    if tuple(volume.dims) != ("slice", "row", "col"):
+        raise ParameterError(
+            f"{function} needs dims ('slice', 'row', 'col'), got {volume.dims} (series {_series_name(volume)}); "
+            "transpose with volume.transpose('slice', 'row', 'col')"
+        )
+    units = volume.attrs.get("units")
+    if (units is not None and units != "HU") or not np.issubdtype(volume.dtype, np.floating):
+        raise NotHUCalibratedError(
+            f"{function} needs HU (float, units 'HU'); series {_series_name(volume)} has dtype {volume.dtype} and "
+            f"units {units!r}; convert it with ctframe.to_hu(volume)"
+        )
+    if min(volume.shape) < 1:
+        raise ParameterError(f"{function}: series {_series_name(volume)} is empty (shape {volume.shape})")
+
+
+def _step(volume: xr.DataArray, dim: str, fallback: float | None) -> float:
+    values = np.asarray(volume[dim].values, float) if dim in volume.coords else np.array([])
+    if values.size > 1:
+        step = float(np.median(np.abs(np.diff(values))))
+    elif fallback is not None:
+        step = float(fallback)
+    else:
+        step = float("nan")
+    if not (math.isfinite(step) and step > 0):
+        raise ParameterError(
+            f"series {_series_name(volume)}: the spacing along {dim!r} is unknown or zero; "
+            f"give the volume a '{dim}' coordinate in mm (open it with ctframe.open_series)"
+        )
+    return step
+
+
+def _geometry(volume: xr.DataArray, function: str) -> _Geometry:
+    """Spacing, LPS x model and head direction from coordinates and attrs.
+
+    Without an ``orientation`` attr the standard axial orientation (rows along
+    +x, columns along +y) is assumed; without ``position_z_mm`` the slice
+    coordinate is taken to increase towards the head.
+    """
+    attrs = volume.attrs
+    pixel = attrs.get("pixel_spacing_mm") or [None, None]
+    dz = _step(volume, "slice", attrs.get("slice_spacing_mm", attrs.get("slice_thickness_mm")))
+    dy = _step(volume, "row", pixel[0])
+    dx = _step(volume, "col", pixel[1])
+    orientation = np.asarray(attrs.get("orientation", [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]), float)
+    if orientation.shape != (6,) or not np.isfinite(orientation).all():
+        raise ParameterError(f"series {_series_name(volume)}: orientation attr must hold 6 direction cosines")
+    normal = np.cross(orientation[:3], orientation[3:])
+    if abs(normal[2]) < 0.7:
+        raise ParameterError(
+            f"{function} needs axial slices; series {_series_name(volume)} has slice normal "
+            f"{np.round(normal, 3).tolist()} (more than 45 degrees from the head-foot axis). "
+            "Open the axial series of the study"
+        )
+    n = volume.sizes["slice"]
+    x0 = np.asarray(volume["position_x_mm"].values, float) if "position_x_mm" in volume.coords else np.zeros(n)
+    if "position_z_mm" in volume.coords and n > 1:
+        z = np.asarray(volume["position_z_mm"].values, float)
+        head_last = bool(z[-1] >= z[0])
+    else:
+        head_last = True
+    if not np.isfinite(x0).all():
+        raise ParameterError(f"series {_series_name(volume)}: position_x_mm has missing values")
+    return _Geometry(
+        spacing_mm=(dz, dy, dx),
+        x0_mm=tuple(float(v) for v in x0),
+        x_per_col_mm=float(orientation[0] * dx),
+        x_per_row_mm=float(orientation[3] * dy),
+        head_last=head_last,
+    )
+
+
+# --------------------------------------------------------------------------- per-chunk code
+
+
+def encode_block(
+    hu: np.ndarray,
+    *,
+    body_threshold_hu: float,
+    threshold_hu: float,
+    gas_hu: float,
+    airway_hu: float,
+    airway_step_hu: float,
+) -> np.ndarray:
+    """Pack the thresholds of the segmentation into one ``uint8`` per voxel.
+
+    Parameters
+    ----------
+    hu : ndarray
+        HU (float), NaN for padding and fill.
+    body_threshold_hu, threshold_hu, gas_hu, airway_hu, airway_step_hu : float
+        See the ``segmentation`` configuration.
+
+    Returns
+    -------
+    ndarray of uint8
+        Bit flags: ``CODE_VALID`` (not NaN), ``CODE_DENSE`` (>= body threshold),
+        ``CODE_LOW`` (< lung threshold), ``CODE_GAS`` (< gas threshold) and
+        ``CODE_AIR`` (< airway threshold, one and two steps lower). NaN sets none.
+
+    Notes
+    -----
+    **Computes** (eager numpy on one block; the per-chunk step of the masks).
+
+    Examples
+    --------
+    >>> code = encode_block(np.array([np.nan, -1000.0, -600.0, 40.0]), body_threshold_hu=-500,
+    ...                     threshold_hu=-320, gas_hu=-940, airway_hu=-950, airway_step_hu=25)
+    >>> code.tolist()
+    [0, 61, 5, 3]
+    """
+    hu = np.asarray(hu)
+    code = np.zeros(hu.shape, np.uint8)
+    with np.errstate(invalid="ignore"):
+        for bit, test in (
+            (CODE_VALID, hu == hu),
+            (CODE_DENSE, hu >= body_threshold_hu),
+            (CODE_LOW, hu < threshold_hu),
+            (CODE_GAS, hu < gas_hu),
+            (CODE_AIR[0], hu < airway_hu),
+            (CODE_AIR[1], hu < airway_hu - airway_step_hu),
+            (CODE_AIR[2], hu < airway_hu - 2 * airway_step_hu),
+        ):
+            code |= test.view(np.uint8) * np.uint8(bit)
+    return code
+
+
+def _flag(code: np.ndarray, bit: int) -> np.ndarray:
+    return (code & np.uint8(bit)).astype(bool)
+
+
+# --------------------------------------------------------------------------- 3-D helpers (eager)
+
+
+def _label(mask: np.ndarray, structure: np.ndarray = _FACES_3D) -> tuple[np.ndarray, int]:
+    """Connected components, in int16 when they fit (half the memory of int32)."""
+    try:
+        return ndimage.label(mask, structure=structure, output=np.int16)  # type: ignore[return-value]
+    except RuntimeError:  # more than 32767 components
+        return ndimage.label(mask, structure=structure)  # type: ignore[return-value]
+
+
+def _bbox(mask: np.ndarray, pad: int = 0) -> tuple[slice, ...] | None:
+    """Bounding box of `mask` (grown by `pad` voxels), or None when empty."""
+    box = []
+    for axis in range(mask.ndim):
+        other = tuple(a for a in range(mask.ndim) if a != axis)
+        hits = np.flatnonzero(mask.any(axis=other))
+        if hits.size == 0:
+            return None
+        box.append(slice(max(int(hits[0]) - pad, 0), min(int(hits[-1]) + 1 + pad, mask.shape[axis])))
+    return tuple(box)
+
+
+def _disk(radius: int) -> np.ndarray:
+    yy, xx = np.mgrid[-radius : radius + 1, -radius : radius + 1]
+    return (yy * yy + xx * xx) <= radius * radius + radius * 0.5
+
+
+def _ellipsoid(mm: float, spacing: tuple[float, float, float]) -> np.ndarray:
+    """Structuring element of radius `mm` in physical space (at least the 6-neighbourhood)."""
+    radii = [max(math.floor(mm / s + 0.5), 1) for s in spacing]
+    grids = np.ogrid[tuple(slice(-r, r + 1) for r in radii)]
+    dist = sum((g * s / mm) ** 2 for g, s in zip(grids, spacing, strict=True))
+    element = np.asarray(dist <= 1.0 + 1e-9)
+    centre = tuple(radii)
+    for axis in range(3):  # keep the face neighbours even when mm < spacing
+        for step in (-1, 1):
+            index = list(centre)
+            index[axis] += step
+            element[tuple(index)] = True
+    return element
+
+
+def _propagate_labels(labels: np.ndarray, mask: np.ndarray, max_iterations: int = 10_000) -> np.ndarray:
+    """Grow int8 labels (> 0) into the unlabelled voxels of `mask`, one face step at a time.
+
+    Each voxel of `mask` takes the label that reaches it first (geodesic distance
+    in voxel steps within `mask`); voxels no label reaches stay 0.
+    """
+    out = np.where(mask, labels, 0).astype(np.int8)
+    todo = mask & (out == 0)
+    for _ in range(max_iterations):
+        if not todo.any():
+            break
+        snapshot = out.copy()
+        for axis in range(out.ndim):
+            n = out.shape[axis]
+            if n < 2:
+                continue
+            lo = [slice(None)] * out.ndim
+            hi = [slice(None)] * out.ndim
+            lo[axis], hi[axis] = slice(0, n - 1), slice(1, n)
+            for dst, src in ((tuple(hi), tuple(lo)), (tuple(lo), tuple(hi))):
+                take = todo[dst] & (snapshot[src] > 0) & (out[dst] == 0)
+                out[dst][take] = snapshot[src][take]
+        grown = todo & (out > 0)
+        if not grown.any():
+            break
+        todo &= ~grown
+    return out
+
+
+# --------------------------------------------------------------------------- body
+
+
+def _body(code: np.ndarray, geometry: _Geometry, settings: Mapping[str, float]) -> np.ndarray:
+    """Body mask of one series (head-last or not: nothing here depends on the direction)."""
+    dense = _flag(code, CODE_DENSE)
+    # whole pixels, rounded down: the opening never exceeds the physical radius
+    radius = math.floor(settings["body_opening_mm"] / max(geometry.spacing_mm[1:]))
+    if radius >= 1:
+        dense = ndimage.binary_opening(dense, structure=_disk(radius)[None])
+    # holes: low voxels not connected to the in-plane border; the head and feet
+    # faces are closed (a trachea reaching the top slice is inside the body)
+    closed = np.pad(dense, ((1, 1), (0, 0), (0, 0)), constant_values=True)
+    filled = ndimage.binary_fill_holes(closed)[1:-1]
+    del closed, dense
+    labels, n = _label(filled)
+    del filled
+    if n == 0:
+        return np.zeros(code.shape, bool)
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    body = labels == np.argmax(sizes)
+    del labels
+    body &= _flag(code, CODE_VALID)
+    return body
+
+
+def _body_block(code: np.ndarray, *, geometry: _Geometry, settings: Mapping[str, float]) -> np.ndarray:
+    return _body(code, geometry, settings)
+
+
+# --------------------------------------------------------------------------- airways
+
+
+def _trachea_seed(
+    air: np.ndarray, body: np.ndarray, geometry: _Geometry, settings: Mapping[str, float]
+) -> tuple[int, np.ndarray] | None:
+    """(slice, 2-D mask) of the trachea near the head end (head-last arrays), or None."""
+    _, dy, dx = geometry.spacing_mm
+    n = air.shape[0]
+    n_search = min(n, geometry.voxels(settings["trachea_search_mm"], 0) + 1)
+    best: tuple[float, int, np.ndarray] | None = None
+    for k in range(n - 1, n - 1 - n_search, -1):
+        if not body[k].any():
+            continue
+        x = geometry.x_of_columns(k, *air.shape[1:])
+        midline = float(x[body[k]].mean())
+        labels, count = ndimage.label(air[k], structure=_FACES_2D)
+        if count == 0:
+            continue
+        areas = np.bincount(labels.ravel())[1:] * dy * dx
+        x_sum = np.bincount(labels.ravel(), weights=x.ravel())[1:]
+        centres = x_sum / np.maximum(areas / (dy * dx), 1)
+        for index in np.flatnonzero(
+            (areas >= settings["trachea_min_area_mm2"])
+            & (areas <= settings["trachea_max_area_mm2"])
+            & (np.abs(centres - midline) <= settings["trachea_max_offset_mm"])
+        ):
+            if best is None or areas[index] > best[0]:
+                best = (float(areas[index]), k, labels == index + 1)
+    return None if best is None else (best[1], best[2])
+
+
+def _airways(code: np.ndarray, body: np.ndarray, geometry: _Geometry, settings: Mapping[str, float]) -> np.ndarray:
+    """Trachea and bronchi grown from the trachea near the head end (head-last arrays)."""
+    limit = settings["airway_max_ml"] / geometry.voxel_ml
+    grown = np.zeros(code.shape, bool)
+    for bit in CODE_AIR:
+        air = _flag(code, bit) & body
+        found = _trachea_seed(air, body, geometry, settings)
+        if found is None:
+            continue
+        k, seed_2d = found
+        seed = np.zeros(code.shape, bool)
+        seed[k] = seed_2d
+        grown = ndimage.binary_propagation(seed, structure=_FACES_3D, mask=air)
+        if grown.sum() <= limit:
+            return grown
+    if not grown.any():
+        return grown
+    # every threshold leaked: keep the trachea above the first slice (from the
+    # head end) where the growth is wider than a trachea
+    _, dy, dx = geometry.spacing_mm
+    areas = grown.sum(axis=(1, 2)) * dy * dx
+    wide = np.flatnonzero(areas[::-1] > settings["trachea_max_area_mm2"])
+    if wide.size:
+        stop = grown.shape[0] - wide[0]
+        grown[:stop] = False
+    return grown
+
+
+# --------------------------------------------------------------------------- lungs
+
+
+def _side_pieces(fields: np.ndarray, gas: np.ndarray, core: int, thin_radius: int) -> np.ndarray:
+    """2-D side pieces of the lung fields that are gas pockets or streaks, sweeping out from `core`.
+
+    From slice `core` towards the feet and then towards the head, a slice's 2-D
+    component that touches (across the slice boundary) what was kept of the
+    previous slice is kept, unless it is not the main continuation (the
+    component overlapping it most) of a main lung section there (at least a
+    quarter of the largest) and it is
+
+    * mostly gas (``CODE_GAS``), towards the feet only: a pocket of stomach or
+      bowel gas under the diaphragm, touching the lung base across a slice
+      boundary; or
+    * thinner than the in-plane erosion of `thin_radius` pixels, towards the
+      head only: a streak artefact from the shoulders or a partial-volume line
+      that connects to the apex through other slices. (Towards the feet the
+      thin crescents of the costophrenic recesses are lung.)
+
+    Small lung pieces protect nothing, so a sliver of lung above the stomach
+    cannot carry the stomach in. Returns the voxels to drop.
+    """
+    removed = np.zeros(fields.shape, bool)
+    element = _disk(thin_radius) if thin_radius > 0 else None
+    for direction in (-1, 1):
+        previous = fields[core]
+        k = core + direction
+        while 0 <= k < fields.shape[0] and previous.any():
+            labels, count = ndimage.label(fields[k], structure=_FACES_2D)
+            if count == 0:
+                break
+            flat = labels.ravel()
+            area = np.bincount(flat, minlength=count + 1)
+            touching = previous & (labels > 0)
+            previous_labels, n_previous = ndimage.label(previous, structure=_FACES_2D)
+            pairs = previous_labels[touching].astype(np.int64) * (count + 1) + labels[touching]
+            overlap = np.bincount(pairs, minlength=(n_previous + 1) * (count + 1)).reshape(n_previous + 1, count + 1)
+            previous_area = np.bincount(previous_labels.ravel(), minlength=n_previous + 1)[1:]
+            main = (previous_area >= 0.25 * previous_area.max()) & (overlap[1:, 1:].max(axis=1) > 0)
+            protected = np.zeros(count + 1, bool)
+            protected[overlap[1:, 1:].argmax(axis=1)[main] + 1] = True
+            touches = overlap[1:].sum(axis=0) > 0
+            drop = np.zeros(count + 1, bool)
+            if direction < 0:
+                drop |= 2 * np.bincount(flat[gas[k].ravel()], minlength=count + 1) >= area
+            if direction > 0 and element is not None:
+                core_pixels = ndimage.binary_erosion(fields[k], structure=element)
+                drop |= np.bincount(flat[core_pixels.ravel()], minlength=count + 1) == 0
+            drop &= touches & ~protected
+            drop[0] = False
+            keep = touches & ~drop
+            keep[0] = False
+            removed[k] = drop[labels]
+            previous = keep[labels]
+            k += direction
+    return removed
+
+
+def _fill_lung(mask: np.ndarray) -> np.ndarray:
+    """Fill what the lung encloses: 3-D holes, and 2-D holes with lung above and below in their column.
+
+    A 2-D hole (a vessel or nodule in an axial slice) is filled where the lung
+    continues both above and below it in the same (row, col) column; the dome
+    of the diaphragm, enclosed by the lung's base ring in a slice, has no lung
+    below it and stays out.
+    """
+    box = _bbox(mask)
+    if box is None:
+        return mask
+    sub = ndimage.binary_fill_holes(mask[box], structure=_FACES_3D)
+    holes = ndimage.binary_fill_holes(sub, structure=_IN_PLANE) & ~sub
+    if holes.any():
+        present = sub.any(axis=0)
+        first = np.argmax(sub, axis=0)
+        last = sub.shape[0] - 1 - np.argmax(sub[::-1], axis=0)
+        k = np.arange(sub.shape[0])[:, None, None]
+        holes &= present & (k > first) & (k < last)
+        sub |= holes
+    out = mask.copy()
+    out[box] = sub
+    return out
+
+
+def _split(
+    field: np.ndarray, geometry: _Geometry, settings: Mapping[str, float]
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Part one 3-D field into two lungs by in-plane erosion and regrowth, or None."""
+    box = _bbox(field)
+    if box is None:
+        return None
+    sub = field[box]
+    _, dy, dx = geometry.spacing_mm
+    steps = max(math.ceil(settings["split_max_mm"] / min(dy, dx)), 1)
+    eroded = sub
+    for _ in range(steps):
+        eroded = ndimage.binary_erosion(eroded, structure=_IN_PLANE)
+        if not eroded.any():
+            return None
+        labels, count = _label(eroded)
+        if count < 2:
+            continue
+        sizes = np.bincount(labels.ravel())
+        sizes[0] = 0
+        order = np.argsort(sizes)[::-1]
+        if sizes[order[1]] < 0.1 * sizes[order[0]]:
+            continue
+        markers = np.zeros(sub.shape, np.int8)
+        markers[labels == order[0]] = 1
+        markers[labels == order[1]] = 2
+        grown = _propagate_labels(markers, sub)
+        first = np.zeros(field.shape, bool)
+        second = np.zeros(field.shape, bool)
+        first[box] = grown == 1
+        second[box] = grown == 2
+        return first, second
+    return None
+
+
+def _lungs(
+    code: np.ndarray, body: np.ndarray, geometry: _Geometry, settings: Mapping[str, float], airways: bool
+) -> np.ndarray:
+    """Lung labels of one series; arrays in head-last slice order."""
+    out = np.zeros(code.shape, np.int8)
+    box = _bbox(body, pad=1)
+    if box is None:
+        return out
+    out[box] = _lungs_in_body(code[box], body[box], geometry.cropped(box), settings, airways)
+    return out
+
+
+def _lungs_in_body(
+    code: np.ndarray, body: np.ndarray, geometry: _Geometry, settings: Mapping[str, float], airways: bool
+) -> np.ndarray:
+    voxel_ml = geometry.voxel_ml
+    candidates = _flag(code, CODE_LOW) & body
+    airway = _airways(code, body, geometry, settings)
+    if airway.any():
+        margin = _ellipsoid(settings["airway_margin_mm"], geometry.spacing_mm)
+        box = _bbox(airway, pad=max(margin.shape) // 2 + 1)
+        assert box is not None
+        wall = ndimage.binary_dilation(airway[box], structure=margin)
+        candidates[box] &= ~wall
+    gas = _flag(code, CODE_GAS)
+    min_voxels = settings["min_lung_ml"] / voxel_ml
+
+    def fields_of(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        labels, count = _label(mask)
+        flat = labels.ravel()
+        sizes = np.bincount(flat, minlength=count + 1)
+        gas_sizes = np.bincount(flat[gas.ravel()], minlength=count + 1)
+        eligible = (sizes >= min_voxels) & (2 * gas_sizes < sizes)
+        eligible[0] = False
+        return labels, sizes, eligible
+
+    labels, sizes, eligible = fields_of(candidates)
+    if eligible.any():
+        fields = eligible[labels]
+        core = int(np.argmax(fields.sum(axis=(1, 2))))
+        _, dy, dx = geometry.spacing_mm
+        thin = math.floor(settings["min_piece_width_mm"] / (2 * min(dy, dx)))
+        pockets = _side_pieces(fields, gas, core, thin)
+        if pockets.any():
+            candidates &= ~pockets
+            labels, sizes, eligible = fields_of(candidates)
+    lungs = _choose_lungs(labels, sizes, eligible, body, geometry, settings)
+    out = np.zeros(code.shape, np.int8)
+    filled = []
+    for value, mask in enumerate(lungs, start=1):
+        if mask is not None:
+            filled.append((value, _fill_lung(mask)))
+    for value, mask in filled:
+        out[mask & body & (out == 0)] = value
+    if airways:
+        out[airway & (out == 0)] = LUNG_LABELS["airway"]
+    return out
+
+
+def _choose_lungs(
+    labels: np.ndarray, sizes: np.ndarray, eligible: np.ndarray, body: np.ndarray, geometry: _Geometry,
+    settings: Mapping[str, float],
+) -> tuple[np.ndarray | None, np.ndarray | None]:  # fmt: skip
+    """(right, left) lung masks from the eligible 3-D fields.
+
+    The largest field is one lung, or both lungs when they touch: then it
+    straddles the body's midline (at least a fifth of it on each side) and an
+    in-plane erosion parts it into two pieces on opposite sides. Otherwise the
+    other lung is the largest field on the other side of the midline whose
+    middle slice lies within the largest field's slices. The side of each lung
+    comes from its mean LPS x (smaller x: patient right).
+    """
+    ids = np.flatnonzero(eligible)
+    if ids.size == 0:
+        return None, None
+    ids = ids[np.argsort(sizes[ids])[::-1]]
+    largest = labels == ids[0]
+    midline = geometry.mean_x(body)
+    on_left = geometry.count_beyond(largest, midline) / sizes[ids[0]]
+    if min(on_left, 1.0 - on_left) >= 0.2:
+        parts = _split(largest, geometry, settings)
+        if parts is not None:
+            x_first, x_second = geometry.mean_x(parts[0]), geometry.mean_x(parts[1])
+            if (x_first - midline) * (x_second - midline) < 0:
+                return (parts[0], parts[1]) if x_first < x_second else (parts[1], parts[0])
+    side = geometry.mean_x(largest) - midline
+    slices = np.flatnonzero(largest.any(axis=(1, 2)))
+    other = None
+    for candidate in ids[1:]:
+        mask = labels == candidate
+        ks = np.flatnonzero(mask.any(axis=(1, 2)))
+        if slices[0] <= 0.5 * (ks[0] + ks[-1]) <= slices[-1] and (geometry.mean_x(mask) - midline) * side < 0:
+            other = mask
+            break
+    if side < 0:
+        return largest, other
+    return other, largest
+
+
+def _lung_block(
+    code: np.ndarray,
+    body: np.ndarray,
+    *,
+    geometry: _Geometry,
+    settings: Mapping[str, float],
+    airways: bool,
+) -> np.ndarray:
+    if geometry.head_last:
+        return _lungs(code, body, geometry, settings, airways)
+    flipped = _lungs(code[::-1], body[::-1], geometry.flipped(), settings, airways)
+    return np.ascontiguousarray(flipped[::-1])
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def _code(hu: xr.DataArray, settings: Mapping[str, float]) -> Any:
+    options = {
+        key: settings[key] for key in ("body_threshold_hu", "threshold_hu", "gas_hu", "airway_hu", "airway_step_hu")
+    }
+    if isinstance(hu.data, da.Array):
+        return hu.data.map_blocks(encode_block, dtype=np.uint8, meta=np.empty((0, 0, 0), np.uint8), **options)
+    return encode_block(np.asarray(hu.data), **options)
+
+
+def _single_block(code: Any) -> Any:
+    if isinstance(code, da.Array):
+        return code.rechunk(code.shape)
+    return code
+
+
+def _mask_like(hu: xr.DataArray, data: Any, name: str, attrs: dict[str, Any]) -> xr.DataArray:
+    if isinstance(data, da.Array) and isinstance(hu.data, da.Array):
+        data = data.rechunk(hu.data.chunks)
+    keep = {k: v for k, v in hu.attrs.items() if k in _IDENTITY_ATTRS}
+    return xr.DataArray(data, dims=hu.dims, coords=hu.coords, name=name, attrs={**keep, **attrs})
+
+
+_IDENTITY_ATTRS = (
+    "stack_key",
+    "series_uid",
+    "study_uid",
+    "patient_key",
+    "study_date",
+    "modality",
+    "pixel_spacing_mm",
+    "slice_spacing_mm",
+    "slice_thickness_mm",
+    "orientation",
+)
+
+
+def _body_data(hu: xr.DataArray, settings: Mapping[str, float], geometry: _Geometry) -> tuple[Any, Any]:
+    code = _single_block(_code(hu, settings))
+    if isinstance(code, da.Array):
+        body = code.map_blocks(
+            _body_block, geometry=geometry, settings=dict(settings), dtype=bool, meta=np.empty((0, 0, 0), bool)
+        )
+    else:
+        body = _body(code, geometry, settings)
+    return code, body
+
+
+def body_mask(hu: xr.DataArray, *, threshold_hu: float | None = None) -> xr.DataArray:
+    """The patient's body: everything but outside air, the table and padding.
+
+    Voxels at or above `threshold_hu` are tissue; after an in-plane opening
+    (``segmentation.body_opening_mm``) detaches the table top, pads and
+    blankets, air that reaches the in-plane image border in 3-D is outside and
+    everything else is filled in (lungs, airways, bowel gas). The head and
+    feet faces of the stack do not count as border: a trachea reaching the top
+    slice stays inside. The largest 3-D component is the body; the table and
+    anything else apart from it is not. NaN (padding, scan-circle fill) is
+    never body.
+
+    Parameters
+    ----------
+    hu : DataArray (slice, row, col)
+        HU from :func:`ctframe.to_hu` (float, NaN for padding).
+    threshold_hu : float, optional
+        Tissue threshold (default ``segmentation.body_threshold_hu`` = -500).
+
+    Returns
+    -------
+    DataArray (slice, row, col) of bool
+        Chunked like `hu`; same coordinates.
+
+    Raises
+    ------
+    ParameterError
+        Wrong dims, unknown spacing, non-axial slices, bad threshold.
+    NotHUCalibratedError
+        `hu` holds stored values, not HU.
+
+    Notes
+    -----
+    **Lazy**: a per-chunk threshold to one byte per voxel, then one task for
+    the series (3-D morphology on bool arrays), rechunked like `hu`.
+
+    Examples
+    --------
+    >>> import ctframe, tempfile
+    >>> from ctframe.testing import write_phantom_series
+    >>> truth = write_phantom_series(tempfile.mkdtemp(), shape=(16, 64, 64), spacing_mm=(10, 5, 5))
+    >>> body = ctframe.body_mask(ctframe.to_hu(ctframe.open_series(truth.folder)))
+    >>> bool(body[8, 32, 32]), bool(body[8, 0, 0])
+    (True, False)
+    """
+    _check_hu(hu, "body_mask")
+    settings = _settings({"body_threshold_hu": threshold_hu})
+    geometry = _geometry(hu, "body_mask")
+    _, body = _body_data(hu, settings, geometry)
+    return _mask_like(hu, body, "body", {"long_name": "body mask"})
+
+
+def lung_mask(hu: xr.DataArray, *, threshold_hu: float | None = None, airways: bool = False) -> xr.DataArray:
+    """Label the right (1) and left (2) lung in 3-D; optionally the airways (3).
+
+    Method (docs/segmentation.md has the details and the reasons):
+
+    1. candidates: HU below `threshold_hu` inside :func:`body_mask`;
+    2. airways: the trachea is found near the head end of the stack (air below
+       ``airway_hu``, trachea-sized, near the body midline) and grown in 3-D
+       through air; growth that leaks into the lungs is retried stricter. The
+       grown airway and a thin wall around it leave the candidates;
+    3. lung fields: 3-D components of at least ``min_lung_ml`` that are not
+       mostly gas; below the widest slice, pockets that hang under the lung
+       base across a slice boundary (in-plane apart from it) and read mostly
+       below ``gas_hu`` are stomach or bowel gas and are cut off, which 3-D
+       connectivity alone cannot do with thick slices;
+    4. right and left: two fields side by side, or one field parted by
+       in-plane erosion (the anterior junction) and regrown; the side comes
+       from patient x (LPS), not from the array;
+    5. filling: holes enclosed in 3-D, and in-slice holes (vessels, nodules,
+       consolidation) with lung above and below in their column, become lung;
+       the diaphragm dome under the lung base does not.
+
+    Parameters
+    ----------
+    hu : DataArray (slice, row, col)
+        Axial HU from :func:`ctframe.to_hu` (float, NaN for padding).
+    threshold_hu : float, optional
+        Lung threshold (default ``segmentation.threshold_hu`` = -320).
+    airways : bool
+        Also label the trachea and bronchi outside the lungs as 3.
+
+    Returns
+    -------
+    DataArray (slice, row, col) of int8
+        0 background, 1 right lung, 2 left lung (3 airways). Chunked like
+        `hu`, same coordinates; attrs ``flag_values`` and ``flag_meanings``
+        name the labels.
+
+    Raises
+    ------
+    ParameterError
+        Wrong dims, unknown spacing, non-axial slices, bad threshold.
+    NotHUCalibratedError
+        `hu` holds stored values, not HU.
+
+    Notes
+    -----
+    **Lazy**: one byte per voxel leaves each chunk; one task per series does
+    the 3-D work on bool/int8/int16 arrays (peak about 8 bytes per voxel of the
+    body's bounding box); the result is rechunked like `hu`. Emphysematous
+    lung whose median lies below ``gas_hu`` is protected only where it
+    continues the lung from the slice above; a lung split into two pieces
+    keeps its larger piece.
+
+    Examples
+    --------
+    >>> import ctframe, tempfile
+    >>> from ctframe.testing import write_phantom_series
+    >>> truth = write_phantom_series(tempfile.mkdtemp(), shape=(16, 64, 64), spacing_mm=(10, 5, 5))
+    >>> labels = ctframe.lung_mask(ctframe.to_hu(ctframe.open_series(truth.folder)))
+    >>> labels.dtype, sorted(int(v) for v in np.unique(labels))
+    (dtype('int8'), [0, 1, 2])
+    """
+    _check_hu(hu, "lung_mask")
+    if not isinstance(airways, bool):
+        raise ParameterError(f"airways must be True or False, got {airways!r}")
+    settings = _settings({"threshold_hu": threshold_hu})
+    geometry = _geometry(hu, "lung_mask")
+    code, body = _body_data(hu, settings, geometry)
+    if isinstance(code, da.Array):
+        labels = da.map_blocks(
+            _lung_block,
+            code,
+            body,
+            geometry=geometry,
+            settings=dict(settings),
+            airways=airways,
+            dtype=np.int8,
+            meta=np.empty((0, 0, 0), np.int8),
+        )
+    else:
+        labels = _lung_block(code, body, geometry=geometry, settings=settings, airways=airways)
+    values = [0, 1, 2, 3] if airways else [0, 1, 2]
+    names = [name for name, value in LUNG_LABELS.items() if value in values]
+    return _mask_like(
+        hu,
+        labels,
+        "lung_labels",
+        {"long_name": "lung labels", "flag_values": values, "flag_meanings": " ".join(names)},
+    )
