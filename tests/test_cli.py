@@ -235,7 +235,6 @@ def test_cli__help_everywhere() -> None:
 
 
 def test_demo__phantom_cohort_summary_with_lungs(tmp_path: Path) -> None:
-    pytest.importorskip("ctframe.segment", reason="the lung segmentation has not landed yet")
     outdir = tmp_path / "demo"
     result = ctframe_cmd("demo", "-o", str(outdir), "--patients", "2")
     assert result.returncode == 0, result.stderr

@@ -216,7 +216,6 @@ def test_open_cohort__covid_patients_prior_and_current(shared_data: Path) -> Non
 @pytest.fixture(scope="module")
 def lung_cohort(tmp_path_factory):
     """One patient, healthy then with ground glass, at the default phantom resolution (4 mm slices)."""
-    pytest.importorskip("ctframe.segment", reason="the lung segmentation has not landed yet")
     root = tmp_path_factory.mktemp("lung-cohort")
     truths = write_phantom_cohort(
         root, n_patients=1, n_time_points=2, shape=(80, 192, 192), spacing_mm=(4.0, 1.875, 1.875), return_arrays=True
