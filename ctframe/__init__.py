@@ -16,6 +16,7 @@ from ctframe.errors import (
     CTFrameError,
     CTFrameWarning,
     DicomReadError,
+    GridMismatchError,
     InconsistentSeriesError,
     MultipleSeriesError,
     NoSeriesError,
@@ -28,6 +29,8 @@ from ctframe.errors import (
 )
 from ctframe.hu import to_hu
 from ctframe.io import open_series
+from ctframe.masks import read_nifti_labels, read_rtstruct, read_seg
+from ctframe.measure import region_stats
 from ctframe.projection import aspect, mean_projection, minip, mip, plane_dim, reformat, resample_isotropic
 from ctframe.scan import problems_table, scan, series_table
 from ctframe.segment import body_mask, lung_mask
@@ -43,6 +46,7 @@ __all__ = [
     "CTFrameWarning",
     "ConfigError",
     "DicomReadError",
+    "GridMismatchError",
     "InconsistentSeriesError",
     "MultipleSeriesError",
     "NoSeriesError",
@@ -68,7 +72,11 @@ __all__ = [
     "open_series",
     "plane_dim",
     "problems_table",
+    "read_nifti_labels",
+    "read_rtstruct",
+    "read_seg",
     "reformat",
+    "region_stats",
     "resample_isotropic",
     "rescale_intensity",
     "scan",

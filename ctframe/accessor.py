@@ -95,3 +95,23 @@ class CTAccessor:
         from ctframe.projection import mean_projection
 
         return mean_projection(self._obj, **kwargs)
+
+    # --- segment.py and measure.py: masks and region statistics
+
+    def body_mask(self, **kwargs: Any) -> xr.DataArray:
+        """Call :func:`ctframe.body_mask` on this array."""
+        from ctframe.segment import body_mask
+
+        return body_mask(self._obj, **kwargs)
+
+    def lung_mask(self, **kwargs: Any) -> xr.DataArray:
+        """Call :func:`ctframe.lung_mask` on this array."""
+        from ctframe.segment import lung_mask
+
+        return lung_mask(self._obj, **kwargs)
+
+    def region_stats(self, labels: xr.DataArray, **kwargs: Any) -> Any:
+        """Call :func:`ctframe.region_stats` on this array (the HU volume) and `labels`."""
+        from ctframe.measure import region_stats
+
+        return region_stats(self._obj, labels, **kwargs)

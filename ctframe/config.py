@@ -39,6 +39,21 @@ RANGES: dict[str, tuple[float, float]] = {
     "histogram.min_hu": (-2048, 4095),
     "histogram.max_hu": (-2047, 4096),
     "selection.min_slices": (1, 100_000),
+    "segmentation.threshold_hu": (-1000.0, 0.0),
+    "segmentation.body_threshold_hu": (-1000.0, 0.0),
+    "segmentation.body_opening_mm": (0.0, 50.0),
+    "segmentation.airway_hu": (-1100.0, -500.0),
+    "segmentation.airway_step_hu": (0.0, 200.0),
+    "segmentation.airway_max_ml": (1.0, 5000.0),
+    "segmentation.airway_margin_mm": (0.0, 20.0),
+    "segmentation.trachea_search_mm": (0.0, 500.0),
+    "segmentation.trachea_min_area_mm2": (0.0, 10_000.0),
+    "segmentation.trachea_max_area_mm2": (1.0, 100_000.0),
+    "segmentation.trachea_max_offset_mm": (0.0, 500.0),
+    "segmentation.gas_hu": (-1100.0, -500.0),
+    "segmentation.min_lung_ml": (0.0, 10_000.0),
+    "segmentation.split_max_mm": (0.0, 200.0),
+    "segmentation.min_piece_width_mm": (0.0, 50.0),
 }
 
 #: List-valued keys whose items must come from a fixed set.

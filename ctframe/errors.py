@@ -14,6 +14,7 @@ __all__ = [
     "CohortWarning",
     "ConfigError",
     "DicomReadError",
+    "GridMismatchError",
     "InconsistentSeriesError",
     "MultipleSeriesError",
     "NoSeriesError",
@@ -48,6 +49,10 @@ class MultipleSeriesError(CTFrameError, ValueError):
 
 class InconsistentSeriesError(CTFrameError, ValueError):
     """The files of one series disagree (shape, orientation, duplicate positions...)."""
+
+
+class GridMismatchError(InconsistentSeriesError):
+    """A mask or label file does not lie on the voxel grid of the series it is read for."""
 
 
 class NotHUCalibratedError(CTFrameError, ValueError):

@@ -33,7 +33,7 @@ import numpy as np
 import xarray as xr
 from scipy import ndimage
 
-from ctframe.config import get_config
+from ctframe.config import RANGES, get_config
 from ctframe.errors import NotHUCalibratedError, ParameterError
 
 __all__ = [
@@ -78,6 +78,9 @@ def _settings(overrides: Mapping[str, Any]) -> dict[str, float]:
             continue
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
             raise ParameterError(f"{key} must be a finite number (HU), got {value!r}")
+        lo, hi = RANGES.get(f"segmentation.{key}", (-math.inf, math.inf))
+        if not lo <= value <= hi:
+            raise ParameterError(f"{key}={value!r} is outside [{lo:g}, {hi:g}] HU; pick a value in that range")
         settings[key] = float(value)
     return settings
 
