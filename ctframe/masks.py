@@ -19,10 +19,11 @@ Geometry is matched in patient space (LPS, mm), never by array order:
   a voxel; a file may cover part of the grid (a SEG that omits empty frames),
   never voxels outside it;
 * RTSTRUCT contour points (LPS mm) are projected into each slice's pixel
-  coordinates, matched to the nearest slice along the normal (within half the
-  spacing) and filled with :func:`skimage.draw.polygon` (pixel centres inside
-  the polygon; several contours of one ROI on one slice combine even-odd, so
-  an inner contour is a hole).
+  coordinates, matched to the nearest slice along the normal (within a tenth of
+  the spacing: contours drawn on a series lie on its slices) and filled with
+  :func:`skimage.draw.polygon` (pixel centres inside the polygon; several
+  contours of one ROI on one slice combine even-odd, so an inner contour is a
+  hole).
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ __all__ = ["grid_affine", "read_nifti_labels", "read_rtstruct", "read_seg"]
 
 #: Largest deviation (in voxels) between a file's grid and the volume's.
 GRID_TOLERANCE_VOXELS = 0.01
+#: Largest distance of an RTSTRUCT contour from its slice, as a fraction of the slice spacing.
+CONTOUR_TOLERANCE = 0.1
 
 
 def _series_name(volume: xr.DataArray) -> str:
@@ -137,7 +140,7 @@ def _plan(
         t = shift[axes[a]]
         if abs(t - round(t)) > GRID_TOLERANCE_VOXELS:
             raise GridMismatchError(
-                f"{where}: its grid is shifted by {t - round(t):+.3f} voxel along {('slice', 'row', 'col')[a]} "
+                f"{where}: its grid is shifted by {t - round(t):+.3f} voxel along {('slice', 'row', 'col')[a]!r} "
                 f"against series {_series_name(like)}; the mask belongs to another reconstruction"
             )
         t = round(t)
@@ -148,7 +151,7 @@ def _plan(
         if offset > 0 or shape[a] - offset > like.shape[a]:
             raise GridMismatchError(
                 f"{where}: it covers voxels outside series {_series_name(like)} along "
-                f"{('slice', 'row', 'col')[a]} ({int(shape[a])} voxels from index {-offset}, the series has "
+                f"{('slice', 'row', 'col')[a]!r} ({int(shape[a])} voxels from index {-offset}, the series has "
                 f"{like.shape[a]}); crop it or open the full series"
             )
     return axes, (flips[0], flips[1], flips[2]), (offsets[0], offsets[1], offsets[2])
@@ -433,8 +436,8 @@ def read_rtstruct(
     ParameterError
         An ROI in `rois` is absent (the message lists those present).
     GridMismatchError
-        A contour lies between slices (more than half the spacing from the
-        nearest) or outside the series.
+        A contour lies between slices (more than a tenth of the spacing from
+        the nearest): it was drawn on another series.
 
     Notes
     -----
@@ -489,7 +492,7 @@ def read_rtstruct(
             points = np.asarray(contour.ContourData, float).reshape(-1, 3)
             depth = float(np.mean(points @ normal))
             k = int(np.argmin(np.abs(along - depth)))
-            if abs(along[k] - depth) > 0.5 * spacing:
+            if abs(along[k] - depth) > CONTOUR_TOLERANCE * spacing:
                 raise GridMismatchError(
                     f"{path}: a contour of ROI {roi_names.get(number, number)!r} lies at {depth:.2f} mm along the "
                     f"slice normal, {abs(along[k] - depth):.2f} mm from the nearest slice of series "
