@@ -11,7 +11,7 @@ How the work is laid out (bounded memory, one series per task):
    packed into one ``uint8`` code per voxel (bit flags, see ``CODE_*``): one
    byte per voxel leaves the chunk instead of four.
 2. The code is rechunked to a single block and one task per series runs the
-   3-D morphology on bool/int8/int16 arrays (scipy.ndimage), cropped to the
+   3-D morphology on bool/int8/uint16 arrays (scipy.ndimage), cropped to the
    body where it can.
 3. The labels are rechunked like the input.
 
@@ -286,11 +286,24 @@ def _flag(code: np.ndarray, bit: int) -> np.ndarray:
 
 
 def _label(mask: np.ndarray, structure: np.ndarray = _FACES_3D) -> tuple[np.ndarray, int]:
-    """Connected components, in int16 when they fit (half the memory of int32)."""
+    """Connected components, in uint16 when they fit (half the memory of int32)."""
     try:
-        return ndimage.label(mask, structure=structure, output=np.int16)  # type: ignore[return-value]
-    except RuntimeError:  # more than 32767 components
+        return ndimage.label(mask, structure=structure, output=np.uint16)  # type: ignore[return-value]
+    except RuntimeError:  # more than 65535 components
         return ndimage.label(mask, structure=structure)  # type: ignore[return-value]
+
+
+def _sizes(labels: np.ndarray, count: int, where: np.ndarray | None = None) -> np.ndarray:
+    """Voxels per label (optionally only where `where`), one slice at a time.
+
+    ``np.bincount`` casts its input to intp: on a whole int16 volume that is a
+    temporary of 8 bytes per voxel; slice by slice it stays small.
+    """
+    out = np.zeros(count + 1, np.int64)
+    for k in range(labels.shape[0]):
+        values = labels[k] if where is None else labels[k][where[k]]
+        out += np.bincount(values.ravel(), minlength=count + 1)
+    return out
 
 
 def _bbox(mask: np.ndarray, pad: int = 0) -> tuple[slice, ...] | None:
@@ -373,7 +386,7 @@ def _body(code: np.ndarray, geometry: _Geometry, settings: Mapping[str, float]) 
     del filled
     if n == 0:
         return np.zeros(code.shape, bool)
-    sizes = np.bincount(labels.ravel())
+    sizes = _sizes(labels, n)
     sizes[0] = 0
     body = labels == np.argmax(sizes)
     del labels
@@ -547,7 +560,7 @@ def _split(
         labels, count = _label(eroded)
         if count < 2:
             continue
-        sizes = np.bincount(labels.ravel())
+        sizes = _sizes(labels, count)
         sizes[0] = 0
         order = np.argsort(sizes)[::-1]
         if sizes[order[1]] < 0.1 * sizes[order[0]]:
@@ -576,6 +589,16 @@ def _lungs(
     return out
 
 
+def _fields(mask: np.ndarray, gas: np.ndarray, min_voxels: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """3-D components of `mask`, their sizes, and which are lung fields (big enough, not mostly gas)."""
+    labels, count = _label(mask)
+    sizes = _sizes(labels, count)
+    gas_sizes = _sizes(labels, count, where=gas)
+    eligible = (sizes >= min_voxels) & (2 * gas_sizes < sizes)
+    eligible[0] = False
+    return labels, sizes, eligible
+
+
 def _lungs_in_body(
     code: np.ndarray, body: np.ndarray, geometry: _Geometry, settings: Mapping[str, float], airways: bool
 ) -> np.ndarray:
@@ -591,33 +614,27 @@ def _lungs_in_body(
     gas = _flag(code, CODE_GAS)
     min_voxels = settings["min_lung_ml"] / voxel_ml
 
-    def fields_of(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        labels, count = _label(mask)
-        flat = labels.ravel()
-        sizes = np.bincount(flat, minlength=count + 1)
-        gas_sizes = np.bincount(flat[gas.ravel()], minlength=count + 1)
-        eligible = (sizes >= min_voxels) & (2 * gas_sizes < sizes)
-        eligible[0] = False
-        return labels, sizes, eligible
-
-    labels, sizes, eligible = fields_of(candidates)
+    labels, sizes, eligible = _fields(candidates, gas, min_voxels)
     if eligible.any():
         fields = eligible[labels]
         core = int(np.argmax(fields.sum(axis=(1, 2))))
         _, dy, dx = geometry.spacing_mm
         thin = math.floor(settings["min_piece_width_mm"] / (2 * min(dy, dx)))
         pockets = _side_pieces(fields, gas, core, thin)
+        del fields
         if pockets.any():
             candidates &= ~pockets
-            labels, sizes, eligible = fields_of(candidates)
-    lungs = _choose_lungs(labels, sizes, eligible, body, geometry, settings)
+            del labels  # free it before labelling again
+            labels, sizes, eligible = _fields(candidates, gas, min_voxels)
+        del pockets
+    del candidates
+    right, left = _choose_lungs(labels, sizes, eligible, body, geometry, settings)
+    del labels, gas
     out = np.zeros(code.shape, np.int8)
-    filled = []
-    for value, mask in enumerate(lungs, start=1):
+    for value, mask in ((1, right), (2, left)):
         if mask is not None:
-            filled.append((value, _fill_lung(mask)))
-    for value, mask in filled:
-        out[mask & body & (out == 0)] = value
+            out[_fill_lung(mask) & body & (out == 0)] = value
+    del right, left, mask
     if airways:
         out[airway & (out == 0)] = LUNG_LABELS["airway"]
     return out
@@ -827,7 +844,7 @@ def lung_mask(hu: xr.DataArray, *, threshold_hu: float | None = None, airways: b
     Notes
     -----
     **Lazy**: one byte per voxel leaves each chunk; one task per series does
-    the 3-D work on bool/int8/int16 arrays (peak about 8 bytes per voxel of the
+    the 3-D work on bool/int8/uint16 arrays (peak about 8 bytes per voxel of the
     body's bounding box); the result is rechunked like `hu`. Emphysematous
     lung whose median lies below ``gas_hu`` is protected only where it
     continues the lung from the slice above; a lung split into two pieces
