@@ -205,7 +205,10 @@ def summarize_labels(
         labels = labels.view(np.uint8)
     if labels.size and labels.min() < 0:
         raise ParameterError(f"labels must be >= 0, found {int(labels.min())}")
-    present = np.flatnonzero(np.bincount(labels.ravel())) if labels.size else np.array([], np.intp)
+    seen = np.zeros(int(labels.max()) + 1 if labels.size else 0, np.int64)
+    for k in range(labels.shape[0]):  # slice by slice: bincount casts to intp
+        seen += np.bincount(labels[k].ravel(), minlength=seen.size)
+    present = np.flatnonzero(seen)
     n = present.size
     lookup = np.zeros(int(present.max()) + 1 if n else 1, np.intp)
     lookup[present] = np.arange(n)

@@ -844,8 +844,8 @@ def lung_mask(hu: xr.DataArray, *, threshold_hu: float | None = None, airways: b
     Notes
     -----
     **Lazy**: one byte per voxel leaves each chunk; one task per series does
-    the 3-D work on bool/int8/uint16 arrays (peak about 8 bytes per voxel of the
-    body's bounding box); the result is rechunked like `hu`. Emphysematous
+    the 3-D work on bool/int8/uint16 arrays (peak about 10 bytes per voxel of
+    the series); the result is rechunked like `hu`. Emphysematous
     lung whose median lies below ``gas_hu`` is protected only where it
     continues the lung from the slice above; a lung split into two pieces
     keeps its larger piece.
