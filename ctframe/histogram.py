@@ -44,6 +44,7 @@ __all__ = [
     "coarse_counts",
     "earth_movers_distance",
     "fine_bin_values",
+    "fine_index",
     "percentile_from_counts",
     "statistics_from_counts",
     "summarize_block",
@@ -107,8 +108,8 @@ class HUSummary:
         )
 
 
-def _fine_index(hu: np.ndarray) -> np.ndarray:
-    """Fine bin of each HU value (0: underflow, N_FINE - 1: overflow)."""
+def fine_index(hu: np.ndarray) -> np.ndarray:
+    """Fine bin of each HU value (0: underflow, N_FINE - 1: overflow; NaN goes to underflow)."""
     with np.errstate(invalid="ignore"):
         index = np.floor(hu) - FINE_MIN_HU + 1
     return np.clip(np.nan_to_num(index, nan=0.0), 0, N_FINE - 1).astype(np.int64)
@@ -218,7 +219,7 @@ def summarize_block(
     # map every stored value once, through its own slice's rescale
     values = np.arange(lo, hi + 1)
     hu, valid = rescale_values(values[None, :], slope, intercept, **padding)  # (slice, value)
-    index = _fine_index(hu)
+    index = fine_index(hu)
     weights = by_value * valid[:, None, :]  # (slice, category, value)
     summary = empty
     for c in range(n_categories):
@@ -252,7 +253,7 @@ def _summarize_voxels(
         stored, float(np.ravel(slope)[0]), float(np.ravel(intercept)[0]), padding_value=padding_value,
         padding_range_limit=padding_range_limit, fill_below_hu=fill_below_hu,
     )  # fmt: skip
-    index = _fine_index(hu)
+    index = fine_index(hu)
     cat = np.zeros(stored.shape, np.int64) if category is None else np.asarray(category, np.int64)
     c_valid, i_valid, h_valid = cat[valid], index[valid], hu[valid]
     summary.counts[:] = np.bincount(c_valid * N_FINE + i_valid, minlength=n_categories * N_FINE).reshape(

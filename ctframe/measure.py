@@ -30,7 +30,7 @@ from dask.base import tokenize
 
 from ctframe.config import get_config
 from ctframe.errors import NotHUCalibratedError, ParameterError
-from ctframe.histogram import FINE_MIN_HU, N_FINE, statistics_from_counts
+from ctframe.histogram import N_FINE, fine_index, statistics_from_counts
 
 __all__ = ["label_names", "region_stats"]
 
@@ -144,12 +144,6 @@ def _statistics_options(
     return {"percentiles": qs, "laa_thresholds_hu": [int(v) for v in laa], "haa_range_hu": [int(v) for v in haa]}
 
 
-def _fine_index(hu: np.ndarray) -> np.ndarray:
-    """1-HU bin of finite HU values (0: underflow, N_FINE - 1: overflow)."""
-    index = np.floor(hu) - (FINE_MIN_HU - 1)
-    return np.clip(index, 0, N_FINE - 1).astype(np.intp)
-
-
 def summarize_labels(
     hu: np.ndarray,
     labels: np.ndarray,
@@ -220,7 +214,7 @@ def summarize_labels(
         valid = ~np.isnan(hu[k])
         values = hu[k][valid].astype(np.float64)
         which = lookup[labels[k][valid]]
-        slice_counts = np.bincount(which * N_FINE + _fine_index(values), minlength=n * N_FINE).reshape(n, N_FINE)
+        slice_counts = np.bincount(which * N_FINE + fine_index(values), minlength=n * N_FINE).reshape(n, N_FINE)
         slice_sums = np.bincount(which, weights=values, minlength=n)
         slice_sumsq = np.bincount(which, weights=values * values, minlength=n)
         counts += slice_counts
