@@ -20,7 +20,7 @@ from ctframe.testing import write_phantom_cohort
 
 distributed = pytest.importorskip("distributed")
 
-REGIONS = ["scan"]
+REGIONS = None  # the default: scan, body, both lungs and each lung (runs the segmentation)
 
 
 @pytest.fixture(scope="module")
