@@ -32,7 +32,10 @@ def cohort(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def threaded(cohort):
-    return summarize(cohort, regions=REGIONS, progress=False)
+    summary = summarize(cohort, regions=REGIONS, progress=False)
+    lungs = summary.regions[summary.regions["region"] == "lungs"]
+    assert len(lungs) == 4 and (lungs["volume_ml"] > 1000).all()  # the segmentation ran and found lungs
+    return summary
 
 
 def _assert_same(a, b) -> None:
