@@ -445,18 +445,7 @@ def _project(
     return result
 
 
-def mip(
-    volume: xr.DataArray,
-    *,
-    dim: Hashable = "slice",
-    slab: int | None = None,
-    slab_mm: float | None = None,
-    center: int | None = None,
-    center_mm: float | None = None,
-) -> xr.DataArray:
-    """Maximum intensity projection (MIP) over a slab along `dim`.
-
-    Parameters
+_SLAB_PARAMETERS = """Parameters
     ----------
     volume : DataArray (slice, row, col)
         Any values; usually HU from :func:`ctframe.to_hu` (planes work too).
@@ -475,7 +464,36 @@ def mip(
         including, ``center - slab // 2 + slab``).
     center_mm : float, optional
         Or a value of the dim's coordinate; the nearest sample is the centre.
-        Without either: the middle slab, from index ``(n - slab) // 2``.
+        Without either: the middle slab, from index ``(n - slab) // 2``."""
+_SLAB_RAISES = """Raises
+    ------
+    ParameterError
+        Unknown dim, both `slab` and `slab_mm` (or `center` and `center_mm`),
+        a centre without a slab, a slab thicker than the dim or running past
+        its ends, or non-positive sizes."""
+
+
+def _slab_docstring(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Fill the Parameters and Raises sections the three projections share."""
+    func.__doc__ = (func.__doc__ or "").replace("{slab_parameters}", _SLAB_PARAMETERS).replace(
+        "{slab_raises}", _SLAB_RAISES
+    )
+    return func
+
+
+@_slab_docstring
+def mip(
+    volume: xr.DataArray,
+    *,
+    dim: Hashable = "slice",
+    slab: int | None = None,
+    slab_mm: float | None = None,
+    center: int | None = None,
+    center_mm: float | None = None,
+) -> xr.DataArray:
+    """Maximum intensity projection (MIP) over a slab along `dim`.
+
+    {slab_parameters}
 
     Returns
     -------
@@ -484,12 +502,7 @@ def mip(
         ``projection``, ``projection_dim``, ``slab_indices`` ([start, stop)) and
         ``slab_range_mm`` (coordinates of the first and last sample).
 
-    Raises
-    ------
-    ParameterError
-        Unknown dim, both `slab` and `slab_mm` (or `center` and `center_mm`),
-        a centre without a slab, a slab thicker than the dim or running past
-        its ends, or non-positive sizes.
+    {slab_raises}
 
     Notes
     -----
@@ -510,6 +523,7 @@ def mip(
     return _project(volume, "mip", dim, slab, slab_mm, center, center_mm)
 
 
+@_slab_docstring
 def minip(
     volume: xr.DataArray,
     *,
@@ -521,26 +535,7 @@ def minip(
 ) -> xr.DataArray:
     """Minimum intensity projection (MinIP) over a slab along `dim`.
 
-    Parameters
-    ----------
-    volume : DataArray (slice, row, col)
-        Any values; usually HU from :func:`ctframe.to_hu` (planes work too).
-    dim : str
-        Dim to project along: ``"slice"`` gives an axial projection; on an
-        axial series ``"row"`` a coronal and ``"col"`` a sagittal one.
-    slab : int, optional
-        Number of samples in the slab.
-    slab_mm : float, optional
-        Or its thickness in mm: ``slab_mm / spacing`` samples rounded to the
-        nearest integer, halves up (at least one), the spacing being the
-        median step of the dim's coordinate.
-        Without `slab` and `slab_mm` the whole dim is projected.
-    center : int, optional
-        Index the slab is centred on (samples ``center - slab // 2`` up to, not
-        including, ``center - slab // 2 + slab``).
-    center_mm : float, optional
-        Or a value of the dim's coordinate; the nearest sample is the centre.
-        Without either: the middle slab, from index ``(n - slab) // 2``.
+    {slab_parameters}
 
     Returns
     -------
@@ -549,12 +544,7 @@ def minip(
         ``projection``, ``projection_dim``, ``slab_indices`` ([start, stop)) and
         ``slab_range_mm`` (coordinates of the first and last sample).
 
-    Raises
-    ------
-    ParameterError
-        Unknown dim, both `slab` and `slab_mm` (or `center` and `center_mm`),
-        a centre without a slab, a slab thicker than the dim or running past
-        its ends, or non-positive sizes.
+    {slab_raises}
 
     Notes
     -----
@@ -575,6 +565,7 @@ def minip(
     return _project(volume, "minip", dim, slab, slab_mm, center, center_mm)
 
 
+@_slab_docstring
 def mean_projection(
     volume: xr.DataArray,
     *,
@@ -586,26 +577,7 @@ def mean_projection(
 ) -> xr.DataArray:
     """Mean (average intensity) projection over a slab along `dim`, ignoring NaN.
 
-    Parameters
-    ----------
-    volume : DataArray (slice, row, col)
-        Any values; usually HU from :func:`ctframe.to_hu` (planes work too).
-    dim : str
-        Dim to project along: ``"slice"`` gives an axial projection; on an
-        axial series ``"row"`` a coronal and ``"col"`` a sagittal one.
-    slab : int, optional
-        Number of samples in the slab.
-    slab_mm : float, optional
-        Or its thickness in mm: ``slab_mm / spacing`` samples rounded to the
-        nearest integer, halves up (at least one), the spacing being the
-        median step of the dim's coordinate.
-        Without `slab` and `slab_mm` the whole dim is projected.
-    center : int, optional
-        Index the slab is centred on (samples ``center - slab // 2`` up to, not
-        including, ``center - slab // 2 + slab``).
-    center_mm : float, optional
-        Or a value of the dim's coordinate; the nearest sample is the centre.
-        Without either: the middle slab, from index ``(n - slab) // 2``.
+    {slab_parameters}
 
     Returns
     -------
@@ -615,12 +587,7 @@ def mean_projection(
         ``projection``, ``projection_dim``, ``slab_indices`` ([start, stop)) and
         ``slab_range_mm`` (coordinates of the first and last sample).
 
-    Raises
-    ------
-    ParameterError
-        Unknown dim, both `slab` and `slab_mm` (or `center` and `center_mm`),
-        a centre without a slab, a slab thicker than the dim or running past
-        its ends, or non-positive sizes.
+    {slab_raises}
 
     Notes
     -----
