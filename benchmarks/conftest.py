@@ -22,8 +22,9 @@ def phantom_folder(name: str, **options) -> Path:
     from ctframe.testing import write_phantom_series
 
     folder = BENCH_DIR / name
-    done = BENCH_DIR / f"{name}.complete"
+    done = BENCH_DIR / ".complete" / name.replace("/", "__")
     if not done.exists():
+        done.parent.mkdir(parents=True, exist_ok=True)
         write_phantom_series(folder, return_arrays=False, **options)
         done.write_text("ok")
     return folder
