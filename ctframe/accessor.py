@@ -115,3 +115,11 @@ class CTAccessor:
         from ctframe.measure import region_stats
 
         return region_stats(self._obj, labels, **kwargs)
+
+    # --- plot.py: interactive views (hvplot imported when called)
+
+    def browse(self, **kwargs: Any) -> Any:
+        """Call :func:`ctframe.plot.browse` on this array (a slice browser, computing one plane per frame)."""
+        from ctframe.plot import browse
+
+        return browse(self._obj, **kwargs)
