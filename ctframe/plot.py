@@ -932,24 +932,25 @@ def plot_histogram_grid(
     slice_counts, slice_title = _slice_histogram(histograms, rows, chosen, slice_hu, region, edges)
     if slice_counts is not None:
         _stairs(axes[0], slice_counts[first : last + 1], window_edges, color="#4c72b0")
-        axes[0].set_title(slice_title, fontsize=9)
+        axes[0].set_title(slice_title, fontsize=10)
     else:
         axes[0].text(0.5, 0.5, "no slice-level histogram", ha="center", va="center", transform=axes[0].transAxes)
-        axes[0].set_title("one slice", fontsize=9)
+        axes[0].set_title("one slice", fontsize=10)
+        axes[0].set_axis_off()
     colors = ["#dd8452", "#55a868"]
     for ax, key, color in zip(axes[1:3], chosen + [None] * (2 - len(chosen)), colors, strict=False):
         if key is None:
             ax.text(0.5, 0.5, "no second patient", ha="center", va="center", transform=ax.transAxes)
+            ax.set_axis_off()
             continue
         _stairs(ax, counts_of(per_patient[key]), window_edges, color=color)
-        n_series = rows.loc[rows["patient_key"] == key, "series"].nunique() if "series" in rows else 0
-        ax.set_title(f"patient {'AB'[chosen.index(key)]}: {key}" + (f" ({n_series} scans)" if n_series > 1 else ""))
+        ax.set_title(f"patient {'AB'[chosen.index(key)]}: {key} (all scans)", fontsize=10)
     total = sum(counts_of(per_patient[k]) for k in chosen)
     for key, color in zip(chosen, colors, strict=False):
         axes[3].stairs(counts_of(per_patient[key]), window_edges, color=color, label=key, linewidth=1.2)
     _stairs(axes[3], total, window_edges, color="0.6", alpha=0.5, label="together")
     axes[3].legend(fontsize=8)
-    axes[3].set_title("A and B together" if len(chosen) > 1 else "all")
+    axes[3].set_title("A and B together" if len(chosen) > 1 else "all", fontsize=10)
     fig.suptitle(f"HU histograms ({region}; padding and outside-the-circle fill excluded)")
     return fig
 

@@ -52,6 +52,8 @@ LONGITUDINAL_COLUMNS = (
     "change_from_baseline_pct", "change_from_previous", "comparable_to_baseline", "comparability_notes",
 )  # fmt: skip
 _LUNG_REGIONS = ("lungs", "right_lung", "left_lung")
+#: Scans with fewer slices get no coronal plane, projection or lung mask in the report.
+MIN_SLICES_3D = 16
 _PATH = re.compile(r"(?:[A-Za-z]:)?(?:[\\/][^\s:;,()'\"\\/]+){2,}[\\/]?")
 
 _CSS = """
@@ -195,17 +197,25 @@ def _lazy_images(cohort: Any, scans: Sequence[_Scan], *, masks: bool, notes: lis
         volume = cohort.volumes[scan.stack_key]
         hu = to_hu(volume)
         n = volume.sizes["slice"]
-        builders: dict[str, Callable[[], Any]] = {
-            "stored": lambda v=volume, n=n: v.isel(slice=[n // 2]),
-            "coronal": lambda hu=hu: reformat(hu, plane="coronal"),
-            "coronal_mip": lambda hu=hu: mip(
-                hu, dim=plane_dim(hu, "coronal"), slab=min(40, hu.sizes[plane_dim(hu, "coronal")])
-            ),
-            "axial_mip": lambda hu=hu: mip(
-                hu, dim=plane_dim(hu, "axial"), slab=min(50, hu.sizes[plane_dim(hu, "axial")])
-            ),
-        }
-        if masks:
+        builders: dict[str, Callable[[], Any]] = {"stored": lambda v=volume, n=n: v.isel(slice=[n // 2])}
+        if n < MIN_SLICES_3D:
+            notes.append(
+                f"{scan.label} has {n} slice(s): no coronal plane, projections or lung mask from it "
+                f"(they need at least {MIN_SLICES_3D})"
+            )
+            masks_here = False
+        else:
+            masks_here = masks
+            builders |= {
+                "coronal": lambda hu=hu: reformat(hu, plane="coronal"),
+                "coronal_mip": lambda hu=hu: mip(
+                    hu, dim=plane_dim(hu, "coronal"), slab=min(40, hu.sizes[plane_dim(hu, "coronal")])
+                ),
+                "axial_mip": lambda hu=hu: mip(
+                    hu, dim=plane_dim(hu, "axial"), slab=min(50, hu.sizes[plane_dim(hu, "axial")])
+                ),
+            }
+        if masks_here:
             from ctframe.segment import lung_mask
 
             builders["labels"] = lambda hu=hu: lung_mask(hu)
@@ -215,6 +225,24 @@ def _lazy_images(cohort: Any, scans: Sequence[_Scan], *, masks: bool, notes: lis
             except CTFrameError as exc:
                 notes.append(f"{scan.label}: no {name.replace('_', ' ')} ({exc})")
     return lazy
+
+
+def _compute_images(lazy: dict[tuple[str, str], Any], scans: Sequence[_Scan], notes: list[str]) -> dict[Any, Any]:
+    """Compute every image in one pass; if that fails, one by one, dropping those that fail."""
+    import dask
+
+    try:
+        return dict(zip(lazy, dask.compute(*lazy.values()), strict=True))
+    except CTFrameError:
+        pass
+    labels = {scan.tag: scan.label for scan in scans}
+    out = {}
+    for key, value in lazy.items():
+        try:
+            (out[key],) = dask.compute(value)
+        except CTFrameError as exc:
+            notes.append(f"{labels[key[0]]}: no {key[1].replace('_', ' ')} ({exc})")
+    return out
 
 
 def write_figures_and_report(
@@ -276,8 +304,6 @@ def write_figures_and_report(
     >>> write_figures_and_report(summary, cohort, tempfile.mkdtemp(), image_patients=1).name
     'report.html'
     """
-    import dask
-
     from ctframe import plot
     from ctframe.hu import to_hu
 
@@ -306,12 +332,19 @@ def write_figures_and_report(
     has_lungs = bool(regions_present & set(_LUNG_REGIONS))
     scans = _image_scans(cohort, image_patients)
     lazy = _lazy_images(cohort, scans, masks=mask_overlays and has_lungs, notes=notes)
-    computed = dict(zip(lazy, dask.compute(*lazy.values()), strict=True))
+    computed = _compute_images(lazy, scans, notes)
+    labelled = {f"{s.tag}: {s.label}": s.tag for s in scans}
 
     def image(tag: str, name: str) -> Any:
         if (tag, name) not in computed:
             raise ParameterError(f"scan {tag} has no {name.replace('_', ' ')}")
         return computed[(tag, name)]
+
+    def images(name: str) -> dict[str, Any]:
+        found = {lab: computed[(tag, name)] for lab, tag in labelled.items() if (tag, name) in computed}
+        if not found:
+            raise ParameterError(f"no scan has a {name.replace('_', ' ')} (see the notes)")
+        return found
 
     # --- histograms
     slice_hu = None
@@ -345,25 +378,24 @@ def write_figures_and_report(
             "LINEAR function), with the series' own rescale.",
             lambda scan=scan: plot.plot_axial_slice(cohort.volumes[scan.stack_key]),
         )  # fmt: skip
-    labelled = {f"{s.tag}: {s.label}": s.tag for s in scans}
-    if scans:
+    if any((s.tag, "coronal") in computed for s in scans):
         add(
             "images", "coronal_middle", "Middle coronal planes",
             "Drawn with their physical aspect: rows are slice spacing tall and pixel spacing wide (mm axes).",
-            lambda: plot.plot_images({lab: image(tag, "coronal") for lab, tag in labelled.items()}, preset="lung",
+            lambda: plot.plot_images(images("coronal"), preset="lung",
                                      title="middle coronal planes"),
         )  # fmt: skip
         add(
             "images", "coronal_mip_40", "Coronal MIP of the middle 40 planes",
             "Maximum intensity projection over the middle 40 coronal planes (fewer when the scan has fewer), "
             "lung window; NaN padding never wins the maximum.",
-            lambda: plot.plot_images({lab: image(tag, "coronal_mip") for lab, tag in labelled.items()},
+            lambda: plot.plot_images(images("coronal_mip"),
                                      preset="lung", title="coronal MIP, middle 40 planes"),
         )  # fmt: skip
         add(
             "images", "axial_mip_50", "Axial MIP of the middle 50 slices",
             "Maximum intensity projection over the middle 50 axial slices (fewer when the scan has fewer).",
-            lambda: plot.plot_images({lab: image(tag, "axial_mip") for lab, tag in labelled.items()},
+            lambda: plot.plot_images(images("axial_mip"),
                                      preset="lung", title="axial MIP, middle 50 slices"),
         )  # fmt: skip
     # --- lungs
