@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import fcntl
 import json
 import os
 import re
@@ -62,8 +63,11 @@ class DevTools:
         self._from_child, from_child_write = os.pipe()
 
         def wire() -> None:  # in the child: the pipe ends become fds 3 (commands) and 4 (replies)
-            os.dup2(to_child_read, 3)
-            os.dup2(from_child_write, 4)
+            # Move both ends above 9 first, so neither is overwritten if it happens to be fd 3 or 4.
+            commands = fcntl.fcntl(to_child_read, fcntl.F_DUPFD, 10)
+            replies = fcntl.fcntl(from_child_write, fcntl.F_DUPFD, 10)
+            os.dup2(commands, 3)
+            os.dup2(replies, 4)
 
         self.process = subprocess.Popen(
             [executable, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--remote-debugging-pipe", "about:blank"],
