@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import warnings
 from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
@@ -183,6 +184,12 @@ def _study_datetime(date: str, time: str) -> pd.Timestamp:
         return pd.NaT
 
 
+def _file_kind(mode: int) -> str:
+    kinds = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"))
+    kinds += ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+    return next((name for test, name in kinds if test(mode)), "not a plain file")
+
+
 def _open_dataset(path: str) -> tuple[Dataset, int, bool, int]:
     """Parse the header of `path`.
 
@@ -190,9 +197,12 @@ def _open_dataset(path: str) -> tuple[Dataset, int, bool, int]:
     whether a pixel data element follows the header, and the file size.
     """
     try:
-        size = os.stat(path).st_size
+        info = os.stat(path)
     except OSError as exc:
         raise DicomReadError(f"{path}: cannot read file ({exc.strerror or exc})") from None
+    if not stat.S_ISREG(info.st_mode):  # opening a FIFO blocks; a device reads a disk
+        raise DicomReadError(f"{path}: not a regular file ({_file_kind(info.st_mode)}); skipped")
+    size = info.st_size
     if size == 0:
         raise DicomReadError(f"{path}: empty file (0 bytes)")
     try:
@@ -302,6 +312,7 @@ def _records(path: str, *, salt: str | None, include_phi: bool) -> list[dict[str
     bits_allocated = _int(_get(ds, "BitsAllocated"), 0)
     pixel_representation = _int(_get(ds, "PixelRepresentation"), 0)
     n_frames = max(_int(_get(ds, "NumberOfFrames"), 1), 1)
+    _check_frames_fit(path, size, n_frames, rows, columns, bits_allocated, _int(_get(ds, "SamplesPerPixel"), 1), ts)
     study_date = str(_get(ds, "StudyDate", ""))
     study_time = str(_get(ds, "StudyTime", ""))
     patient_id = _get(ds, "PatientID")
@@ -376,6 +387,34 @@ def _records(path: str, *, salt: str | None, include_phi: bool) -> list[dict[str
                 per_frame = None
         records.append({**common, "frame": frame, **_geometry(ds, per_frame, shared)})
     return records
+
+
+#: Largest ratio zlib's deflate can reach; a deflated file cannot hold more than this times its size.
+_DEFLATE_MAX_RATIO = 1032
+
+
+def _check_frames_fit(
+    path: str, size: int, n_frames: int, rows: int, columns: int, bits: int, samples: int, ts: UID
+) -> None:
+    """Reject a header that declares more pixel data than the file could hold.
+
+    A corrupt NumberOfFrames, Rows or Columns would otherwise make the catalog
+    (one record per frame) or a read task allocate without bound. Uncompressed
+    frames must fit in twice the file (deflated ones: times deflate's maximum
+    ratio); an encapsulated frame takes at least one 8-byte item header. A
+    truncated file passes here and fails clearly when its pixels are read.
+    """
+    frame_bytes = -(-rows * columns * max(samples, 1) * max(bits, 1) // 8)
+    if ts.is_transfer_syntax and not ts.is_encapsulated:
+        capacity = size * (_DEFLATE_MAX_RATIO if ts.is_deflated else 1)
+        fits = n_frames * frame_bytes <= 2 * capacity
+    else:
+        fits = n_frames <= size // 8
+    if not fits:
+        raise DicomReadError(
+            f"{path}: header declares {n_frames} frame(s) of {rows}x{columns} at {bits} bits, more than "
+            f"a file of {size} bytes can hold; the header is corrupt (NumberOfFrames, Rows or Columns)"
+        )
 
 
 def _geometry(ds: Dataset, per_frame: Dataset | None, shared: Dataset | None) -> dict[str, Any]:
@@ -504,12 +543,15 @@ def _read_with_imagecodecs(path: str, frames: Sequence[int], n_frames: int, ts_u
     return [decoded[f] for f in frames]
 
 
-def _read_with_pydicom(path: str, frames: Sequence[int], n_frames: int) -> list[np.ndarray]:
+def _read_with_pydicom(path: str, frames: Sequence[int], n_frames: int, ts_uid: str) -> list[np.ndarray]:
     from pydicom.pixels import pixel_array
 
+    src: str | Dataset = path
+    if UID(ts_uid).is_deflated:  # pixel_array(path) parses the raw file and cannot inflate it
+        src = pydicom.dcmread(path)
     if n_frames == 1:
-        return [pixel_array(path)]
-    return [pixel_array(path, index=f) for f in frames]
+        return [pixel_array(src)]
+    return [pixel_array(src, index=f) for f in frames]
 
 
 def _decode_file(refs: Sequence[SliceRef]) -> list[np.ndarray]:
@@ -530,8 +572,12 @@ def _decode_file(refs: Sequence[SliceRef]) -> list[np.ndarray]:
             else:  # an unexpected layout: let pydicom decide
                 arrays = None
         if arrays is None:
-            arrays = _read_with_pydicom(first.path, frames, first.number_of_frames)
-    except Exception as exc:  # decoders raise many types
+            arrays = _read_with_pydicom(first.path, frames, first.number_of_frames, first.transfer_syntax_uid)
+    except BaseException as exc:  # decoders raise many types
+        # Rust decoders (pylibjpeg-rle) panic on corrupt streams with pyo3's
+        # PanicException, a BaseException: a corrupt file, not an interruption
+        if not isinstance(exc, Exception) and type(exc).__module__ != "pyo3_runtime":
+            raise
         raise DicomReadError(
             f"{first.path}: cannot decode pixel data ({first.transfer_syntax_uid}; {type(exc).__name__}: {exc}). "
             "Install the pylibjpeg plugins or check the file."
@@ -562,16 +608,18 @@ def read_frames(refs: Sequence[SliceRef], *, dtype: np.dtype) -> np.ndarray:
     -----
     **Computes** (this is the body of every read task).
     """
-    out = np.empty((len(refs), refs[0].rows, refs[0].columns), dtype=dtype)
+    shape = (refs[0].rows, refs[0].columns)
+    out: np.ndarray | None = None  # allocated once a frame of the header's shape has decoded
     by_file: dict[str, list[int]] = {}
     for i, ref in enumerate(refs):
         by_file.setdefault(ref.path, []).append(i)
     for path, positions in by_file.items():
         arrays = _decode_file([refs[i] for i in positions])
         for i, arr in zip(positions, arrays, strict=True):
-            if arr.shape != out.shape[1:]:
-                raise DicomReadError(
-                    f"{path}: decoded frame has shape {arr.shape}, expected {out.shape[1:]} from the header"
-                )
+            if arr.shape != shape:
+                raise DicomReadError(f"{path}: decoded frame has shape {arr.shape}, expected {shape} from the header")
+            if out is None:
+                out = np.empty((len(refs), *shape), dtype=dtype)
             out[i] = arr
+    assert out is not None  # refs is not empty
     return out

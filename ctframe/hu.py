@@ -27,6 +27,8 @@ from ctframe.errors import NotHUCalibratedError
 
 __all__ = ["hu_kernel", "rescale_values", "to_hu"]
 
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
 
 def rescale_values(
     stored: np.ndarray,
@@ -57,10 +59,12 @@ def rescale_values(
     -------
     hu : ndarray of float64
     valid : ndarray of bool
+        False for padding, fill and HU that float32 cannot hold (a corrupt slope).
     """
-    hu = stored * np.asarray(slope, float) + np.asarray(intercept, float)
-    with np.errstate(invalid="ignore"):
-        valid = hu >= fill_below_hu
+    with np.errstate(over="ignore", invalid="ignore"):  # absurd slopes from corrupt headers
+        hu = stored * np.asarray(slope, float) + np.asarray(intercept, float)
+        # HU that float32 cannot hold (or inf/NaN) are no tissue either
+        valid = (hu >= fill_below_hu) & (np.abs(hu) <= _FLOAT32_MAX)
     if np.isfinite(padding_value):
         if np.isfinite(padding_range_limit):
             lo, hi = sorted((padding_value, padding_range_limit))

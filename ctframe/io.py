@@ -133,6 +133,13 @@ def _check_stack(rows: pd.DataFrame) -> list[str]:
     if (rows["samples_per_pixel"] != 1).any():
         bad = rows.loc[rows["samples_per_pixel"] != 1, "path"].iloc[0]
         raise UnsupportedDicomError(f"{bad}: colour image (SamplesPerPixel != 1) in series {key}; not a CT volume")
+    odd_bits = ~rows["bits_allocated"].isin([1, 8, 16, 32])
+    if odd_bits.any():
+        bad_row = rows[odd_bits].iloc[0]
+        raise UnsupportedDicomError(
+            f"{bad_row['path']}: BitsAllocated {bad_row['bits_allocated']} in series {key} is not 1, 8, 16 or 32; "
+            "the header is corrupt or the image is not a CT volume"
+        )
     for column, tag in (
         ("pixel_spacing_row_mm", "PixelSpacing"),
         ("row_dir_x", "ImageOrientationPatient"),

@@ -87,6 +87,10 @@ def iter_files(root: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) 
             yield item
             continue
         if not os.path.isdir(item):
+            if os.path.islink(item) and not os.path.exists(item):
+                raise NoSeriesError(f"{item}: a broken symbolic link (or a link loop); check the path")
+            if os.path.exists(item):
+                raise NoSeriesError(f"{item}: neither a regular file nor a folder (a FIFO, socket or device)")
             raise NoSeriesError(f"{item}: no such file or folder; check the path")
         for dirpath, dirnames, filenames in os.walk(item, followlinks=True):
             real = os.path.realpath(dirpath)
