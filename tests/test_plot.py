@@ -121,14 +121,19 @@ def test_plot_axial_slice__lidc_lung_dark_mediastinum_bright(lidc, test_output):
     pr, pc = to_png_rows_cols(fig, ax, cols_mm[c], rows_mm[r])
     lung_gray = float(np.median(gray[pr, pc]))
 
-    # Mediastinum: halfway between the lung centroids, where the heart and great vessels lie.
+    # Mediastinum: tissue above -100 HU (heart, contrast-filled vessels, soft tissue) in the middle half of the
+    # band between the lung centroids, from the lungs' front to their centroids (the spine lies further back).
     (r1, c1), (r2, c2) = ndimage.center_of_mass(right), ndimage.center_of_mass(left)
-    mr, mc = round((r1 + r2) / 2), round((c1 + c2) / 2)
-    patch = (slice(mr - 6, mr + 7), slice(mc - 6, mc + 7))
-    assert np.nanmedian(hu[patch]) > -100, "the midpoint between the lungs must be soft tissue"
-    rr, cc = np.mgrid[patch]
-    pr, pc = to_png_rows_cols(fig, ax, cols_mm[cc.ravel()], rows_mm[rr.ravel()])
+    rows, cols = np.indices(hu.shape)
+    front = np.nonzero((right | left).any(axis=1))[0][0]
+    band = (cols > c1 + (c2 - c1) / 4) & (cols < c2 - (c2 - c1) / 4) & (rows > front) & (rows < (r1 + r2) / 2)
+    soft = band & (np.nan_to_num(hu, nan=-2000.0) > -100)
+    soft = ndimage.binary_erosion(soft, iterations=2)
+    assert soft.sum() > 1000, "a slice through the heart has a large soft-tissue mediastinum"
+    r, c = np.nonzero(soft)
+    pr, pc = to_png_rows_cols(fig, ax, cols_mm[c], rows_mm[r])
     mediastinum_gray = float(np.median(gray[pr, pc]))
+    expected_mediastinum = 255 * float(np.median(linear_window(hu[soft], LUNG_LEVEL, LUNG_WIDTH)))
 
     # Outside the reconstruction circle (NaN fill) is black, as on a scanner's screen.
     corner_r, corner_c = to_png_rows_cols(fig, ax, cols_mm[[5]], rows_mm[[5]])
@@ -136,11 +141,13 @@ def test_plot_axial_slice__lidc_lung_dark_mediastinum_bright(lidc, test_output):
     corner_gray = float(gray[corner_r[0], corner_c[0]])
 
     expected_lung = 255 * float(np.median(linear_window(hu[lungs], LUNG_LEVEL, LUNG_WIDTH)))
-    print(f"lung {lung_gray:.0f} (window formula {expected_lung:.0f}), mediastinum {mediastinum_gray:.0f}, "
-          f"outside {corner_gray:.0f}")  # fmt: skip
+    print(f"lung {lung_gray:.0f} (window formula {expected_lung:.0f}, {lungs.sum()} px, median "
+          f"{np.median(hu[lungs]):.0f} HU), mediastinum {mediastinum_gray:.0f} (formula {expected_mediastinum:.0f}, "
+          f"{soft.sum()} px, median {np.median(hu[soft]):.0f} HU), outside {corner_gray:.0f}")  # fmt: skip
     assert lung_gray < 110
     assert mediastinum_gray > 200
     assert abs(lung_gray - expected_lung) < 12
+    assert abs(mediastinum_gray - expected_mediastinum) < 12
     assert corner_gray < 10
     # The other two panels hold non-constant pictures too.
     for label in ("stored", "hu"):
