@@ -209,21 +209,37 @@ def run_summarize(
         _say(quiet, f"{len(cohort.volumes)} series selected from {cohort.series['study_uid'].nunique()} studies")
         with _scheduler_for(scheduler, workers) as sched:
             summary = summarize(cohort, scheduler=sched, progress=not quiet)
-        extras = _figures_and_report(summary, cohort, quiet)
-        write_summary(
-            summary,
-            outdir,
-            catalog=catalog,
-            scan_problems=ctframe.problems_table(catalog),
-            config=cfg,
-            root=root,
-            command=command,
-            scheduler=scheduler or (f"LocalCluster({workers} workers)" if workers else "threads"),
-            overwrite=overwrite,
-            extras=extras,
-        )
+            # figures compute inside the block: on the cluster when one was given
+            with _default_scheduler(sched):
+                write_summary(
+                    summary,
+                    outdir,
+                    catalog=catalog,
+                    scan_problems=ctframe.problems_table(catalog),
+                    config=cfg,
+                    root=root,
+                    command=command,
+                    scheduler=scheduler or (f"LocalCluster({workers} workers)" if workers else "threads"),
+                    overwrite=overwrite,
+                    extras=_figures_and_report(summary, cohort, quiet),
+                )
     _say(quiet or not announce, f"wrote {outdir}")
     return outdir
+
+
+@contextlib.contextmanager
+def _default_scheduler(scheduler: Any) -> Iterator[None]:
+    """Make `scheduler` (a Client or an address) the default for plain ``.compute()`` calls."""
+    from ctframe.execution import scheduler_client
+
+    with scheduler_client(scheduler) as client:
+        if client is None:
+            yield
+            return
+        import dask
+
+        with dask.config.set(scheduler=client):
+            yield
 
 
 def _figures_and_report(summary: Any, cohort: Any, quiet: bool) -> Callable[[Path], None] | None:
