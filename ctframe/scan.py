@@ -164,7 +164,7 @@ def _read_in_processes(
 
 
 def _progress(total: int, enabled: bool | None, desc: str) -> Any:
-    from tqdm.auto import tqdm
+    from tqdm import tqdm  # the text bar: tqdm.auto warns in Jupyter without ipywidgets
 
     class Bar(tqdm):  # type: ignore[misc, valid-type]
         monitor_interval = 0  # no monitor thread: it would make forking unsafe
@@ -483,7 +483,9 @@ def series_table(catalog: pd.DataFrame) -> pd.DataFrame:
         ``has_gaps``, ``irregular_spacing``, ``is_tilted``, ``rescale_varies``,
         ``is_compressed``, ``is_lossy``, ``is_non_ct``, ``is_localizer``,
         ``inconsistent_shape``, ``missing_geometry``, ``not_hu_calibrated``,
-        ``usable`` and a readable ``qc_notes``.
+        ``usable`` and a readable ``qc_notes``. When the catalog holds the
+        identifying columns (``scan(..., include_phi=True)``), they follow,
+        taken from the first slice of each stack; otherwise there are none.
 
     Notes
     -----
@@ -503,4 +505,8 @@ def series_table(catalog: pd.DataFrame) -> pd.DataFrame:
         catalog = assign_stacks(catalog)
     qc = get_config()["qc"]
     rows = [_stack_qc(group, qc) for _, group in catalog.groupby("stack_key", sort=True)]
-    return pd.DataFrame(rows, columns=list(SERIES_COLUMNS))
+    table = pd.DataFrame(rows, columns=list(SERIES_COLUMNS))
+    phi = [c for c in PHI_COLUMNS if c in catalog]
+    if phi:  # only a catalog scanned with include_phi=True has them
+        table = table.join(catalog.groupby("stack_key", sort=True)[phi].first(), on="stack_key")
+    return table
