@@ -8,8 +8,10 @@ never leaves a half-written file.
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +21,7 @@ import numpy as np
 import xarray as xr
 
 from ctframe.errors import CTFrameError, OutputExistsError
+from ctframe.privacy import safe_name
 
 __all__ = ["atomic_path", "lps_affine", "ras_affine", "to_netcdf", "to_nifti", "to_zarr"]
 
@@ -28,7 +31,10 @@ def atomic_path(target: str | os.PathLike[str], *, overwrite: bool = False) -> I
     """Yield a temporary path beside `target`; move it onto `target` on success.
 
     Works for files and folders. On error (or interruption) the temporary is
-    removed and `target` is untouched.
+    removed and `target` is untouched. A process killed outright (SIGKILL,
+    power loss) cannot clean up: its temporary, a hidden
+    ``.<name>.<host>-<pid>.*.partial`` beside `target`, is removed by the next
+    call for the same target on the same host once that process is gone.
 
     Raises
     ------
@@ -41,9 +47,11 @@ def atomic_path(target: str | os.PathLike[str], *, overwrite: bool = False) -> I
     if target.exists() and not overwrite:
         raise OutputExistsError(f"{target} already exists; choose another path or pass --overwrite")
     parent = target.parent
+    prefix = _partial_prefix(target.name)
     try:
         parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=parent))
+        _sweep_stale_partials(parent, prefix)
+        tmp = Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}.", suffix=".partial", dir=parent))
     except OSError as exc:
         raise CTFrameError(f"cannot write to {parent}: {exc.strerror or exc}") from None
     work = tmp / target.name
@@ -58,6 +66,28 @@ def atomic_path(target: str | os.PathLike[str], *, overwrite: bool = False) -> I
             os.replace(work, target)
     finally:
         _remove(tmp)
+
+
+def _partial_prefix(name: str) -> str:
+    return f".{name}.{safe_name(socket.gethostname(), max_length=40)}-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. another user's process: it exists
+        return True
+    return True
+
+
+def _sweep_stale_partials(parent: Path, prefix: str) -> None:
+    """Remove the temporaries that killed runs of this host left beside a target."""
+    for entry in parent.glob(glob.escape(prefix) + "*.partial"):
+        pid = entry.name[len(prefix) :].split(".", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            _remove(entry)
 
 
 def _remove(path: Path) -> None:
