@@ -427,9 +427,14 @@ def _stack_qc(group: pd.DataFrame, qc: dict[str, Any]) -> dict[str, Any]:
     notes = [name.replace("_", " ") for name, on in flags.items() if on]
     if n_missing:
         notes.append(f"about {n_missing} missing slice(s)")
+    # not_hu_calibrated: to_hu refuses such a stack, so no HU table may be computed from it either
     usable = not any(
-        flags[k] for k in ("is_non_ct", "is_localizer", "inconsistent_shape", "missing_geometry", "has_duplicates")
-    )
+        flags[k]
+        for k in (
+            "is_non_ct", "is_localizer", "inconsistent_shape", "missing_geometry", "has_duplicates",
+            "not_hu_calibrated",
+        )
+    )  # fmt: skip
     return {
         "stack_key": first["stack_key"],
         "series_uid": first["series_uid"],
@@ -483,7 +488,9 @@ def series_table(catalog: pd.DataFrame) -> pd.DataFrame:
         ``has_gaps``, ``irregular_spacing``, ``is_tilted``, ``rescale_varies``,
         ``is_compressed``, ``is_lossy``, ``is_non_ct``, ``is_localizer``,
         ``inconsistent_shape``, ``missing_geometry``, ``not_hu_calibrated``,
-        ``usable`` and a readable ``qc_notes``. When the catalog holds the
+        ``usable`` (False for a non-CT, localizer, mixed-size, duplicate,
+        missing-geometry or not-HU-calibrated stack: what the cohort may not
+        compute HU tables from) and a readable ``qc_notes``. When the catalog holds the
         identifying columns (``scan(..., include_phi=True)``), they follow,
         taken from the first slice of each stack; otherwise there are none.
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pydicom
 import pydicom.encaps
 import pydicom.fileset
@@ -43,6 +44,7 @@ from pydicom.uid import (
 
 import ctframe
 from ctframe import dicom
+from ctframe.cohort import open_cohort
 from ctframe.errors import DicomReadError, NoSeriesError, QCWarning
 from ctframe.testing import write_phantom_series
 
@@ -668,3 +670,41 @@ def test_bad_input__header_shape_larger_than_the_frame_allocates_nothing(edge_ca
     finally:
         tracemalloc.stop()
     assert peak < 200e6
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="cohort.py: a selected single-slice CT without SliceThickness (explicit_VR-UN.dcm) has no "
+    "slice_spacing_mm attr, so _series_info raises KeyError (exit 3), and with lung regions the segmentation's "
+    "ParameterError is raised while the graphs are built, outside the per-stack recovery of _compute_summaries; "
+    "reported to the cohort owner",
+)
+@pytest.mark.parametrize("regions", ["scan", "default"])
+def test_cli__summarize_of_the_edge_case_tree_completes(edge_cases: Path, tmp_path: Path, regions: str) -> None:
+    """A folder of messy exports is the typical input: bad stacks become problems rows, the rest is summarised."""
+    args = ["summarize", str(edge_cases), "-o", str(tmp_path / "out"), "-q"]
+    if regions == "scan":
+        (tmp_path / "scan.yaml").write_text("cohort:\n  regions: [scan]\n")
+        args += ["-c", str(tmp_path / "scan.yaml")]
+    code, output = check_cli(args, ok_codes=(0, 2, 3))
+    assert code == 0, output
+    problems = pd.read_csv(tmp_path / "out" / "problems.csv")
+    assert (problems["stage"] == "scan").sum() == 18  # the files that are not DICOM images
+
+
+def test_bad_input__not_hu_calibrated_stacks_are_not_summarised(tmp_path: Path) -> None:
+    """to_hu refuses them, so the cohort's HU tables (which rescale on their own) must not include them."""
+    good = write_phantom_series(tmp_path / "good", shape=SHAPE, spacing_mm=SPACING, seed=1, patient_id="A")
+    derived = write_phantom_series(tmp_path / "derived", shape=SHAPE, spacing_mm=SPACING, seed=2, patient_id="B")
+    partial = write_phantom_series(tmp_path / "partial", shape=SHAPE, spacing_mm=SPACING, seed=3, patient_id="C")
+    for path in derived.paths:
+        _rewrite(path, _set(RescaleType="US"))
+    _rewrite(partial.paths[2], _delete("RescaleIntercept"))
+
+    table = ctframe.series_table(ctframe.scan(tmp_path)).set_index("series_uid")
+    expected = {good.series_uid: False, derived.series_uid: True, partial.series_uid: True}
+    assert table["not_hu_calibrated"].to_dict() == expected
+    assert table["usable"].to_dict() == {uid: not flag for uid, flag in expected.items()}
+    cohort = open_cohort(tmp_path)
+    assert list(cohort.volumes) == [good.series_uid]
+    assert cohort.series.set_index("series_uid").loc[derived.series_uid, "selection_reason"] == "excluded: not usable"
