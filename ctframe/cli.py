@@ -3,7 +3,8 @@
 Every bad input ends in one line on stderr and a non-zero exit status, never a
 traceback: 2 for a ctframe error (bad path, bad config, no CT series, output
 exists...), 130 when interrupted, 3 for an unexpected internal error (rerun with
-``--debug`` to see its traceback). Heavy libraries are imported inside the
+``--debug`` to see its traceback); 141, silently, when the reader of stdout has
+gone (``ctframe scan ROOT | head``). Heavy libraries are imported inside the
 commands so ``ctframe --help`` stays fast.
 """
 
@@ -27,7 +28,7 @@ app = typer.Typer(
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
-EXIT_ERROR, EXIT_INTERNAL, EXIT_INTERRUPTED = 2, 3, 130
+EXIT_ERROR, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 2, 3, 130, 141
 _state: dict[str, bool] = {"debug": False}
 
 ConfigOption = Annotated[
@@ -39,6 +40,24 @@ QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress ba
 def _fail(message: str, code: int = EXIT_ERROR) -> None:
     typer.echo(f"ctframe: error: {message.splitlines()[0] if message else 'failed'}", err=True)
     raise typer.Exit(code)
+
+
+def _stdout_reader_gone() -> bool:
+    """Whether stdout is a pipe whose reader has exited; if so, silence it for the rest of the run."""
+    import os
+    import select
+    import sys
+
+    try:
+        fd = sys.stdout.fileno()
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT)
+        gone = any(event & select.POLLERR for _, event in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no real file descriptor (tests, notebooks)
+        return False
+    if gone:  # the interpreter's final flush would fail again and print a message
+        os.dup2(os.open(os.devnull, os.O_WRONLY), fd)
+    return gone
 
 
 def handle_errors(func: F) -> F:
@@ -56,6 +75,10 @@ def handle_errors(func: F) -> F:
             _fail(str(exc))
         except KeyboardInterrupt:
             _fail("interrupted; nothing was written", EXIT_INTERRUPTED)
+        except BrokenPipeError as exc:
+            if _stdout_reader_gone():  # `ctframe scan ROOT | head`: stop quietly, as Unix tools do
+                raise typer.Exit(EXIT_BROKEN_PIPE) from None
+            _fail(f"{type(exc).__name__}: {exc}")
         except (OSError, ValueError) as exc:
             _fail(f"{type(exc).__name__}: {exc}")
         except Exception as exc:

@@ -672,13 +672,6 @@ def test_bad_input__header_shape_larger_than_the_frame_allocates_nothing(edge_ca
     assert peak < 200e6
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cohort.py: a selected single-slice CT without SliceThickness (explicit_VR-UN.dcm) has no "
-    "slice_spacing_mm attr, so _series_info raises KeyError (exit 3), and with lung regions the segmentation's "
-    "ParameterError is raised while the graphs are built, outside the per-stack recovery of _compute_summaries; "
-    "reported to the cohort owner",
-)
 @pytest.mark.parametrize("regions", ["scan", "default"])
 def test_cli__summarize_of_the_edge_case_tree_completes(edge_cases: Path, tmp_path: Path, regions: str) -> None:
     """A folder of messy exports is the typical input: bad stacks become problems rows, the rest is summarised."""
@@ -708,3 +701,19 @@ def test_bad_input__not_hu_calibrated_stacks_are_not_summarised(tmp_path: Path) 
     cohort = open_cohort(tmp_path)
     assert list(cohort.volumes) == [good.series_uid]
     assert cohort.series.set_index("series_uid").loc[derived.series_uid, "selection_reason"] == "excluded: not usable"
+
+
+def test_cli__closed_stdout_pipe_stops_quietly(edge_cases: Path) -> None:
+    """`ctframe scan ROOT | head`: the reader leaves early; no error line, no 'Exception ignored' noise."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    exe = Path(sys.executable).with_name("ctframe")
+    command = [str(exe)] if exe.exists() else [sys.executable, "-m", "ctframe.cli"]
+    try:
+        result = subprocess.run(
+            [*command, "scan", str(edge_cases)], stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=300
+        )
+    finally:
+        os.close(write_end)
+    assert result.returncode == 141, result.stderr
+    assert result.stderr == ""
