@@ -428,10 +428,19 @@ def _compute_summaries(
     segment = _needs_segmentation(regions)
     pending = dict(cohort.volumes)
     problems: list[dict[str, str]] = []
+    categories: dict[str, xr.DataArray | None] = {}
+    for key, volume in pending.items():
+        categories[key] = None
+        if segment:
+            try:
+                categories[key] = region_categories(to_hu(volume))
+            except CTFrameError as exc:  # e.g. a single slice or a non-axial stack: whole-scan region only
+                problems.append({"stack_key": key, "reason": f"no body or lung regions: {exc}"})
+                warnings.warn(f"stack {key}: no body or lung regions ({exc})", CohortWarning, stacklevel=3)
     while pending:
         graphs = {
-            key: series_summary(v, categories=region_categories(to_hu(v)) if segment else None, slice_edges=slice_edges)
-            for key, v in pending.items()
+            key: series_summary(volume, categories=categories[key], slice_edges=slice_edges)
+            for key, volume in pending.items()
         }
         try:
             results = compute(*graphs.values(), scheduler=scheduler, progress=progress)
@@ -448,9 +457,11 @@ def _compute_summaries(
 
 
 def _stack_of_error(cohort: Cohort, keys: Iterable[str], message: str) -> str | None:
+    """The stack an error message is about: one of its files, its stack key or its series UID."""
     for key in keys:
-        paths = cohort.catalog.loc[cohort.catalog["stack_key"] == key, "path"]
-        if any(p in message for p in paths):
+        rows = cohort.catalog[cohort.catalog["stack_key"] == key]
+        names = [key, *rows["series_uid"].unique(), *rows["path"]]
+        if any(name and name in message for name in names):
             return key
     return None
 
@@ -459,7 +470,8 @@ def _series_info(cohort: Cohort) -> pd.DataFrame:
     info = cohort.selected.set_index("stack_key")
     volumes = cohort.volumes
     info["voxel_volume_ml"] = [
-        float(np.prod(volumes[k].attrs["pixel_spacing_mm"]) * volumes[k].attrs["slice_spacing_mm"] / 1000.0)
+        # a single slice without SliceThickness has no known depth: volumes are NaN, counts stay
+        float(np.prod(volumes[k].attrs["pixel_spacing_mm"]) * volumes[k].attrs.get("slice_spacing_mm", np.nan) / 1000.0)
         for k in info.index
     ]
     info["pixel_area_mm2"] = [float(np.prod(volumes[k].attrs["pixel_spacing_mm"])) for k in info.index]
@@ -486,7 +498,7 @@ def _histogram_rows(
         )
 
     series_coarse = {
-        key: {r: coarse_counts(s.counts[list(_categories(s, r))].sum(axis=0), edges) for r in regions}
+        key: {r: coarse_counts(s.counts[cats].sum(axis=0), edges) for r in regions if (cats := _categories(s, r))}
         for key, s in summaries.items()
     }
     ids = {key: {c: info.at[key, c] for c in ("patient_key", "study_date")} for key in summaries}
@@ -496,20 +508,26 @@ def _histogram_rows(
                 continue
             positions = volumes[key]["slice"].to_numpy()
             for r in regions:
-                per_slice = s.slice_hist[:, list(_categories(s, r))].sum(axis=1)
+                if (cats := _categories(s, r)) is None:
+                    continue
+                per_slice = s.slice_hist[:, cats].sum(axis=1)
                 for k, position in enumerate(positions):
                     emit("slice", per_slice[k], r, **ids[key], series=key, slice_position_mm=float(position))
     if "series" in levels:
         for key in summaries:
-            for r in regions:
-                emit("series", series_coarse[key][r], r, **ids[key], series=key)
+            for r, counts in series_coarse[key].items():
+                emit("series", counts, r, **ids[key], series=key)
     if "patient" in levels:
         for patient, keys in info.loc[list(summaries)].groupby("patient_key").groups.items():
             for r in regions:
-                emit("patient", sum(series_coarse[k][r] for k in keys), r, patient_key=patient)
+                parts = [series_coarse[k][r] for k in keys if r in series_coarse[k]]
+                if parts:
+                    emit("patient", sum(parts), r, patient_key=patient)
     if "cohort" in levels:
         for r in regions:
-            emit("cohort", sum(series_coarse[k][r] for k in summaries), r)
+            parts = [series_coarse[k][r] for k in summaries if r in series_coarse[k]]
+            if parts:
+                emit("cohort", sum(parts), r)
     columns = [
         "level",
         "patient_key",
@@ -529,8 +547,11 @@ def _histogram_rows(
     return table
 
 
-def _categories(summary: HUSummary, region: str) -> tuple[int, ...]:
-    return (0,) if summary.n_categories == 1 else REGIONS[region]
+def _categories(summary: HUSummary, region: str) -> list[int] | None:
+    """Categories of `summary` that make up `region`; None when it was not segmented."""
+    if summary.n_categories == 1:
+        return [0] if region == "scan" else None
+    return list(REGIONS[region])
 
 
 def _region_rows(summaries: Mapping[str, HUSummary], info: pd.DataFrame, regions: Sequence[str]) -> pd.DataFrame:
@@ -539,7 +560,8 @@ def _region_rows(summaries: Mapping[str, HUSummary], info: pd.DataFrame, regions
     for key, s in summaries.items():
         meta = info.loc[key]
         for r in regions:
-            cats = list(_categories(s, r))
+            if (cats := _categories(s, r)) is None:
+                continue
             stats = statistics_from_counts(
                 s.counts[cats].sum(axis=0),
                 float(s.sums[cats].sum()),
@@ -586,7 +608,9 @@ def _slice_area_rows(
     for key, s in summaries.items():
         positions = volumes[key]["slice"].to_numpy()
         for r in regions:
-            count = s.slice_counts[:, list(_categories(s, r))].sum(axis=1)
+            if (cats := _categories(s, r)) is None:
+                continue
+            count = s.slice_counts[:, cats].sum(axis=1)
             frames.append(
                 pd.DataFrame(
                     {
@@ -671,20 +695,15 @@ def longitudinal_table(regions: pd.DataFrame, lung_histograms: Mapping[str, np.n
             for (region, stat), name in LONGITUDINAL_MEASURES.items():
                 if (study["series"], region) in by_series.index:
                     measures[name] = float(by_series.loc[(study["series"], region), stat])
-            if lung_histograms is not None:
-                current = lung_histograms[study["series"]]
-                measures["lung_emd_from_baseline_hu"] = earth_movers_distance(
-                    current, lung_histograms[baseline["series"]]
-                )
+            if lung_histograms is not None and study["series"] in lung_histograms:
+                measures["lung_emd_from_baseline_hu"] = _emd(lung_histograms, study["series"], baseline["series"])
                 measures["lung_emd_from_previous_hu"] = (
-                    earth_movers_distance(current, lung_histograms[previous["series"]])
-                    if previous is not None
-                    else np.nan
+                    _emd(lung_histograms, study["series"], previous["series"]) if previous is not None else np.nan
                 )
             for name, value in measures.items():
-                base_value = _measure(by_series, baseline["series"], name, lung_histograms)
+                base_value = _measure(by_series, baseline["series"], name)
                 prev_value = (
-                    _measure(by_series, previous["series"], name, lung_histograms) if previous is not None else np.nan
+                    _measure(by_series, previous["series"], name) if previous is not None else np.nan
                 )
                 is_distance = name.startswith("lung_emd")
                 rows.append(
@@ -709,7 +728,13 @@ def longitudinal_table(regions: pd.DataFrame, lung_histograms: Mapping[str, np.n
     return pd.DataFrame(rows, columns=columns)
 
 
-def _measure(by_series: pd.DataFrame, series: str, name: str, lung_histograms: Any) -> float:
+def _emd(lung_histograms: Mapping[str, np.ndarray], a: str, b: str) -> float:
+    if a not in lung_histograms or b not in lung_histograms:
+        return np.nan
+    return earth_movers_distance(lung_histograms[a], lung_histograms[b])
+
+
+def _measure(by_series: pd.DataFrame, series: str, name: str) -> float:
     for (region, stat), measure in LONGITUDINAL_MEASURES.items():
         if measure == name and (series, region) in by_series.index:
             return float(by_series.loc[(series, region), stat])
@@ -795,7 +820,9 @@ def summarize(
     region_table = _region_rows(summaries, info, regions)
     lung_histograms = None
     if "lungs" in regions and summaries and _needs_segmentation(regions):
-        lung_histograms = {k: s.counts[list(REGIONS["lungs"])].sum(axis=0) for k, s in summaries.items()}
+        lung_histograms = {
+            k: s.counts[list(REGIONS["lungs"])].sum(axis=0) for k, s in summaries.items() if s.n_categories > 1
+        }
     return CohortSummary(
         histograms=_histogram_rows(summaries, info, regions, edges, levels, cohort.volumes),
         regions=region_table,
