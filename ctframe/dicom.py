@@ -39,11 +39,15 @@ __all__ = [
 ]
 
 NATIVE_LITTLE_ENDIAN = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"})
+RLE_LOSSLESS = "1.2.840.10008.1.2.5"
 #: Encapsulated syntaxes decoded by imagecodecs (it releases the GIL, so threads
 #: decode in parallel) -> the imagecodecs function. Everything else, and any
 #: frame whose signedness or bit depth needs pydicom's corrections, goes
-#: through pydicom.
+#: through pydicom. RLE goes through imagecodecs' C decoder rather than
+#: pylibjpeg-rle, whose Rust decoder panics (and prints a backtrace) on corrupt
+#: streams; pydicom decodes RLE with its own plugin for the same reason.
 IMAGECODECS_DECODERS = {
+    RLE_LOSSLESS: "dicomrle_decode",  # RLE Lossless: bytes, shaped here
     "1.2.840.10008.1.2.4.57": "ljpeg_decode",  # JPEG Lossless, Process 14
     "1.2.840.10008.1.2.4.70": "ljpeg_decode",  # JPEG Lossless, SV1
     "1.2.840.10008.1.2.4.80": "jpegls_decode",  # JPEG-LS lossless
@@ -521,7 +525,9 @@ def _read_native(ref: SliceRef) -> np.ndarray:
     return data.reshape(ref.rows, ref.columns)
 
 
-def _read_with_imagecodecs(path: str, frames: Sequence[int], n_frames: int, ts_uid: str) -> list[np.ndarray] | None:
+def _read_with_imagecodecs(
+    path: str, frames: Sequence[int], n_frames: int, ts_uid: str, *, shape: tuple[int, int], dtype: np.dtype
+) -> list[np.ndarray] | None:
     """Decode frames with imagecodecs; None when it (or the codec) is not available."""
     try:
         import imagecodecs
@@ -531,6 +537,13 @@ def _read_with_imagecodecs(path: str, frames: Sequence[int], n_frames: int, ts_u
     if decode is None:  # pragma: no cover - a build without the codec
         return None
     from pydicom.encaps import generate_frames
+
+    if ts_uid == RLE_LOSSLESS:  # the codec returns the frame's bytes in the order of `dtype`
+        little = dtype.newbyteorder("<")
+        codec = decode
+
+        def decode(fragment: bytes) -> np.ndarray:
+            return np.frombuffer(codec(fragment, little), little).reshape(shape)
 
     ds = pydicom.dcmread(path)
     wanted = set(frames)
@@ -549,9 +562,10 @@ def _read_with_pydicom(path: str, frames: Sequence[int], n_frames: int, ts_uid: 
     src: str | Dataset = path
     if UID(ts_uid).is_deflated:  # pixel_array(path) parses the raw file and cannot inflate it
         src = pydicom.dcmread(path)
+    options = {"decoding_plugin": "pydicom"} if ts_uid == RLE_LOSSLESS else {}  # see IMAGECODECS_DECODERS
     if n_frames == 1:
-        return [pixel_array(src)]
-    return [pixel_array(src, index=f) for f in frames]
+        return [pixel_array(src, **options)]
+    return [pixel_array(src, index=f, **options) for f in frames]
 
 
 def _decode_file(refs: Sequence[SliceRef]) -> list[np.ndarray]:
@@ -564,9 +578,13 @@ def _decode_file(refs: Sequence[SliceRef]) -> list[np.ndarray]:
         arrays = None
         # no sign or unused-bit corrections needed: the decoded bits are the stored values
         plain_bits = first.bits_stored == first.bits_allocated or first.pixel_representation == 0
-        if first.transfer_syntax_uid in IMAGECODECS_DECODERS and plain_bits and first.samples_per_pixel == 1:
-            arrays = _read_with_imagecodecs(first.path, frames, first.number_of_frames, first.transfer_syntax_uid)
-            want = np.dtype(f"{'i' if first.pixel_representation == 1 else 'u'}{max(first.bits_allocated, 8) // 8}")
+        simple = plain_bits and first.bits_allocated in (8, 16, 32) and first.samples_per_pixel == 1
+        if first.transfer_syntax_uid in IMAGECODECS_DECODERS and simple:
+            want = np.dtype(f"{'i' if first.pixel_representation == 1 else 'u'}{first.bits_allocated // 8}")
+            arrays = _read_with_imagecodecs(
+                first.path, frames, first.number_of_frames, first.transfer_syntax_uid,
+                shape=(first.rows, first.columns), dtype=want,
+            )  # fmt: skip
             if arrays is not None and all(a.dtype.itemsize == want.itemsize and a.ndim == 2 for a in arrays):
                 arrays = [a.view(want) for a in arrays]
             else:  # an unexpected layout: let pydicom decide

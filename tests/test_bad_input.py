@@ -546,16 +546,36 @@ def test_bad_input__chmod_000_file_is_a_problem(base, tmp_path: Path) -> None:  
     _assert_expected(outcome, r"problem:cannot read file \(Permission denied\)", bad=files[0])
 
 
-def test_bad_input__rust_decoder_panic_is_a_read_error(edge_cases: Path, tmp_path: Path) -> None:
-    """A corrupt RLE stream makes pylibjpeg-rle panic (pyo3 PanicException, a BaseException)."""
+def _corrupt_rle(edge_cases: Path, folder: Path) -> Path:
+    """CT1_RLE with one run length changed: pylibjpeg-rle's Rust decoder panics on it."""
     path = edge_cases / "wg04-robyoung" / "CT1_RLE.dcm"
     source = path.read_bytes()
     frame = next(pydicom.encaps.generate_frames(pydicom.dcmread(path).PixelData))
     corrupt = bytearray(source)
     corrupt[source.index(frame[:64]) + 300] = 182  # a run length inside the first segment
-    (tmp_path / "ct.dcm").write_bytes(bytes(corrupt))
-    outcome = check_api(tmp_path)
+    folder.mkdir(exist_ok=True)
+    (folder / "ct.dcm").write_bytes(bytes(corrupt))
+    return folder / "ct.dcm"
+
+
+def test_bad_input__corrupt_rle_is_a_read_error_in_one_line(edge_cases: Path, tmp_path: Path) -> None:
+    path = _corrupt_rle(edge_cases, tmp_path / "in")
+    outcome = check_api(path.parent)
     _assert_expected(outcome, r"DicomReadError@compute:ct.dcm: cannot decode pixel data \(1.2.840.10008.1.2.5; ")
+    result = _ctframe("export", str(path.parent), "-o", str(tmp_path / "v.nii"), "-q")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"ctframe: error: {outcome.error}"]  # no Rust panic backtrace
+
+
+def test_bad_input__rust_decoder_panic_is_a_read_error(edge_cases: Path, tmp_path: Path, monkeypatch) -> None:
+    """A panicking pyo3 decoder raises PanicException, a BaseException: it must still become a DicomReadError."""
+    from pydicom.pixels import pixel_array
+
+    _corrupt_rle(edge_cases, tmp_path)
+    monkeypatch.setattr(dicom, "_read_with_imagecodecs", lambda *a, **k: None)
+    monkeypatch.setattr(dicom, "_read_with_pydicom", lambda p, *a: [pixel_array(p, decoding_plugin="pylibjpeg")])
+    with pytest.raises(DicomReadError, match=r"ct.dcm: cannot decode pixel data .*PanicException"):
+        ctframe.open_series(tmp_path).compute(scheduler="synchronous")
 
 
 def test_bad_input__huge_frame_count_is_rejected_at_scan(base, tmp_path: Path) -> None:
