@@ -12,6 +12,7 @@ when it is installed. Every path returns exactly what
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import stat
@@ -122,11 +123,30 @@ def _int(value: Any, default: int = -1) -> int:
 
 
 def _floats(value: Any, n: int) -> list[float]:
+    """`n` finite floats, or `n` NaN when the value is malformed (wrong count, text, inf...)."""
     try:
         items = [float(v) for v in value]
     except (TypeError, ValueError):
         return [float("nan")] * n
-    return items if len(items) == n else [float("nan")] * n
+    return items if len(items) == n and all(map(math.isfinite, items)) else [float("nan")] * n
+
+
+#: Largest PixelSpacing taken at face value (a kilometre); larger values come from corrupt headers.
+_MAX_SPACING_MM = 1e6
+
+
+def _orientation(value: Any) -> list[float]:
+    """ImageOrientationPatient, or NaN unless it holds two orthogonal unit vectors (to 1%).
+
+    Anything else (huge or zero values from a corrupt header) would give a
+    meaningless slice normal, so it counts as missing.
+    """
+    iop = _floats(value, 6)
+    row, col = np.array(iop[:3]), np.array(iop[3:])
+    with np.errstate(all="ignore"):
+        unit = abs(np.linalg.norm(row) - 1) <= 0.01 and abs(np.linalg.norm(col) - 1) <= 0.01
+        orthogonal = abs(float(row @ col)) <= 0.01
+    return iop if unit and orthogonal else [float("nan")] * 6
 
 
 def _multi_str(value: Any) -> str:
@@ -430,8 +450,10 @@ def _geometry(ds: Dataset, per_frame: Dataset | None, shared: Dataset | None) ->
         return value if value is not None else _get(ds, keyword)
 
     ipp = _floats(pick("PlanePositionSequence", "ImagePositionPatient"), 3)
-    iop = _floats(pick("PlaneOrientationSequence", "ImageOrientationPatient"), 6)
+    iop = _orientation(pick("PlaneOrientationSequence", "ImageOrientationPatient"))
     spacing = _floats(pick("PixelMeasuresSequence", "PixelSpacing"), 2)
+    if not all(0 < s <= _MAX_SPACING_MM for s in spacing):  # zero, negative or absurd: malformed
+        spacing = [float("nan")] * 2
     slope = pick("PixelValueTransformationSequence", "RescaleSlope")
     intercept = pick("PixelValueTransformationSequence", "RescaleIntercept")
     return {

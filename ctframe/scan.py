@@ -331,7 +331,8 @@ def assign_stacks(catalog: pd.DataFrame) -> pd.DataFrame:
         return out
     normals = _normals(out)
     positions = out[["position_x_mm", "position_y_mm", "position_z_mm"]].to_numpy(float)
-    out["slice_position_mm"] = np.einsum("ij,ij->i", positions, normals)
+    with np.errstate(all="ignore"):  # corrupt positions may overflow: they become inf/NaN, flagged later
+        out["slice_position_mm"] = np.einsum("ij,ij->i", positions, normals)
     orient = out[["row_dir_x", "row_dir_y", "row_dir_z", "col_dir_x", "col_dir_y", "col_dir_z"]].to_numpy(float)
     out["_orient"] = [",".join(f"{v:.3f}" for v in o) for o in np.nan_to_num(orient, nan=9.0)]
     tol = get_config()["qc"]["duplicate_tolerance_mm"]
@@ -396,10 +397,11 @@ def _stack_qc(group: pd.DataFrame, qc: dict[str, Any]) -> dict[str, Any]:
     ipp = group[["position_x_mm", "position_y_mm", "position_z_mm"]].to_numpy(float)
     tilt = float("nan")
     if len(ipp) > 1 and np.isfinite(ipp).all():
-        travel = ipp[-1] - ipp[0]
-        norm = np.linalg.norm(travel)
-        if norm > 0:
-            cos = abs(float(travel @ normal)) / norm
+        with np.errstate(all="ignore"):  # positions near the float limit from a corrupt header
+            travel = ipp[-1] - ipp[0]
+            norm = np.linalg.norm(travel)
+            cos = abs(float(travel @ normal)) / norm if np.isfinite(norm) and norm > 0 else float("nan")
+        if np.isfinite(cos):
             tilt = float(np.degrees(np.arccos(min(cos, 1.0))))
     header_tilt = group["gantry_tilt_deg"].abs().max()
     if not np.isfinite(tilt):

@@ -431,6 +431,16 @@ CASES: dict[str, Case] = {
     "missing_image_orientation": Case(
         _each(_delete("ImageOrientationPatient")), "InconsistentSeriesError@open:ImageOrientationPatient is missing"
     ),
+    "zero_pixel_spacing": Case(
+        _each(_set(PixelSpacing=[0, 0])), "InconsistentSeriesError@open:PixelSpacing is missing"
+    ),
+    "absurd_pixel_spacing": Case(
+        _each(_set(PixelSpacing=["1e308", "1e308"])), "InconsistentSeriesError@open:PixelSpacing is missing"
+    ),
+    "orientation_not_unit_vectors": Case(
+        _each(_set(ImageOrientationPatient=["0", "1099511627775", "0", "0", "0", "1.6e296"])),
+        "InconsistentSeriesError@open:ImageOrientationPatient is missing",
+    ),
     "missing_pixel_spacing": Case(
         _each(_delete("PixelSpacing")), "InconsistentSeriesError@open:PixelSpacing is missing"
     ),

@@ -26,7 +26,7 @@ from pathlib import Path
 import pydicom
 import pytest
 from _contract import check_api
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 from pydicom.dataelem import DataElement
 
@@ -215,6 +215,10 @@ def apply_edits(path: Path, edits: list[tuple]) -> bool:
 
 @FUZZ_SETTINGS
 @given(edits=st.lists(EDIT, min_size=1, max_size=3), every_slice=st.booleans(), which=st.integers(0, 2))
+# found by long runs: a huge orientation overflowed the slice normal, huge spacings the coordinates
+@example(edits=[("ImageOrientationPatient", ("text", "0\\1099511627775\\0\\0\\0\\1e296"))], every_slice=True, which=0)
+@example(edits=[("ImagePositionPatient", ("text", "1.7e308\\-1.7e308\\1.7e308"))], every_slice=False, which=1)
+@example(edits=[("PixelSpacing", ("text", "1e308\\1e308"))], every_slice=True, which=0)
 def test_fuzz__corrupt_header_values(phantom_files, edits: list[tuple], every_slice: bool, which: int) -> None:
     with _folder() as folder:
         paths = []
