@@ -323,7 +323,12 @@ def _records(path: str, *, salt: str | None, include_phi: bool) -> list[dict[str
         has_pixels = _has_pixels_full_read(path)  # deflated streams hide the tag from a header read
     if rows <= 0 or columns <= 0 or not has_pixels:
         name = UID(sop_class).name if sop_class else "unknown SOP class"
-        raise UnsupportedDicomError(f"{path}: no image pixel data ({name}); not an image, skipped")
+        if "Image Storage" in name or (rows > 0 and columns > 0) or len(ds) == 0:
+            # pydicom stops quietly at a cut element: an image header without pixels is most likely cut short
+            what = "an image without its pixels: the file is probably truncated"
+        else:
+            what = "not an image"
+        raise UnsupportedDicomError(f"{path}: no image pixel data ({name}); {what}, skipped")
 
     ts_uid = str(_get(meta, "TransferSyntaxUID", "")) if meta is not None else ""
     if not ts_uid:

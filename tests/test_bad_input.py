@@ -525,6 +525,9 @@ def test_bad_input__truncated_slice_is_never_silently_read(base, tmp_path: Path,
     if str(victim) in set(outcome.problems["path"]):
         _assert_expected(outcome, "ok")  # skipped: the other three slices open
         assert outcome.hu.shape == (3, 32, 32)
+        reason = outcome.problems.set_index("path")["reason"][str(victim)]
+        expected = "not a DICOM file" if where in ("preamble", "magic") else "probably truncated"
+        assert expected in reason, reason
     else:  # catalogued from its header: reading its pixels must fail, naming it
         assert isinstance(outcome.error, DicomReadError) and outcome.stage == "compute", outcome.error
         assert f"{victim}: pixel data truncated" in str(outcome.error)
