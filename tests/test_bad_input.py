@@ -713,6 +713,11 @@ def test_cli__summarize_of_the_edge_case_tree_completes(edge_cases: Path, tmp_pa
     assert code == 0, output
     problems = pd.read_csv(tmp_path / "out" / "problems.csv")
     assert (problems["stage"] == "scan").sum() == 18  # the files that are not DICOM images
+    compute = problems[problems["stage"] == "compute"]
+    if regions == "default":  # the single slice without SliceThickness cannot be segmented: a row, not a crash
+        assert compute["reason"].str.contains("spacing along 'slice' is unknown").sum() == 1, compute
+    series = pd.read_parquet(tmp_path / "out" / "series.parquet")
+    assert series["selected"].sum() >= 8
 
 
 def test_bad_input__not_hu_calibrated_stacks_are_not_summarised(tmp_path: Path) -> None:
