@@ -349,7 +349,13 @@ def export(
         import ctframe
         from ctframe import export as writers
 
-        volume = ctframe.open_series(root, series=series)
+        try:
+            volume = ctframe.open_series(root, series=series)
+        except ctframe.MultipleSeriesError as exc:
+            count = str(exc).split(" holds ", 1)[-1].split(";", 1)[0]
+            raise ctframe.MultipleSeriesError(
+                f"{root} holds {count}; choose one with --series KEY (`ctframe scan {root}` lists the keys)"
+            ) from None
         data = volume if stored else ctframe.to_hu(volume)
         label_volume = None
         if labels:
