@@ -3,7 +3,9 @@
 ``python benchmarks/rss_probe.py METHOD N`` runs METHOD once over N cached
 phantom series in this fresh process and prints one JSON line:
 ``{"seconds": ..., "peak_rss_mib": ..., "baseline_rss_mib": ...}`` where the
-baseline is the RSS after imports, before any pixel is read.
+peak is the process's VmHWM and the baseline its RSS after imports, before
+any pixel is read. :func:`run_and_sample` adds the peak PSS of the whole
+process tree (worker processes included).
 
 Every method returns counts over the same 1-HU bins, -1024 .. 3071 HU
 (4096 bins; values outside are dropped), so results can be compared.
@@ -14,7 +16,6 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import os
-import resource
 import sys
 import time
 import warnings
@@ -28,12 +29,49 @@ EDGES = np.arange(-1024, 3073)
 TISSUE_FROM_BIN = 24
 
 
-def _rss_mib() -> float:
+def _status_mib(field: str) -> float:
     with open("/proc/self/status") as fp:
         for line in fp:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def run_and_sample(method: str, n_series: int) -> dict:
+    """Run this file as a probe for `method` and sample the memory of its whole process tree.
+
+    The tree's memory is the sum of each process's PSS (proportional set size),
+    so pages that forked workers share with their parent count once.
+
+    Sampling happens here, in the parent, every 10 ms: a sampling thread inside
+    the probe would change what is measured (ctframe forks header readers only
+    from a single-threaded process), and ``ru_maxrss`` is no use because Linux
+    carries it over fork and exec.
+    """
+    import subprocess
+
+    import psutil
+
+    proc = subprocess.Popen(
+        [sys.executable, __file__, method, str(n_series)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    peak = 0.0
+    watched = psutil.Process(proc.pid)
+    while proc.poll() is None:
+        total = 0
+        try:
+            for member in [watched, *watched.children(recursive=True)]:
+                total += member.memory_full_info().pss  # shared (forked) pages counted once
+        except psutil.Error:
+            pass
+        peak = max(peak, total / 2**20)
+        time.sleep(0.01)
+    out, err = proc.communicate()
+    if proc.returncode:
+        raise RuntimeError(f"probe {method} {n_series} failed: {err[-2000:]}")
+    result = json.loads(out.strip().splitlines()[-1])
+    result["peak_tree_pss_mib"] = round(peak, 1)
+    return result
 
 
 def notebook(folders: list[Path]) -> np.ndarray:
@@ -133,15 +171,13 @@ def main() -> None:
     folders = phantom_cohort(n_series)
     import ctframe  # noqa: F401  (imports count in the baseline)
 
-    baseline = _rss_mib()
+    baseline = _status_mib("VmRSS")
     start = time.perf_counter()
     METHODS[method](folders)
     seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     print(json.dumps({"method": method, "n_series": n_series, "seconds": round(seconds, 3),
-                      "peak_rss_mib": round(peak, 1), "baseline_rss_mib": round(baseline, 1),
-                      "peak_child_rss_mib": round(children, 1), "pid": os.getpid()}))  # fmt: skip
+                      "peak_rss_mib": round(_status_mib("VmHWM"), 1), "baseline_rss_mib": round(baseline, 1),
+                      "pid": os.getpid()}))  # fmt: skip
 
 
 if __name__ == "__main__":

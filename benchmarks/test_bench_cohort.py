@@ -19,8 +19,6 @@ Run::
 
 from __future__ import annotations
 
-import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -57,11 +55,7 @@ def test_bench_cohort_histogram(benchmark, method: str, n_series: int, request) 
     counts = benchmark.pedantic(func, args=(folders,), kwargs=kwargs, rounds=3, warmup_rounds=1)
     # every method counts the same voxels (the floor and ctframe drop padding/fill, the others keep it)
     assert counts.sum() > 0
-    probe = subprocess.run(
-        [sys.executable, str(HERE / "rss_probe.py"), method, str(n_series)],
-        capture_output=True, text=True, check=True, timeout=900,
-    )  # fmt: skip
-    benchmark.extra_info.update(json.loads(probe.stdout.strip().splitlines()[-1]))
+    benchmark.extra_info.update(rss_probe.run_and_sample(method, n_series))
 
 
 def test_bench_methods_agree_on_counts() -> None:

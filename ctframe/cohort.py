@@ -542,7 +542,8 @@ def _histogram_rows(
     if not frames:
         return pd.DataFrame(columns=columns)
     table = pd.concat(frames, ignore_index=True).reindex(columns=columns)
-    table[["patient_key", "study_date", "series"]] = table[["patient_key", "study_date", "series"]].fillna("")
+    for column in ("patient_key", "study_date", "series"):  # empty on the patient and cohort levels
+        table[column] = table[column].astype(object).where(table[column].notna(), "").astype(str)
     table["count"] = table["count"].astype(np.int64)
     return table
 
