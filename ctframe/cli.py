@@ -140,7 +140,6 @@ def scan(
     """Print the series table with QC flags; list files that were skipped."""
     _require_folder(root)
     with _configured(config, quiet):
-
         import ctframe
         from ctframe.errors import NoSeriesError
         from ctframe.export import atomic_path

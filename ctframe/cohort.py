@@ -703,9 +703,7 @@ def longitudinal_table(regions: pd.DataFrame, lung_histograms: Mapping[str, np.n
                 )
             for name, value in measures.items():
                 base_value = _measure(by_series, baseline["series"], name)
-                prev_value = (
-                    _measure(by_series, previous["series"], name) if previous is not None else np.nan
-                )
+                prev_value = _measure(by_series, previous["series"], name) if previous is not None else np.nan
                 is_distance = name.startswith("lung_emd")
                 rows.append(
                     {

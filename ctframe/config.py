@@ -123,9 +123,7 @@ def _merge(default: Mapping[str, Any], user: Mapping[str, Any], prefix: str = ""
             merged[key] = {**copy.deepcopy(base), **copy.deepcopy(value)}
             continue
         if not _type_ok(base, value):
-            raise ConfigError(
-                f"config key '{path}' must be of type {type(base).__name__}, got {value!r}"
-            )
+            raise ConfigError(f"config key '{path}' must be of type {type(base).__name__}, got {value!r}")
         merged[key] = float(value) if isinstance(base, float) else copy.deepcopy(value)
     return merged
 
@@ -142,9 +140,7 @@ def _check_values(cfg: Mapping[str, Any]) -> None:
     for path, allowed in ALLOWED_VALUES.items():
         value = _lookup(cfg, path)
         if value not in allowed:
-            raise ConfigError(
-                f"config key '{path}' is {value!r}; allowed values: {', '.join(map(repr, allowed))}"
-            )
+            raise ConfigError(f"config key '{path}' is {value!r}; allowed values: {', '.join(map(repr, allowed))}")
     for path, (lo, hi) in RANGES.items():
         value = _lookup(cfg, path)
         if not lo <= value <= hi:
@@ -185,7 +181,12 @@ def _check_window_presets(cfg: Mapping[str, Any]) -> None:
             )
         for field in ("level_hu", "width_hu"):
             value = entry[field]
-            if isinstance(value, bool) or not isinstance(value, int | float) or value != value or abs(value) == float("inf"):
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or value != value
+                or abs(value) == float("inf")
+            ):
                 raise ConfigError(f"config key '{key}.{field}' must be a finite number (HU), got {value!r}")
         if entry["width_hu"] <= 0:
             raise ConfigError(f"config key '{key}.width_hu' is {entry['width_hu']!r}; a window width must be > 0 HU")
@@ -198,7 +199,9 @@ def _lookup(cfg: Mapping[str, Any], path: str) -> Any:
     return node
 
 
-def load_config(path: str | os.PathLike[str] | None = None, *, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def load_config(
+    path: str | os.PathLike[str] | None = None, *, overrides: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """Return the default configuration merged with a user file and overrides.
 
     Parameters

@@ -12,8 +12,8 @@ when it is installed. Every path returns exactly what
 
 from __future__ import annotations
 
-import math
 import functools
+import math
 import os
 import re
 import stat
@@ -36,8 +36,8 @@ from ctframe.privacy import patient_key
 __all__ = [
     "NATIVE_LITTLE_ENDIAN",
     "SliceRef",
-    "read_frames",
     "normalise_rescale_type",
+    "read_frames",
     "read_header",
     "stored_dtype",
 ]
@@ -78,7 +78,14 @@ DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
 _PIXEL_TAG_LE = b"\xe0\x7f\x10\x00"
 #: (7FE0,0010) Pixel Data, (7FE0,0008) Float and (7FE0,0009) Double Float Pixel Data, both byte orders.
 _PIXEL_TAGS = frozenset(
-    {_PIXEL_TAG_LE, b"\x7f\xe0\x00\x10", b"\xe0\x7f\x08\x00", b"\x7f\xe0\x00\x08", b"\xe0\x7f\x09\x00", b"\x7f\xe0\x00\x09"}
+    {
+        _PIXEL_TAG_LE,
+        b"\x7f\xe0\x00\x10",
+        b"\xe0\x7f\x08\x00",
+        b"\x7f\xe0\x00\x08",
+        b"\xe0\x7f\x09\x00",
+        b"\x7f\xe0\x00\x09",
+    }
 )
 
 
@@ -293,7 +300,9 @@ def _has_pixels_full_read(path: str) -> bool:
         return False
 
 
-def read_header(path: str | os.PathLike[str], *, salt: str | None = None, include_phi: bool = False) -> list[dict[str, Any]]:
+def read_header(
+    path: str | os.PathLike[str], *, salt: str | None = None, include_phi: bool = False
+) -> list[dict[str, Any]]:
     """Read the header of one file into catalog records, one per image frame.
 
     Parameters

@@ -8,6 +8,7 @@ array is computed.
 
 from __future__ import annotations
 
+import itertools
 import os
 import warnings
 from collections.abc import Sequence
@@ -93,7 +94,9 @@ def _describe(source: Source) -> str:
 
 def _choose_stack(catalog: pd.DataFrame, series: str | None, source: Source) -> pd.DataFrame:
     if catalog.empty:
-        raise NoSeriesError(f"no DICOM image found in {_describe(source)}; check the path (see scan(...).attrs['problems'])")
+        raise NoSeriesError(
+            f"no DICOM image found in {_describe(source)}; check the path (see scan(...).attrs['problems'])"
+        )
     if series is not None:
         chosen = catalog[(catalog["stack_key"] == series) | (catalog["series_uid"] == series)]
         if chosen.empty:
@@ -227,14 +230,14 @@ def volume_from_catalog(rows: pd.DataFrame, *, slices_per_chunk: int | None = No
         for r in rows.itertuples()
     ]
     n, n_rows, n_cols = len(refs), refs[0].rows, refs[0].columns
-    bounds = list(range(0, n, chunk)) + [n]
+    bounds = [*range(0, n, chunk), n]
     chunks = (tuple(np.diff(bounds).tolist()), (n_rows,), (n_cols,))
     name = "read-dicom-" + tokenize(
         [(r.path, r.frame, r.file_size) for r in refs], rows["mtime_ns"].tolist(), chunks, str(dtype)
     )
     graph = {
         (name, i, 0, 0): (_read_chunk, tuple(refs[lo:hi]), dtype.str)
-        for i, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:], strict=True))
+        for i, (lo, hi) in enumerate(itertools.pairwise(bounds))
     }
     data = da.Array(
         HighLevelGraph.from_collections(name, graph, dependencies=()),
@@ -244,7 +247,11 @@ def volume_from_catalog(rows: pd.DataFrame, *, slices_per_chunk: int | None = No
     )
     first = rows.iloc[0]
     coords: dict[str, Any] = {
-        "slice": ("slice", rows["slice_position_mm"].to_numpy(float), {"units": "mm", "long_name": "position along the slice normal"}),
+        "slice": (
+            "slice",
+            rows["slice_position_mm"].to_numpy(float),
+            {"units": "mm", "long_name": "position along the slice normal"},
+        ),
         "row": ("row", np.arange(n_rows) * float(first["pixel_spacing_row_mm"]), {"units": "mm"}),
         "col": ("col", np.arange(n_cols) * float(first["pixel_spacing_col_mm"]), {"units": "mm"}),
     }
@@ -272,7 +279,9 @@ def _series_attrs(rows: pd.DataFrame) -> dict[str, Any]:
         "pixel_spacing_mm": [float(first["pixel_spacing_row_mm"]), float(first["pixel_spacing_col_mm"])],
         "slice_spacing_mm": float(np.median(steps)) if steps.size else float(first["slice_thickness_mm"]),
         "slice_thickness_mm": float(first["slice_thickness_mm"]),
-        "orientation": [float(first[c]) for c in ("row_dir_x", "row_dir_y", "row_dir_z", "col_dir_x", "col_dir_y", "col_dir_z")],
+        "orientation": [
+            float(first[c]) for c in ("row_dir_x", "row_dir_y", "row_dir_z", "col_dir_x", "col_dir_y", "col_dir_z")
+        ],
         "convolution_kernel": first["convolution_kernel"],
         "kvp": float(first["kvp"]),
         "manufacturer": first["manufacturer"],
@@ -364,4 +373,3 @@ def open_series(
         catalog = catalog.drop(columns=[c for c in PHI_COLUMNS if c in catalog])
     rows = _choose_stack(catalog, series, source)
     return volume_from_catalog(rows, slices_per_chunk=slices_per_chunk)
-

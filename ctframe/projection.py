@@ -475,8 +475,8 @@ _SLAB_RAISES = """Raises
 
 def _slab_docstring(func: Callable[..., Any]) -> Callable[..., Any]:
     """Fill the Parameters and Raises sections the three projections share."""
-    func.__doc__ = (func.__doc__ or "").replace("{slab_parameters}", _SLAB_PARAMETERS).replace(
-        "{slab_raises}", _SLAB_RAISES
+    func.__doc__ = (
+        (func.__doc__ or "").replace("{slab_parameters}", _SLAB_PARAMETERS).replace("{slab_raises}", _SLAB_RAISES)
     )
     return func
 

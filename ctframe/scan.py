@@ -17,7 +17,6 @@ import sys
 import threading
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -103,7 +102,9 @@ def iter_files(root: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) 
                 yield os.path.join(dirpath, name)
 
 
-def _read_batch(paths: Sequence[str], salt: str, include_phi: bool) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+def _read_batch(
+    paths: Sequence[str], salt: str, include_phi: bool
+) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
     records: list[dict[str, Any]] = []
     problems: list[dict[str, str]] = []
     for path in paths:
@@ -344,7 +345,10 @@ def assign_stacks(catalog: pd.DataFrame) -> pd.DataFrame:
     for series_uid, group in out.groupby("series_uid", sort=False):
         parts: list[pd.Index] = []
         for _, orient_group in group.groupby("_orient", sort=True):
-            if _has_duplicates(orient_group["slice_position_mm"], tol) and orient_group["acquisition_number"].nunique() > 1:
+            if (
+                _has_duplicates(orient_group["slice_position_mm"], tol)
+                and orient_group["acquisition_number"].nunique() > 1
+            ):
                 acq_groups = [g.index for _, g in orient_group.groupby("acquisition_number", sort=True)]
                 if not any(_has_duplicates(out.loc[idx, "slice_position_mm"], tol) for idx in acq_groups):
                     parts.extend(acq_groups)
@@ -422,8 +426,7 @@ def _stack_qc(group: pd.DataFrame, qc: dict[str, Any]) -> dict[str, Any]:
         "inconsistent_shape": bool(group["rows"].nunique() > 1 or group["columns"].nunique() > 1),
         "missing_geometry": bool(group[geometry_cols].isna().any().any()),
         "not_hu_calibrated": bool(
-            group["rescale_intercept"].isna().any()
-            or (~group["rescale_type"].isin(["", "HU"])).any()
+            group["rescale_intercept"].isna().any() or (~group["rescale_type"].isin(["", "HU"])).any()
         ),
     }
     notes = [name.replace("_", " ") for name, on in flags.items() if on]

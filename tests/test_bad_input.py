@@ -667,8 +667,7 @@ def test_cli__subprocess_export_of_truncated_pixels(edge_cases: Path, tmp_path: 
     result = _ctframe("export", str(path), "--stored", "-o", str(tmp_path / "v.nii"))
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        f"ctframe: error: {path}: pixel data truncated "
-        "(frame 0 needs 4096 values, found 4065)"
+        f"ctframe: error: {path}: pixel data truncated (frame 0 needs 4096 values, found 4065)"
     ]
 
 

@@ -147,7 +147,8 @@ def test_summarize__workers_option_runs_a_local_cluster(
          r"either --scheduler or --workers"),
         (lambda d: ["export", str(d / "cohort"), "-o", str(d / "x.nii"), "--format", "dicom"],
          r"--format must be one of zarr, nifti, netcdf"),
-        (lambda d: ["export", str(d / "cohort"), "-o", str(d / "x.nii")], r"holds 4 series/stacks; choose one with --series KEY"),
+        (lambda d: ["export", str(d / "cohort"), "-o", str(d / "x.nii")],
+         r"holds 4 series/stacks; choose one with --series KEY"),
         (lambda d: ["show-config", "-c", str(d / "missing.yaml")], r"cannot read config file"),
     ],
 )  # fmt: skip

@@ -60,7 +60,9 @@ def test_read_frames__fast_path_equals_pydicom_on_every_native_file(shared_catal
         except ValueError:
             pydicom_failed.add(Path(ref.path).name)
             continue
-        ours = read_frames([ref], dtype=np.dtype(f"{'i' if ref.pixel_representation else 'u'}{ref.bits_allocated // 8}"))[0]
+        ours = read_frames(
+            [ref], dtype=np.dtype(f"{'i' if ref.pixel_representation else 'u'}{ref.bits_allocated // 8}")
+        )[0]
         assert ours.dtype == reference.dtype, ref.path
         np.testing.assert_array_equal(ours, reference, err_msg=ref.path)
         checked += 1
@@ -144,9 +146,7 @@ def test_read_frames__compressed_files_fall_back_to_pydicom(edge_cases: Path, mo
     np.testing.assert_array_equal(ours, pydicom.dcmread(path).pixel_array)
 
 
-@pytest.mark.parametrize(
-    "name", ["J2K_pixelrep_mismatch.dcm", "693_J2KI.dcm"]
-)
+@pytest.mark.parametrize("name", ["J2K_pixelrep_mismatch.dcm", "693_J2KI.dcm"])
 def test_read_frames__awkward_jpeg2000_matches_pydicom(edge_cases: Path, name: str) -> None:
     path = edge_cases / "pydicom-3.0.2" / name
     ours = read_frames(_refs(ctframe.scan(path)), dtype=np.dtype("int16"))[0]

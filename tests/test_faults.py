@@ -163,6 +163,7 @@ def test_summarize__stale_partial_of_a_live_process_is_kept(cohort_root: Path, t
 
 # --------------------------------------------------------------------------- a lost dask worker
 
+
 def _slow_reads(marker_dir: str) -> None:
     """Run on each worker: every read task leaves a marker (pid) and takes 0.3 s longer."""
     import ctframe.io

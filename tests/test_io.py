@@ -95,9 +95,7 @@ def test_open_series__chunk_sizes_agree(small_phantom, slices_per_chunk: int) ->
         volume = ctframe.open_series(small_phantom.folder, slices_per_chunk=slices_per_chunk)
         hu = volume.ct.to_hu()
     n = small_phantom.shape[0]
-    assert volume.data.chunks[0] == tuple(
-        min(slices_per_chunk, n - i) for i in range(0, n, slices_per_chunk)
-    )
+    assert volume.data.chunks[0] == tuple(min(slices_per_chunk, n - i) for i in range(0, n, slices_per_chunk))
     np.testing.assert_array_equal(hu.values, small_phantom.hu)
 
 
@@ -190,7 +188,9 @@ def test_open_series__enhanced_ct_from_functional_groups(edge_cases: Path) -> No
     assert volume.shape == (2, 512, 512)
     ds = pydicom.dcmread(path)
     frames = ds.pixel_array
-    z_of_frame = [float(f.PlanePositionSequence[0].ImagePositionPatient[2]) for f in ds.PerFrameFunctionalGroupsSequence]
+    z_of_frame = [
+        float(f.PlanePositionSequence[0].ImagePositionPatient[2]) for f in ds.PerFrameFunctionalGroupsSequence
+    ]
     values = volume.values
     for k, z in enumerate(volume["position_z_mm"].values):
         np.testing.assert_array_equal(values[k], frames[z_of_frame.index(z)])

@@ -190,7 +190,9 @@ def test_scan__problem_files_do_not_stop_the_scan(tmp_path: Path) -> None:
     with pytest.warns(ScanWarning, match="3 of 9 files were skipped"):
         catalog = ctframe.scan(tmp_path)
     assert len(catalog) == 6
-    reasons = ctframe.problems_table(catalog).set_index(ctframe.problems_table(catalog)["path"].map(lambda p: Path(p).name))["reason"]
+    reasons = ctframe.problems_table(catalog).set_index(
+        ctframe.problems_table(catalog)["path"].map(lambda p: Path(p).name)
+    )["reason"]
     assert "empty file" in reasons["empty.dcm"]
     assert "not a DICOM file" in reasons["notes.txt"]
     assert reasons["truncated.dcm"]
