@@ -6,8 +6,10 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pydicom
 import pytest
+from pydicom.dataelem import convert_raw_data_element
 
 import ctframe
 from ctframe import dicom
@@ -179,6 +181,36 @@ def test_read_header__deflated_and_big_endian_are_images(edge_cases: Path) -> No
     np.testing.assert_array_equal(
         volume.values[0], pydicom.dcmread(edge_cases / "pydicom-3.0.2" / "MR_small_bigendian.dcm").pixel_array
     )
+
+
+def _header_outcome(path: Path) -> pd.DataFrame | str:
+    """Every record of `path` as a DataFrame, or the error it raises."""
+    try:
+        return pd.DataFrame(read_header(path, salt="s"))
+    except (DicomReadError, UnsupportedDicomError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+
+
+def test_read_header__fast_value_conversion_equals_pydicom_on_every_shared_file(shared_data: Path, monkeypatch) -> None:
+    # the fast path (pydicom's value converter, DS text straight to float) against
+    # pydicom's full element conversion, on every file of ../shared/data
+    paths = sorted(p for p in shared_data.rglob("*") if p.is_file())
+    fast = {p: _header_outcome(p) for p in paths}
+
+    def pydicom_conversion(element, ds):
+        return convert_raw_data_element(element, encoding=ds.original_character_set, ds=ds).value
+
+    monkeypatch.setattr(dicom, "_convert_raw", pydicom_conversion)
+    monkeypatch.setattr(dicom, "_get_number", dicom._get)
+    n_images = 0
+    for path in paths:
+        reference = _header_outcome(path)
+        if isinstance(reference, str):
+            assert fast[path] == reference, path
+        else:
+            n_images += 1
+            pd.testing.assert_frame_equal(fast[path], reference, obj=str(path))
+    assert n_images > 250  # the real series and most of the awkward corpus are images
 
 
 def test_stored_dtype__mixed_signedness_widens() -> None:
