@@ -29,7 +29,7 @@ from pydicom.dataelem import RawDataElement, convert_raw_data_element
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
-from pydicom.values import convert_value
+from pydicom.values import convert_value, default_encoding
 
 from ctframe.errors import DicomReadError, UnsupportedDicomError
 from ctframe.privacy import patient_key
@@ -130,18 +130,31 @@ _PLAIN_VRS = frozenset(
 )
 
 
+#: VRs pydicom decodes as plain text in its default encoding (``convert_string``),
+#: unless ``pydicom.config.datetime_conversion`` makes DA/DT/TM objects.
+_CODE_STRING_VRS = frozenset({"AE", "AS", "CS", "DA", "DT", "TM"})
+
+
 def _convert_raw(element: RawDataElement, ds: Dataset) -> Any:
     """The value of a raw element, as pydicom would convert it, at less cost.
 
     ``convert_raw_data_element`` builds and validates a whole ``DataElement``;
     for plain VRs pydicom's own value converter gives the same value in half
-    the time. Everything else (implicit VRs pydicom must disambiguate, UN,
-    private tags) takes pydicom's full path.
+    the time, and code strings and UIDs are split and stripped as pydicom's
+    ``multi_string`` and ``UID`` do (a list where pydicom gives a MultiValue,
+    which the catalog joins the same way). Everything else (implicit VRs
+    pydicom must disambiguate, UN, private tags) takes pydicom's full path.
     """
     vr = element.VR if element.VR is not None else _dictionary_vr(element.tag)
-    if vr in _PLAIN_VRS and element.value:
-        return convert_value(vr, element, ds.original_character_set)
-    return convert_raw_data_element(element, encoding=ds.original_character_set, ds=ds).value
+    if not element.value or vr not in _PLAIN_VRS:
+        return convert_raw_data_element(element, encoding=ds.original_character_set, ds=ds).value
+    if vr == "UI" or (vr in _CODE_STRING_VRS and not pydicom.config.datetime_conversion):
+        text = element.value.decode(default_encoding)
+        items = text.rstrip(" \x00").split("\\")
+        if vr == "UI":
+            items = [item.strip() for item in items]
+        return items[0] if len(items) == 1 else items
+    return convert_value(vr, element, ds.original_character_set)
 
 
 def _get(ds: Dataset, keyword: str, default: Any = None) -> Any:
