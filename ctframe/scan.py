@@ -102,9 +102,16 @@ def iter_files(root: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) 
                 yield os.path.join(dirpath, name)
 
 
-def _read_batch(
-    paths: Sequence[str], salt: str, include_phi: bool
-) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+def _catalog_columns(include_phi: bool) -> list[str]:
+    return list(CATALOG_COLUMNS) + (list(PHI_COLUMNS) if include_phi else [])
+
+
+def _read_batch(paths: Sequence[str], salt: str, include_phi: bool) -> tuple[pd.DataFrame, list[dict[str, str]]]:
+    """The catalog rows of a batch of files, as a DataFrame, and the files skipped.
+
+    A DataFrame per batch keeps a large scan's memory flat (a record dict per
+    file would pile up until the end) and pickles compactly from worker processes.
+    """
     records: list[dict[str, Any]] = []
     problems: list[dict[str, str]] = []
     for path in paths:
@@ -114,7 +121,7 @@ def _read_batch(
             problems.append({"path": path, "reason": _reason(exc, path)})
         except Exception as exc:  # defensive: one odd file never stops a scan
             problems.append({"path": path, "reason": f"unexpected {type(exc).__name__}: {exc}"})
-    return records, problems
+    return pd.DataFrame.from_records(records, columns=_catalog_columns(include_phi)), problems
 
 
 def _reason(exc: Exception, path: str) -> str:
@@ -143,7 +150,7 @@ def _read_in_processes(
     n_workers: int,
     salt: str,
     include_phi: bool,
-    records: list[dict[str, Any]],
+    frames: list[pd.DataFrame],
     problems: list[dict[str, str]],
     bar: Any,
 ) -> list[Sequence[str]]:
@@ -154,8 +161,8 @@ def _read_in_processes(
         with concurrent.futures.ProcessPoolExecutor(n_workers, mp_context=context) as pool:
             futures = {pool.submit(_read_batch, b, salt, include_phi): i for i, b in enumerate(batches)}
             for future in concurrent.futures.as_completed(futures):
-                recs, probs = future.result()
-                records.extend(recs)
+                frame, probs = future.result()
+                frames.append(frame)
                 problems.extend(probs)
                 done.add(futures[future])
                 bar.update(len(batches[futures[future]]))
@@ -238,22 +245,26 @@ def scan(
     salt = resolve_salt(salt)
     n_workers = cfg["workers"] if workers is None else workers
     n_workers = n_workers or os.cpu_count() or 1
-    records: list[dict[str, Any]] = []
+    frames: list[pd.DataFrame] = []
     problems: list[dict[str, str]] = []
     show = progress if progress is not None else (None if len(paths) >= 2000 else False)
     with _progress(len(paths), show, "scanning headers") as bar:
         batches = _batches(paths, 64)
         if n_workers > 1 and len(paths) >= cfg["min_files_for_processes"] and _can_fork():
             batches = _batches(paths, max(16, min(256, len(paths) // (n_workers * 8) or 1)))
-            batches = _read_in_processes(batches, n_workers, salt, include_phi, records, problems, bar)
+            batches = _read_in_processes(batches, n_workers, salt, include_phi, frames, problems, bar)
         for b in batches:  # in this process: small trees, or what a broken pool left
-            recs, probs = _read_batch(b, salt, include_phi)
-            records.extend(recs)
+            frame, probs = _read_batch(b, salt, include_phi)
+            frames.append(frame)
             problems.extend(probs)
             bar.update(len(b))
 
-    columns = list(CATALOG_COLUMNS) + (list(PHI_COLUMNS) if include_phi else [])
-    catalog = pd.DataFrame.from_records(records, columns=columns)
+    frames = [f for f in frames if len(f)]  # batches of skipped files only add no rows
+    if frames:
+        catalog = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    else:
+        catalog = pd.DataFrame(columns=_catalog_columns(include_phi))
+    del frames
     catalog = assign_stacks(catalog)
     # attrs hold plain tuples (pandas compares and copies attrs on every operation)
     catalog.attrs["problems"] = tuple(sorted((p["path"], p["reason"]) for p in problems))
