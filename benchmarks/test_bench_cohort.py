@@ -6,7 +6,8 @@ Methods (same files, same run):
 * ``simpleitk``: SimpleITK's ``ImageSeriesReader`` per series, ``np.histogram``;
 * ``ctframe_threads``: ``scan`` + ``open_cohort`` + ``summarize(regions=["scan"])`` on threads;
 * ``ctframe_cluster``: the same on a 2-process ``LocalCluster`` (started outside the timing);
-* ``floor``: pixel bytes read at their file offset and ``np.bincount`` per file, 2 processes.
+* ``floor``: pixel bytes read at their file offset and ``np.bincount`` per 32-file chunk, 2 processes
+  (offsets from a header pass done once and not timed: the cost of the data alone).
 
 Peak RSS of each method is measured in a fresh subprocess (``benchmarks/rss_probe.py``)
 and stored in the benchmark's ``extra_info``.
