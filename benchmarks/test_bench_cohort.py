@@ -9,8 +9,8 @@ Methods (same files, same run):
 * ``floor``: pixel bytes read at their file offset and ``np.bincount`` per 32-file chunk, 2 processes
   (offsets from a header pass done once and not timed: the cost of the data alone).
 
-Peak RSS of each method is measured in a fresh subprocess (``benchmarks/rss_probe.py``)
-and stored in the benchmark's ``extra_info``.
+Peak memory of each method (PSS of the process tree) is measured in fresh subprocesses
+(``benchmarks/rss_probe.py``): the median of three probes, stored in the benchmark's ``extra_info``.
 
 Run::
 
@@ -56,7 +56,7 @@ def test_bench_cohort_histogram(benchmark, method: str, n_series: int, request) 
     counts = benchmark.pedantic(func, args=(folders,), kwargs=kwargs, rounds=3, warmup_rounds=1)
     # every method counts the same voxels (the floor and ctframe drop padding/fill, the others keep it)
     assert counts.sum() > 0
-    benchmark.extra_info.update(rss_probe.run_and_sample(method, n_series))
+    benchmark.extra_info.update(rss_probe.median_of_probes(method, n_series))
 
 
 def test_bench_methods_agree_on_counts() -> None:
