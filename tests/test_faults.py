@@ -74,6 +74,36 @@ POINTS = {
 }
 
 
+#: ``ctframe`` with every stage after a kill point made slower: each read task, each table
+#: write and the figures take longer. A loaded machine could otherwise finish the whole run
+#: between this test seeing the kill point and its signal arriving; the test is about where
+#: the signal lands, not about speed, so the child is slowed, not changed.
+_SLOWED_CTFRAME = """
+import functools, sys, time
+import pandas as pd
+import ctframe.io, ctframe.report
+from ctframe.cli import app
+
+def slowed(func, seconds):
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        time.sleep(seconds)
+        return func(*args, **kwargs)
+    return wrapper
+
+ctframe.io.read_frames = slowed(ctframe.io.read_frames, 0.5)
+pd.DataFrame.to_parquet = slowed(pd.DataFrame.to_parquet, 0.3)
+pd.DataFrame.to_csv = slowed(pd.DataFrame.to_csv, 0.3)
+report = ctframe.report.write_figures_and_report
+ctframe.report.write_figures_and_report = lambda *a, **k: (report(*a, **k), time.sleep(3))[0]
+app(prog_name="ctframe")
+"""
+
+
+def _slowed_command(*args: str) -> list[str]:
+    return [sys.executable, "-c", _SLOWED_CTFRAME, *args]
+
+
 def _wait_for(proc: subprocess.Popen, parent: Path, line: str | None, inside: str | None, timeout_s: float) -> str:
     """Block until the kill point is reached; return the stderr read so far."""
     seen: list[str] = []
@@ -113,7 +143,7 @@ def test_summarize__killed_run_leaves_no_half_written_outdir(
     outdir = tmp_path / "summary"
     line, inside = POINTS[point]
     proc = subprocess.Popen(
-        _command("summarize", str(cohort_root), "-o", str(outdir)),
+        _slowed_command("summarize", str(cohort_root), "-o", str(outdir)),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
