@@ -77,8 +77,13 @@ POINTS = {
 #: ``ctframe`` with every stage after a kill point made slower: each read task, each table
 #: write and the figures take longer. A loaded machine could otherwise finish the whole run
 #: between this test seeing the kill point and its signal arriving; the test is about where
-#: the signal lands, not about speed, so the child is slowed, not changed.
+#: the signal lands, not about speed, so the child is slowed, not changed. The child also
+#: takes SIGINT as a terminal-launched process does: a shell starts background jobs with
+#: SIGINT ignored, and children inherit that (a CI runner launched that way made the
+#: SIGINT cases run to completion).
 _SLOWED_CTFRAME = """
+import signal
+signal.signal(signal.SIGINT, signal.default_int_handler)
 import functools, sys, time
 import pandas as pd
 import ctframe.io, ctframe.report
