@@ -34,7 +34,7 @@ import pandas as pd
 import xarray as xr
 
 from ctframe.config import get_config
-from ctframe.errors import CohortWarning, CTFrameError, NoSeriesError, QCWarning
+from ctframe.errors import CohortWarning, CTFrameError, NoSeriesError
 from ctframe.execution import Scheduler, compute
 from ctframe.histogram import (
     CATEGORIES,
@@ -254,12 +254,10 @@ def open_cohort(
     for _, group in table.groupby("study_uid", sort=True):
         for idx in group.index[group["candidate"]]:
             key = table.at[idx, "stack_key"]
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", QCWarning)  # QC notes are in the series table
-                    volume = volume_from_catalog(
-                        catalog[catalog["stack_key"] == key], slices_per_chunk=slices_per_chunk
-                    )
+            try:  # QC notes are in the series table already: no warnings, no second QC pass
+                volume = volume_from_catalog(
+                    catalog[catalog["stack_key"] == key], slices_per_chunk=slices_per_chunk, qc_warnings=False
+                )
             except CTFrameError as exc:
                 table.loc[idx, ["selected", "candidate"]] = False
                 table.loc[idx, "selection_reason"] = f"excluded: could not open ({exc})"

@@ -121,8 +121,8 @@ def _choose_stack(catalog: pd.DataFrame, series: str | None, source: Source) -> 
     return catalog
 
 
-def _check_stack(rows: pd.DataFrame) -> list[str]:
-    """Raise on what makes a stack unopenable; return QC notes worth a warning."""
+def _check_stack(rows: pd.DataFrame) -> None:
+    """Raise on what makes a stack unopenable."""
     key = rows["stack_key"].iloc[0]
     shapes = rows.groupby(["rows", "columns"]).size()
     if len(shapes) > 1:
@@ -164,6 +164,10 @@ def _check_stack(rows: pd.DataFrame) -> list[str]:
                 f"series {key}: {rows['path'].iloc[i]} and {rows['path'].iloc[i + 1]} share slice position "
                 f"{positions[i]:.3f} mm ({dup.size} duplicate(s)); pass the catalog rows of one acquisition"
             )
+
+
+def _qc_notes(rows: pd.DataFrame) -> list[str]:
+    """The QC flags of one stack worth a warning, in words."""
     qc = series_table(rows).iloc[0]
     notes = [text for flag, text in WARN_FLAGS.items() if qc[flag]]
     if qc["n_missing_slices"]:
@@ -179,7 +183,9 @@ def _attr_value(value: Any) -> Any:
     return value
 
 
-def volume_from_catalog(rows: pd.DataFrame, *, slices_per_chunk: int | None = None) -> xr.DataArray:
+def volume_from_catalog(
+    rows: pd.DataFrame, *, slices_per_chunk: int | None = None, qc_warnings: bool = True
+) -> xr.DataArray:
     """Build the lazy DataArray of one stack from its catalog rows.
 
     Parameters
@@ -188,6 +194,11 @@ def volume_from_catalog(rows: pd.DataFrame, *, slices_per_chunk: int | None = No
         Catalog rows of exactly one stack (see :func:`ctframe.scan.assign_stacks`).
     slices_per_chunk : int, optional
         Slices per dask chunk (default ``io.slices_per_chunk``).
+    qc_warnings : bool
+        Warn (QCWarning) about the stack's QC flags (gaps, irregular spacing,
+        tilt...). Callers that hold the series table already, such as
+        :func:`ctframe.open_cohort`, turn this off rather than compute the
+        flags a second time.
 
     Returns
     -------
@@ -203,8 +214,9 @@ def volume_from_catalog(rows: pd.DataFrame, *, slices_per_chunk: int | None = No
     if rows["stack_key"].nunique() != 1:
         raise MultipleSeriesError("volume_from_catalog needs the rows of exactly one stack")
     rows = rows.sort_values(["slice_position_mm", "path", "frame"], ignore_index=True)
-    notes = _check_stack(rows)
+    _check_stack(rows)
     key = str(rows["stack_key"].iloc[0])
+    notes = _qc_notes(rows) if qc_warnings else []
     if notes:
         warnings.warn(f"series {key}: {'; '.join(notes)}", QCWarning, stacklevel=3)
 

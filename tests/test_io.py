@@ -11,6 +11,7 @@ import pytest
 from pydicom.pixels import apply_modality_lut
 
 import ctframe
+from ctframe.cohort import open_cohort
 from ctframe.errors import (
     DicomReadError,
     InconsistentSeriesError,
@@ -147,6 +148,20 @@ def test_open_series__duplicates_raise_and_gaps_warn(tmp_path: Path) -> None:
         volume = ctframe.open_series(tmp_path / "gap")
     assert volume.sizes["slice"] == 5
     assert np.diff(volume["slice"].values).max() == pytest.approx(6.0)
+
+
+def test_open_cohort__gapped_stack_opens_without_a_second_qc_pass(tmp_path: Path) -> None:
+    # open_cohort keeps the gap flag in its series table and asks volume_from_catalog for no QC warning
+    write_phantom_series(tmp_path / "gap", shape=(6, 32, 32), spacing_mm=(3.0, 8.0, 8.0), drop_slices=[3])
+    catalog = ctframe.scan(tmp_path / "gap")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", QCWarning)
+        cohort = open_cohort(catalog)
+        quiet = ctframe.io.volume_from_catalog(catalog, qc_warnings=False)
+    assert cohort.series["has_gaps"].all()
+    with pytest.warns(QCWarning, match="gaps"):
+        loud = ctframe.io.volume_from_catalog(catalog)
+    assert quiet.sizes == loud.sizes == next(iter(cohort.volumes.values())).sizes
 
 
 def test_open_series__inconsistent_sizes_raise(tmp_path: Path) -> None:
