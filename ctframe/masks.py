@@ -53,6 +53,11 @@ def _series_name(volume: xr.DataArray) -> str:
     return str(volume.attrs.get("stack_key", volume.attrs.get("series_uid", volume.name or "(unnamed volume)")))
 
 
+def _slice_positions(like: xr.DataArray) -> np.ndarray:
+    """ImagePositionPatient of every slice, (n_slices, 3) in mm; KeyError when the coords are missing."""
+    return np.stack([np.asarray(like[f"position_{axis}_mm"].values, float) for axis in "xyz"], axis=1)
+
+
 def grid_affine(like: xr.DataArray) -> np.ndarray:
     """4x4 affine from (slice, row, col) indices of `like` to patient LPS mm.
 
@@ -83,8 +88,7 @@ def grid_affine(like: xr.DataArray) -> np.ndarray:
         raise ParameterError("masks need the volume as a DataArray with dims (slice, row, col) (ctframe.open_series)")
     try:
         orientation = np.asarray(like.attrs["orientation"], float)
-        positions = np.stack([np.asarray(like[c].values, float) for c in ("position_x_mm", "position_y_mm",
-                                                                           "position_z_mm")], axis=1)  # fmt: skip
+        positions = _slice_positions(like)
     except KeyError as exc:
         raise ParameterError(
             f"series {_series_name(like)} has no DICOM geometry ({exc} missing); open it with ctframe.open_series"
@@ -469,8 +473,7 @@ def read_rtstruct(
     labels = {number: i + 1 for i, number in enumerate(chosen)}
 
     affine = grid_affine(like)
-    positions = np.stack([np.asarray(like[c].values, float) for c in ("position_x_mm", "position_y_mm",
-                                                                       "position_z_mm")], axis=1)  # fmt: skip
+    positions = _slice_positions(like)
     orientation = np.asarray(like.attrs["orientation"], float)
     row_dir, col_dir = orientation[:3], orientation[3:]
     normal = np.cross(row_dir, col_dir)
