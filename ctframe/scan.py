@@ -260,10 +260,7 @@ def scan(
             bar.update(len(b))
 
     frames = [f for f in frames if len(f)]  # batches of skipped files only add no rows
-    if frames:
-        catalog = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
-    else:
-        catalog = pd.DataFrame(columns=_catalog_columns(include_phi))
+    catalog = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=_catalog_columns(include_phi))
     del frames
     catalog = assign_stacks(catalog)
     # attrs hold plain tuples (pandas compares and copies attrs on every operation)
