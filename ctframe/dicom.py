@@ -32,6 +32,7 @@ from pydicom.uid import UID
 from pydicom.values import convert_value, default_encoding
 
 from ctframe.errors import DicomReadError, UnsupportedDicomError
+from ctframe.header_fastpath import RawHeader, parse_header
 from ctframe.privacy import patient_key
 
 __all__ = [
@@ -90,6 +91,10 @@ _PIXEL_TAGS = frozenset(
 )
 
 
+#: A parsed header: pydicom's dataset, or the fast path's view of the same elements.
+Header = Dataset | RawHeader
+
+
 class SliceRef(NamedTuple):
     """Where one 2-D frame lives and how it is encoded (what a read task needs)."""
 
@@ -135,7 +140,7 @@ _PLAIN_VRS = frozenset(
 _CODE_STRING_VRS = frozenset({"AE", "AS", "CS", "DA", "DT", "TM"})
 
 
-def _convert_raw(element: RawDataElement, ds: Dataset) -> Any:
+def _convert_raw(element: RawDataElement, ds: Header) -> Any:
     """The value of a raw element, as pydicom would convert it, at less cost.
 
     ``convert_raw_data_element`` builds and validates a whole ``DataElement``;
@@ -147,7 +152,9 @@ def _convert_raw(element: RawDataElement, ds: Dataset) -> Any:
     """
     vr = element.VR if element.VR is not None else _dictionary_vr(element.tag)
     if not element.value or vr not in _PLAIN_VRS:
-        return convert_raw_data_element(element, encoding=ds.original_character_set, ds=ds).value
+        # pydicom consults the dataset only for a private tag's creator
+        dataset = ds.dataset if isinstance(ds, RawHeader) and element.tag.is_private else ds
+        return convert_raw_data_element(element, encoding=ds.original_character_set, ds=dataset).value
     if vr == "UI" or (vr in _CODE_STRING_VRS and not pydicom.config.datetime_conversion):
         text = element.value.decode(default_encoding)
         items = text.rstrip(" \x00").split("\\")
@@ -157,17 +164,20 @@ def _convert_raw(element: RawDataElement, ds: Dataset) -> Any:
     return convert_value(vr, element, ds.original_character_set)
 
 
-def _get(ds: Dataset, keyword: str, default: Any = None) -> Any:
+def _get(ds: Header, keyword: str, default: Any = None) -> Any:
     """Read one element, turning malformed values into `default`.
 
     Raw elements are converted without storing the result back in the
     dataset (``Dataset.get`` would; see :func:`_convert_raw`), which makes a
     header pass markedly faster; sequences and elements pydicom already
-    converted go through ``Dataset.get``.
+    converted go through ``Dataset.get`` (which, on a fast-path
+    :class:`~ctframe.header_fastpath.RawHeader`, builds the pydicom dataset).
     """
     tag = _tag(keyword)
     try:
         element = ds.get_item(tag) if tag is not None else None
+        if element is None:
+            return default
         if isinstance(element, RawDataElement) and element.VR != "SQ":
             value = _convert_raw(element, ds)
         else:
@@ -177,7 +187,7 @@ def _get(ds: Dataset, keyword: str, default: Any = None) -> Any:
     return default if value is None or value == "" else value
 
 
-def _get_number(ds: Dataset, keyword: str) -> Any:
+def _get_number(ds: Header, keyword: str) -> Any:
     """A DS element as a float (or a list of floats for several values).
 
     Parses the raw text straight to float, which gives the same numbers as
@@ -308,7 +318,7 @@ def _file_kind(mode: int) -> str:
     return next((name for test, name in kinds if test(mode)), "not a plain file")
 
 
-def _open_dataset(path: str) -> tuple[Dataset, int, bool, int]:
+def _open_dataset(path: str) -> tuple[Header, int, bool, int]:
     """Parse the header of `path`.
 
     Returns the dataset, the offset of native little-endian pixel bytes (or -1),
@@ -329,18 +339,12 @@ def _open_dataset(path: str) -> tuple[Dataset, int, bool, int]:
             fp.seek(0)
             if magic == b"\x1f\x8b":
                 raise DicomReadError(f"{path}: gzip-compressed file, not DICOM; decompress it (gunzip) and scan again")
-            with warnings.catch_warnings():
-                # pydicom warns about every odd value; bad values surface as problems instead
-                warnings.simplefilter("ignore")
-                try:
-                    ds = pydicom.dcmread(fp, stop_before_pixels=True)
-                except InvalidDicomError:
-                    fp.seek(0)
-                    ds = pydicom.dcmread(fp, stop_before_pixels=True, force=True)
-                    if "SOPClassUID" not in ds:
-                        raise DicomReadError(
-                            f"{path}: not a DICOM file (no 'DICM' preamble and no recognisable dataset)"
-                        ) from None
+            ds: Header | None = parse_header(fp, size)  # common layouts, read as pydicom would
+            if ds is not None:
+                fp.seek(size if ds.pixel_element_offset < 0 else ds.pixel_element_offset)
+            else:
+                fp.seek(0)
+                ds = _dcmread_header(fp, path)
             offset = fp.tell()
             fp.seek(offset)
             head = fp.read(6)
@@ -356,6 +360,23 @@ def _open_dataset(path: str) -> tuple[Dataset, int, bool, int]:
     except Exception as exc:  # pydicom raises many types on corrupt input
         raise DicomReadError(f"{path}: unreadable DICOM header ({type(exc).__name__}: {exc})") from None
     return ds, offset, has_pixels, size
+
+
+def _dcmread_header(fp: Any, path: str) -> Dataset:
+    """Read a header with pydicom (every file the fast path declines); `fp` is left where pydicom stopped."""
+    with warnings.catch_warnings():
+        # pydicom warns about every odd value; bad values surface as problems instead
+        warnings.simplefilter("ignore")
+        try:
+            return pydicom.dcmread(fp, stop_before_pixels=True)
+        except InvalidDicomError:
+            fp.seek(0)
+            ds = pydicom.dcmread(fp, stop_before_pixels=True, force=True)
+            if "SOPClassUID" not in ds:
+                raise DicomReadError(
+                    f"{path}: not a DICOM file (no 'DICM' preamble and no recognisable dataset)"
+                ) from None
+            return ds
 
 
 def _has_pixels_full_read(path: str) -> bool:

@@ -192,14 +192,16 @@ def _header_outcome(path: Path) -> pd.DataFrame | str:
 
 
 def test_read_header__fast_value_conversion_equals_pydicom_on_every_shared_file(shared_data: Path, monkeypatch) -> None:
-    # the fast path (pydicom's value converter, DS text straight to float) against
-    # pydicom's full element conversion, on every file of ../shared/data
+    # the fast paths (the header parser of ctframe.header_fastpath, pydicom's value
+    # converter, DS text straight to float) against pydicom's dcmread and full
+    # element conversion, on every file of ../shared/data
     paths = sorted(p for p in shared_data.rglob("*") if p.is_file())
     fast = {p: _header_outcome(p) for p in paths}
 
     def pydicom_conversion(element, ds):
         return convert_raw_data_element(element, encoding=ds.original_character_set, ds=ds).value
 
+    monkeypatch.setattr(dicom, "parse_header", lambda fp, size: None)  # pydicom's dcmread for every header
     monkeypatch.setattr(dicom, "_convert_raw", pydicom_conversion)
     monkeypatch.setattr(dicom, "_get_number", dicom._get)
     n_images = 0

@@ -1,0 +1,204 @@
+"""The header fast path gives exactly pydicom's dataset, or declines and leaves the file to pydicom."""
+
+from __future__ import annotations
+
+import io
+import struct
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pydicom
+import pytest
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import encapsulate
+from pydicom.sequence import Sequence
+from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+from ctframe import dicom
+from ctframe.header_fastpath import parse_header
+from ctframe.testing import write_phantom_series
+
+
+def _elements(ds: Dataset) -> list[tuple[Any, ...]]:
+    """Everything pydicom stored for each element, items of sequences included."""
+    out: list[tuple[Any, ...]] = []
+    for tag in sorted(ds._dict):  # the stored (raw) elements, not converted ones
+        element = ds._dict[tag]
+        if isinstance(element, DataElement) and element.VR == "SQ":
+            items = [_elements(item) for item in element.value]
+            out.append((tag, "SQ", element.file_tell, element.is_undefined_length, items))
+        elif isinstance(element, DataElement):  # converted when the dataset was read
+            out.append((tag, element.VR, element.file_tell, repr(element.value)))
+        else:
+            out.append(tuple(element))
+    return out
+
+
+def _pydicom_reference(path: Path) -> tuple[Dataset, int] | None:
+    try:
+        with open(path, "rb") as fp, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(fp, stop_before_pixels=True)
+            return ds, fp.tell()
+    except Exception:
+        return None  # pydicom cannot read it without force: the fast path must decline
+
+
+def _fast(path: Path):
+    with open(path, "rb") as fp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return parse_header(fp, path.stat().st_size)
+
+
+def assert_same_as_pydicom(path: Path) -> bool:
+    """Assert the fast path equals pydicom on `path`; return whether it took the file."""
+    fast = _fast(path)
+    reference = _pydicom_reference(path)
+    if fast is None:
+        return False
+    assert reference is not None, f"{path}: fast path read a file pydicom rejects"
+    ds, stopped_at = reference
+    size = path.stat().st_size
+    assert (fast.pixel_element_offset if fast.pixel_element_offset >= 0 else size) == stopped_at, path
+    # the raw elements, before anything converts them...
+    raw = Dataset(dict(ds._dict))
+    assert _elements(Dataset(fast._elements)) == _elements(raw) or _same_once_converted(fast, ds), path
+    assert len(fast) == len(ds) and all(keyword in fast for keyword in ds.dir())
+    assert fast.original_character_set == ds.original_character_set, path
+    assert (fast.is_implicit_VR, fast.is_little_endian) == (ds.is_implicit_VR, ds.is_little_endian), path
+    # ...and the dataset built on demand, as pydicom left it after reading
+    assert _elements(fast.dataset) == _elements(ds), path
+    assert _elements(fast.file_meta.dataset) == _elements(ds.file_meta), path
+    assert _elements(Dataset(fast.file_meta._elements)) == _elements(Dataset(_raw_meta(path))), path
+    assert fast.dataset.original_encoding == ds.original_encoding, path
+    return True
+
+
+def _same_once_converted(fast, ds: Dataset) -> bool:
+    """pydicom converts a few elements while reading (the character set): compare those converted."""
+    for tag, element in ds._dict.items():
+        mine = fast._elements.get(tag)
+        if mine is None:
+            return False
+        if isinstance(element, DataElement) and not isinstance(mine, DataElement):
+            if Dataset({tag: mine})[tag].value != element.value:
+                return False
+        elif _elements(Dataset({tag: mine})) != _elements(Dataset({tag: element})):
+            return False
+    return len(ds._dict) == len(fast._elements)
+
+
+def _raw_meta(path: Path) -> dict:
+    """The file meta elements as pydicom's generator yields them, before any conversion."""
+    from pydicom.filereader import read_dataset, read_preamble
+
+    with open(path, "rb") as fp:
+        read_preamble(fp, False)
+        return dict(read_dataset(fp, False, True, stop_when=lambda tag, vr, length: tag >> 16 != 2)._dict)
+
+
+def test_parse_header__equals_pydicom_on_every_shared_file(shared_data: Path) -> None:
+    paths = sorted(p for p in shared_data.rglob("*") if p.is_file())
+    taken = {p for p in paths if assert_same_as_pydicom(p)}
+    series = [p for p in paths if p.suffix in (".dcm", "") and p.name.startswith(("1-", "19", "I"))]
+    # the real series (LIDC, covid slices, Philips dcm_qa_ct) all go through the fast path...
+    assert len(series) > 270 and all(p in taken for p in series), sorted(set(series) - taken)[:5]
+    # ...and awkward files that pydicom reads its own way are left to it
+    edge = shared_data / "edge-cases" / "pydicom-3.0.2"
+    for name in ("MR_small_bigendian.dcm", "image_dfl.dcm", "no_meta.dcm"):
+        if (edge / name).exists():
+            assert edge / name not in taken, name
+
+
+def _file(dataset: Dataset, syntax: str, *, pixels: bytes | None = b"\x00\x01" * 4) -> bytes:
+    dataset = Dataset(dataset)
+    dataset.file_meta = FileMetaDataset()
+    dataset.file_meta.TransferSyntaxUID = syntax
+    dataset.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    dataset.file_meta.MediaStorageSOPInstanceUID = "1.2.3.4"
+    if pixels is not None:
+        dataset.Rows, dataset.Columns, dataset.BitsAllocated = 2, 2, 16
+        if UID(syntax).is_compressed:
+            dataset.PixelData = encapsulate([pixels])
+            dataset["PixelData"].VR, dataset["PixelData"].is_undefined_length = "OB", True
+        else:
+            dataset.PixelData = pixels
+            dataset["PixelData"].VR = "OW"
+    buffer = io.BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True, implicit_vr=syntax == ImplicitVRLittleEndian,
+                    little_endian=syntax != ExplicitVRBigEndian)  # fmt: skip
+    return buffer.getvalue()
+
+
+def _header(**keywords: Any) -> Dataset:
+    ds = Dataset()
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    ds.Modality = "CT"
+    for keyword, value in keywords.items():
+        setattr(ds, keyword, value)
+    return ds
+
+
+@pytest.mark.parametrize("syntax", [ImplicitVRLittleEndian, ExplicitVRLittleEndian, "1.2.840.10008.1.2.4.70"])
+def test_parse_header__sequences_and_character_sets_as_pydicom(tmp_path: Path, syntax: str) -> None:
+    item = Dataset()
+    item.CodeValue, item.CodeMeaning = "T-D3000", "Chest"
+    nested = Dataset()
+    nested.ReferencedSOPInstanceUID = "1.2.3"
+    item.ReferencedImageSequence = Sequence([nested])
+    ds = _header(SpecificCharacterSet="ISO_IR 100", PatientName="Müller^Jörg", AnatomicRegionSequence=Sequence([item]))
+    ds["AnatomicRegionSequence"].is_undefined_length = True  # written with delimiters
+    ds.SeriesDescription = "élan"
+    path = tmp_path / "seq.dcm"
+    path.write_bytes(_file(ds, syntax))
+    assert assert_same_as_pydicom(path)
+    assert _fast(path).get("AnatomicRegionSequence")[0].CodeMeaning == "Chest"
+
+
+def test_parse_header__declines_what_pydicom_reads_its_own_way(tmp_path: Path) -> None:
+    whole = _file(_header(SeriesDescription="x" * 40), ExplicitVRLittleEndian)
+    cases = {
+        "big-endian": _file(_header(), ExplicitVRBigEndian),
+        "no preamble": whole[132:],
+        "cut inside an element": whole[: whole.index(b"x" * 40) + 10],
+        "a few trailing bytes": _file(_header(), ExplicitVRLittleEndian, pixels=None) + b"\x00\x00\x01",
+    }
+    for name, content in cases.items():
+        path = tmp_path / f"{name}.dcm"
+        path.write_bytes(content)
+        assert _fast(path) is None, name
+
+
+def test_parse_header__no_pixel_data_reads_to_the_end(tmp_path: Path) -> None:
+    path = tmp_path / "sr.dcm"
+    path.write_bytes(_file(_header(SeriesDescription="report"), ExplicitVRLittleEndian, pixels=None))
+    assert assert_same_as_pydicom(path)
+    assert _fast(path).pixel_element_offset == -1
+
+
+def test_parse_header__header_longer_than_one_read(tmp_path: Path) -> None:
+    # values that straddle the 16 KiB read buffer are fetched whole
+    ds = _header(
+        ImageComments="a" * 9_000,
+        AdditionalPatientHistory="d" * 9_000,
+        StudyDescription="b" * 60,
+        SeriesDescription="c" * 60,
+    )
+    path = tmp_path / "long.dcm"
+    path.write_bytes(_file(ds, ExplicitVRLittleEndian))
+    assert assert_same_as_pydicom(path)
+
+
+def test_read_header__records_identical_with_and_without_the_fast_path(tmp_path: Path, monkeypatch) -> None:
+    write_phantom_series(tmp_path / "s", shape=(6, 32, 32), return_arrays=False)
+    paths = sorted((tmp_path / "s").glob("*.dcm"))
+    fast = pd.DataFrame([r for p in paths for r in dicom.read_header(p, salt="s")])
+    monkeypatch.setattr(dicom, "parse_header", lambda fp, size: None)
+    slow = pd.DataFrame([r for p in paths for r in dicom.read_header(p, salt="s")])
+    pd.testing.assert_frame_equal(fast, slow)
+    assert np.isfinite(fast["position_z_mm"]).all() and (fast["pixel_data_offset"] > 0).all()
+    assert struct.calcsize("<HHL") == 8  # the implicit VR element head the fast path unpacks
