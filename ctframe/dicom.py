@@ -25,9 +25,10 @@ import numpy as np
 import pandas as pd
 import pydicom
 from pydicom.datadict import dictionary_VR, tag_for_keyword
-from pydicom.dataelem import RawDataElement, convert_raw_data_element
+from pydicom.dataelem import RawDataElement, convert_raw_data_element, empty_value_for_VR
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.tag import BaseTag
 from pydicom.uid import UID
 from pydicom.values import convert_value, default_encoding
 
@@ -151,6 +152,8 @@ def _convert_raw(element: RawDataElement, ds: Header) -> Any:
     pydicom must disambiguate, UN, private tags) takes pydicom's full path.
     """
     vr = element.VR if element.VR is not None else _dictionary_vr(element.tag)
+    if vr in _PLAIN_VRS and element.length == 0:
+        return empty_value_for_VR(vr)  # what convert_value gives an empty value
     if not element.value or vr not in _PLAIN_VRS:
         # pydicom consults the dataset only for a private tag's creator
         dataset = ds.dataset if isinstance(ds, RawHeader) and element.tag.is_private else ds
@@ -161,7 +164,50 @@ def _convert_raw(element: RawDataElement, ds: Header) -> Any:
         if vr == "UI":
             items = [item.strip() for item in items]
         return items[0] if len(items) == 1 else items
-    return convert_value(vr, element, ds.original_character_set)
+    encodings = ds.original_character_set
+    key = tuple(encodings) if isinstance(encodings, list | tuple) else (encodings,)
+    return _convert_value(vr, element.value, element.is_little_endian, key, _conversion_settings())
+
+
+def _conversion_settings() -> tuple[Any, ...]:
+    """The pydicom settings a value conversion depends on (part of the memo key)."""
+    config = pydicom.config
+    return (config.use_DS_decimal, config.use_DS_numpy, config.use_IS_numpy, config.settings.reading_validation_mode)
+
+
+@functools.lru_cache(maxsize=4096)
+def _convert_value(vr: str, value: bytes, is_little_endian: bool, encodings: tuple[str, ...], settings: tuple) -> Any:
+    """``pydicom.values.convert_value``, memoised: the slices of a series repeat most values.
+
+    The result depends only on the arguments (the memo key includes the
+    pydicom settings that change conversions); callers only read it.
+    """
+    element = RawDataElement(BaseTag(0), vr, len(value), value, 0, False, is_little_endian)
+    return convert_value(vr, element, list(encodings))
+
+
+def _get_int(ds: Header, keyword: str, default: int = -1) -> int:
+    """An integer element as ``int``: the same as ``_int(_get(ds, keyword), default)``, at less cost.
+
+    Single US/SS values are read from their two bytes and IS text goes straight
+    to ``int`` (what ``int(pydicom.valuerep.IS(text))`` gives for a plain
+    integer); multiple values, other VRs and any text ``int`` rejects take
+    :func:`_get`.
+    """
+    element = ds.get_item(_tag(keyword))
+    if element is None:
+        return default
+    if isinstance(element, RawDataElement) and element.value and element.is_little_endian:
+        vr = element.VR if element.VR is not None else _dictionary_vr(element.tag)
+        value = element.value
+        if vr in ("US", "SS") and len(value) == 2:
+            return int.from_bytes(value, "little", signed=vr == "SS")
+        if vr == "IS" and b"\\" not in value:
+            try:
+                return int(value)
+            except ValueError:
+                pass
+    return _int(_get(ds, keyword), default)
 
 
 def _get(ds: Header, keyword: str, default: Any = None) -> Any:
@@ -244,10 +290,9 @@ def _orientation(value: Any) -> list[float]:
     meaningless slice normal, so it counts as missing.
     """
     iop = _floats(value, 6)
-    row, col = np.array(iop[:3]), np.array(iop[3:])
-    with np.errstate(all="ignore"):
-        unit = abs(np.linalg.norm(row) - 1) <= 0.01 and abs(np.linalg.norm(col) - 1) <= 0.01
-        orthogonal = abs(float(row @ col)) <= 0.01
+    row, col = iop[:3], iop[3:]
+    unit = abs(math.hypot(*row) - 1) <= 0.01 and abs(math.hypot(*col) - 1) <= 0.01
+    orthogonal = abs(row[0] * col[0] + row[1] * col[1] + row[2] * col[2]) <= 0.01
     return iop if unit and orthogonal else [float("nan")] * 6
 
 
@@ -435,7 +480,7 @@ def _records(path: str, *, salt: str | None, include_phi: bool) -> list[dict[str
     sop_class = str(_get(ds, "SOPClassUID", "") or media_class)
     if sop_class == DICOMDIR_CLASS or "DirectoryRecordSequence" in ds:
         raise UnsupportedDicomError(f"{path}: DICOMDIR (a media index), not an image; scan the folders it indexes")
-    rows, columns = _int(_get(ds, "Rows")), _int(_get(ds, "Columns"))
+    rows, columns = _get_int(ds, "Rows"), _get_int(ds, "Columns")
     if rows > 0 and columns > 0 and not has_pixels:
         has_pixels = _has_pixels_full_read(path)  # deflated streams hide the tag from a header read
     if rows <= 0 or columns <= 0 or not has_pixels:
@@ -455,10 +500,10 @@ def _records(path: str, *, salt: str | None, include_phi: bool) -> list[dict[str
     ts = UID(ts_uid)
     lossy_flag = str(_get(ds, "LossyImageCompression", ""))
     is_lossy = lossy_flag == "01" or ts_uid in LOSSY_SYNTAXES or (ts_uid in MAYBE_LOSSY_SYNTAXES and lossy_flag != "00")
-    bits_allocated = _int(_get(ds, "BitsAllocated"), 0)
-    pixel_representation = _int(_get(ds, "PixelRepresentation"), 0)
-    n_frames = max(_int(_get(ds, "NumberOfFrames"), 1), 1)
-    _check_frames_fit(path, size, n_frames, rows, columns, bits_allocated, _int(_get(ds, "SamplesPerPixel"), 1), ts)
+    bits_allocated = _get_int(ds, "BitsAllocated", 0)
+    pixel_representation = _get_int(ds, "PixelRepresentation", 0)
+    n_frames = max(_get_int(ds, "NumberOfFrames", 1), 1)
+    _check_frames_fit(path, size, n_frames, rows, columns, bits_allocated, _get_int(ds, "SamplesPerPixel", 1), ts)
     study_date = str(_get(ds, "StudyDate", ""))
     study_time = str(_get(ds, "StudyTime", ""))
     patient_id = _get(ds, "PatientID")
@@ -479,22 +524,22 @@ def _records(path: str, *, salt: str | None, include_phi: bool) -> list[dict[str
         "study_time": study_time,
         "study_datetime": _study_datetime(study_date, study_time),
         "series_uid": str(_get(ds, "SeriesInstanceUID", "")),
-        "series_number": _int(_get(ds, "SeriesNumber")),
+        "series_number": _get_int(ds, "SeriesNumber"),
         "series_description": str(_get(ds, "SeriesDescription", "")),
-        "acquisition_number": _int(_get(ds, "AcquisitionNumber")),
+        "acquisition_number": _get_int(ds, "AcquisitionNumber"),
         "modality": str(_get(ds, "Modality", "")),
         "sop_class_uid": sop_class,
         "sop_class": UID(sop_class).name if sop_class else "",
         "sop_instance_uid": str(_get(ds, "SOPInstanceUID", "")),
-        "instance_number": _int(_get(ds, "InstanceNumber")),
+        "instance_number": _get_int(ds, "InstanceNumber"),
         "image_type": _multi_str(_get(ds, "ImageType")),
         "frame_of_reference_uid": str(_get(ds, "FrameOfReferenceUID", "")),
         "rows": rows,
         "columns": columns,
-        "samples_per_pixel": _int(_get(ds, "SamplesPerPixel"), 1),
+        "samples_per_pixel": _get_int(ds, "SamplesPerPixel", 1),
         "photometric": str(_get(ds, "PhotometricInterpretation", "")),
         "bits_allocated": bits_allocated,
-        "bits_stored": _int(_get(ds, "BitsStored"), bits_allocated),
+        "bits_stored": _get_int(ds, "BitsStored", bits_allocated),
         "pixel_representation": pixel_representation,
         "padding_value": _padding_value(_get(ds, "PixelPaddingValue"), bits_allocated, pixel_representation),
         "padding_range_limit": _padding_value(_get(ds, "PixelPaddingRangeLimit"), bits_allocated, pixel_representation),

@@ -72,11 +72,11 @@ class RawHeader:
 
     def __init__(
         self,
-        elements: dict[BaseTag, RawDataElement | DataElement],
+        elements: dict[int, _Entry],
         *,
         is_implicit_VR: bool,
         original_character_set: str | MutableSequence[str],
-        build: Callable[[], Dataset],
+        build: Callable[[dict[BaseTag, RawDataElement | DataElement]], Dataset],
         file_meta: RawHeader | None = None,
         pixel_element_offset: int = -1,
     ) -> None:
@@ -94,12 +94,20 @@ class RawHeader:
     def dataset(self) -> Dataset:
         """The ``FileDataset`` (or ``FileMetaDataset``) ``dcmread(..., stop_before_pixels=True)`` gives."""
         if self._dataset is None:
-            self._dataset = self._build()
+            self._dataset = self._build(self.raw_elements())
         return self._dataset
 
     def get_item(self, tag: int) -> RawDataElement | DataElement | None:
         """The element stored for `tag` (raw unless pydicom converted it while reading), or None."""
-        return self._elements.get(tag)  # type: ignore[call-overload]
+        entry = self._elements.get(tag)
+        return entry if entry is None or isinstance(entry, DataElement) else _raw_element(tag, entry)
+
+    def raw_elements(self) -> dict[BaseTag, RawDataElement | DataElement]:
+        """Every element, keyed by tag, as pydicom's ``read_dataset`` collects them."""
+        return {
+            BaseTag(tag): entry if isinstance(entry, DataElement) else _raw_element(tag, entry)
+            for tag, entry in self._elements.items()
+        }
 
     def get(self, keyword: str, default: Any = None) -> Any:
         """``Dataset.get``: the converted value of `keyword`, through the dataset."""
@@ -111,6 +119,16 @@ class RawHeader:
 
     def __len__(self) -> int:
         return len(self._elements)
+
+
+#: What the walk keeps of a raw element: (VR, length, value, value offset, implicit VR);
+#: the RawDataElement is made when asked for. Undefined-length sequences are DataElements.
+_Entry = tuple[str | None, int, bytes | None, int, bool] | DataElement
+
+
+def _raw_element(tag: int, entry: tuple[str | None, int, bytes | None, int, bool]) -> RawDataElement:
+    vr, length, value, value_at, implicit = entry
+    return RawDataElement(BaseTag(tag), vr, length, value, value_at, implicit, True)
 
 
 class _Decline(Exception):
@@ -169,10 +187,10 @@ def _parse(reader: _Reader) -> RawHeader:
         raise _Decline
     preamble = buf[:128]
     meta, position, _ = _read_elements(reader, 132, implicit=False, encoding=default_encoding, meta=True)
-    syntax_element = meta.get(0x00020010)  # type: ignore[call-overload]
-    if syntax_element is None or position < 0:
+    syntax_entry = meta.get(0x00020010)
+    if not isinstance(syntax_entry, tuple) or position < 0:
         raise _Decline  # no transfer syntax, or nothing after the file meta
-    syntax = str(convert_raw_data_element(syntax_element).value)
+    syntax = str(convert_raw_data_element(_raw_element(0x00020010, syntax_entry)).value)
     if syntax in _DECLINED_SYNTAXES or not syntax.startswith("1.2.840.10008.1.2"):
         raise _Decline  # big endian, deflated, private or unknown syntaxes
     implicit = syntax == IMPLICIT_VR_LITTLE_ENDIAN
@@ -185,8 +203,9 @@ def _parse(reader: _Reader) -> RawHeader:
         raise _Decline  # the dataset's VR encoding differs from its transfer syntax
     elements, pixel_offset, _ = _read_elements(reader, position, implicit=implicit, encoding=default_encoding)
 
-    def build_meta() -> FileMetaDataset:  # as _read_file_meta_info and read_partial leave it
-        file_meta = FileMetaDataset(dict(meta))  # a copy: converting must not touch the raw elements
+    def build_meta(raw: dict[BaseTag, RawDataElement | DataElement]) -> FileMetaDataset:
+        # as _read_file_meta_info and read_partial leave it
+        file_meta = FileMetaDataset(raw)
         file_meta.set_original_encoding(
             is_implicit_vr=False, is_little_endian=True, character_encoding=default_encoding
         )
@@ -198,18 +217,19 @@ def _parse(reader: _Reader) -> RawHeader:
 
     meta_header = RawHeader(meta, is_implicit_VR=False, original_character_set=default_encoding, build=build_meta)
 
-    def build() -> FileDataset:  # as read_partial returns it
-        dataset = Dataset(dict(elements), parent_encoding=default_encoding)
+    def build(raw: dict[BaseTag, RawDataElement | DataElement]) -> FileDataset:  # as read_partial returns it
+        dataset = Dataset(raw, parent_encoding=default_encoding)
         dataset.set_original_encoding(implicit, True, dataset._character_set)
         whole = FileDataset(reader.fp, dataset, preamble, meta_header.dataset, implicit, True)
         whole.set_original_encoding(implicit, True, dataset._character_set)
         return whole
 
-    charset = elements.get(0x00080005)  # type: ignore[call-overload]
+    charset = elements.get(0x00080005)
     if charset is None:
         encoding = default_encoding
     else:  # the dataset's own reading of the element (an empty or odd value has its rules)
-        encoding = Dataset({charset.tag: charset}, parent_encoding=default_encoding)._character_set
+        element = charset if isinstance(charset, DataElement) else _raw_element(0x00080005, charset)
+        encoding = Dataset({element.tag: element}, parent_encoding=default_encoding)._character_set
     return RawHeader(
         elements, is_implicit_VR=implicit, original_character_set=encoding, build=build, file_meta=meta_header,
         pixel_element_offset=pixel_offset,
@@ -218,14 +238,14 @@ def _parse(reader: _Reader) -> RawHeader:
 
 def _read_elements(
     reader: _Reader, position: int, *, implicit: bool, encoding: str | MutableSequence[str], meta: bool = False
-) -> tuple[dict[BaseTag, RawDataElement | DataElement], int, str | MutableSequence[str]]:
+) -> tuple[dict[int, _Entry], int, str | MutableSequence[str]]:
     """The elements from `position` to the pixel data (or to the end of group 2 when `meta`).
 
     Returns the elements, the offset where reading stopped (the pixel data
     element, the first non-group-2 element, or -1 at the end of the file) and
     the character encoding in effect there.
     """
-    elements: dict[BaseTag, RawDataElement | DataElement] = {}
+    elements: dict[int, _Entry] = {}
     size = reader.size
     buf, start = reader.window(position, 0)
     end = start + len(buf)
@@ -265,7 +285,7 @@ def _read_elements(
                 raise _Decline  # undefined-length UN or other values: pydicom's rules decide
             reader.fp.seek(value_at)
             sequence = read_sequence(reader.fp, implicit, True, length, encoding)
-            elements[BaseTag(tag)] = DataElement(BaseTag(tag), "SQ", sequence, value_at, is_undefined_length=True)
+            elements[tag] = DataElement(BaseTag(tag), "SQ", sequence, value_at, is_undefined_length=True)
             position = reader.fp.tell()
             buf, start = reader.window(position, 0)
             end = start + len(buf)
@@ -282,8 +302,7 @@ def _read_elements(
             value = empty_value_for_VR(vr, raw=True)
         if tag == 0x00080005:
             encoding = convert_encodings(convert_string(value or b"", True))
-        key = BaseTag(tag)
-        elements[key] = RawDataElement(key, vr, length, value, value_at, implicit, True)
+        elements[tag] = (vr, length, value, value_at, implicit)
     if position != size:
         raise _Decline  # a few trailing bytes: pydicom's end-of-file handling decides
     return elements, -1, encoding

@@ -204,6 +204,7 @@ def test_read_header__fast_value_conversion_equals_pydicom_on_every_shared_file(
     monkeypatch.setattr(dicom, "parse_header", lambda fp, size: None)  # pydicom's dcmread for every header
     monkeypatch.setattr(dicom, "_convert_raw", pydicom_conversion)
     monkeypatch.setattr(dicom, "_get_number", dicom._get)
+    monkeypatch.setattr(dicom, "_get_int", lambda ds, keyword, default=-1: dicom._int(dicom._get(ds, keyword), default))
     n_images = 0
     for path in paths:
         reference = _header_outcome(path)
