@@ -20,6 +20,7 @@ exactly what pydicom gives.
 
 from __future__ import annotations
 
+import functools
 import struct
 from collections.abc import Callable, MutableSequence
 from typing import Any, BinaryIO
@@ -131,6 +132,14 @@ def _raw_element(tag: int, entry: tuple[str | None, int, bytes | None, int, bool
     return RawDataElement(BaseTag(tag), vr, length, value, value_at, implicit, True)
 
 
+@functools.lru_cache(maxsize=64)
+def _encoding(vr: str | None, length: int, value: bytes | None) -> str | tuple[str, ...]:
+    """The encodings a dataset reads from its (0008,0005) Specific Character Set (odd values have their rules)."""
+    element = RawDataElement(BaseTag(0x00080005), vr, length, value, 0, vr is None, True)
+    encodings = Dataset({element.tag: element}, parent_encoding=default_encoding)._character_set
+    return tuple(encodings) if isinstance(encodings, list) else encodings  # immutable: the memo is shared
+
+
 class _Decline(Exception):
     """The file is not in a layout this module handles: let pydicom read it."""
 
@@ -227,9 +236,11 @@ def _parse(reader: _Reader) -> RawHeader:
     charset = elements.get(0x00080005)
     if charset is None:
         encoding = default_encoding
-    else:  # the dataset's own reading of the element (an empty or odd value has its rules)
-        element = charset if isinstance(charset, DataElement) else _raw_element(0x00080005, charset)
-        encoding = Dataset({element.tag: element}, parent_encoding=default_encoding)._character_set
+    elif isinstance(charset, DataElement):
+        encoding = Dataset({charset.tag: charset}, parent_encoding=default_encoding)._character_set
+    else:
+        cached = _encoding(*charset[:3])
+        encoding = list(cached) if isinstance(cached, tuple) else cached  # a list, as pydicom gives
     return RawHeader(
         elements, is_implicit_VR=implicit, original_character_set=encoding, build=build, file_meta=meta_header,
         pixel_element_offset=pixel_offset,
