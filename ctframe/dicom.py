@@ -693,25 +693,42 @@ def _fast_path_ok(ref: SliceRef) -> bool:
     )
 
 
-def _read_native(ref: SliceRef) -> np.ndarray:
-    """Raw little-endian pixel bytes at their file offset (what pydicom returns for native data)."""
-    dtype = np.dtype(f"<{'i' if ref.pixel_representation == 1 else 'u'}{ref.bits_allocated // 8}")
-    count = ref.rows * ref.columns
-    offset = ref.pixel_data_offset + ref.frame * count * dtype.itemsize
+def _native_dtype(ref: SliceRef) -> np.dtype:
+    return np.dtype(f"<{'i' if ref.pixel_representation == 1 else 'u'}{ref.bits_allocated // 8}")
+
+
+def _read_native_into(ref: SliceRef, target: np.ndarray) -> None:
+    """Read the raw little-endian pixel bytes of `ref` into `target` (what :func:`_read_native` returns)."""
+    offset = ref.pixel_data_offset + ref.frame * target.nbytes
     try:
-        size = os.stat(ref.path).st_size
-        if size != ref.file_size:
-            raise DicomReadError(
-                f"{ref.path}: file changed since it was scanned ({ref.file_size} -> {size} bytes); scan again"
-            )
-        data = np.fromfile(ref.path, dtype=dtype, count=count, offset=offset)
+        with open(ref.path, "rb", buffering=0) as fp:
+            size = os.fstat(fp.fileno()).st_size
+            if size != ref.file_size:
+                raise DicomReadError(
+                    f"{ref.path}: file changed since it was scanned ({ref.file_size} -> {size} bytes); scan again"
+                )
+            fp.seek(offset)
+            view = memoryview(target.reshape(-1).view(np.uint8))
+            done = 0
+            while done < target.nbytes:  # a raw read may return less than asked
+                n = fp.readinto(view[done:])
+                if not n:
+                    break
+                done += n
     except OSError as exc:
         raise DicomReadError(f"{ref.path}: cannot read pixel data ({exc.strerror or exc})") from None
-    if data.size != count:
+    if done != target.nbytes:
         raise DicomReadError(
-            f"{ref.path}: pixel data truncated (frame {ref.frame} needs {count} values, found {data.size})"
+            f"{ref.path}: pixel data truncated (frame {ref.frame} needs {target.size} values, "
+            f"found {done // target.itemsize})"
         )
-    return data.reshape(ref.rows, ref.columns)
+
+
+def _read_native(ref: SliceRef) -> np.ndarray:
+    """Raw little-endian pixel bytes at their file offset (what pydicom returns for native data)."""
+    out = np.empty((ref.rows, ref.columns), _native_dtype(ref))
+    _read_native_into(ref, out)
+    return out
 
 
 def _read_with_imagecodecs(
@@ -816,6 +833,11 @@ def read_frames(refs: Sequence[SliceRef], *, dtype: np.dtype) -> np.ndarray:
     **Computes** (this is the body of every read task).
     """
     shape = (refs[0].rows, refs[0].columns)
+    if all(_fast_path_ok(r) and _native_dtype(r) == dtype and (r.rows, r.columns) == shape for r in refs):
+        out = np.empty((len(refs), *shape), dtype=dtype)
+        for i, ref in enumerate(refs):
+            _read_native_into(ref, out[i])  # straight into the stack: no temporary, no copy
+        return out
     out: np.ndarray | None = None  # allocated once a frame of the header's shape has decoded
     by_file: dict[str, list[int]] = {}
     for i, ref in enumerate(refs):

@@ -12,7 +12,7 @@ or a single category when no mask is given):
 
 Summaries add up (chunks into series, series into patients and cohorts), they
 are small (about 200 kB per series) and they are computed from the *stored*
-integers: a chunk's stored values are counted with one ``np.bincount`` and each
+integers: a chunk's stored values are counted (:func:`_count_values`) and each
 distinct stored value is mapped once through its slice's rescale slope and
 intercept (in float64, exactly as pydicom's ``apply_modality_lut``), with
 padding and scan-circle fill dropped. That is several times faster than
@@ -31,6 +31,7 @@ import functools
 import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -207,14 +208,7 @@ def summarize_block(
         )
         return functools.reduce(operator.add, parts)
 
-    # (slice, category, stored value) -> voxels, one bincount per slice (small
-    # temporaries that stay in cache are twice as fast as one big bincount)
-    by_value = np.empty((n_slices, n_categories, n_values), np.int64)
-    for k in range(n_slices):
-        key = np.subtract(stored[k], lo, dtype=np.intp)
-        if category is not None:
-            key += np.multiply(category[k], n_values, dtype=np.intp)
-        by_value[k] = np.bincount(key.ravel(), minlength=n_categories * n_values).reshape(n_categories, n_values)
+    by_value = _count_values(stored, lo, n_values, category, n_categories)  # (slice, category, stored value)
 
     # map every stored value once, through its own slice's rescale
     values = np.arange(lo, hi + 1)
@@ -234,6 +228,96 @@ def summarize_block(
             for c in range(n_categories):
                 summary.slice_hist[k, c] = np.bincount(target[k], weights=weights[k, c], minlength=n_coarse)
     return summary
+
+
+def _count_values(
+    stored: np.ndarray, lo: int, n_values: int, category: np.ndarray | None = None, n_categories: int = 1
+) -> np.ndarray:
+    """Voxels per slice, category and stored value: ``out[k, c, v - lo]``.
+
+    Parameters
+    ----------
+    stored : ndarray (slice, row, col) of integers
+        Values in ``[lo, lo + n_values)``.
+    lo, n_values : int
+        The value range counted.
+    category : ndarray (slice, row, col) of small integers, optional
+        Category per voxel, below `n_categories`; all 0 when omitted.
+    n_categories : int
+        Number of categories.
+
+    Returns
+    -------
+    ndarray (slice, category, value) of int64
+
+    Notes
+    -----
+    **Computes**. With numba installed, a compiled loop that releases the GIL
+    (``np.bincount`` holds it, so threads would count one at a time); without
+    it, one ``np.bincount`` per slice. Both give the same counts (tested).
+    """
+    stored = np.ascontiguousarray(stored)
+    out = np.zeros((stored.shape[0], n_categories, n_values), np.int64)
+    kernels = _numba_kernels()
+    if kernels is not None and stored.dtype.kind in "iu":
+        plain, by_category = kernels
+        counted = (
+            plain(stored, lo, out) if category is None else by_category(stored, np.ascontiguousarray(category), lo, out)
+        )
+        if not counted:
+            raise ValueError(
+                f"stored values outside [{lo}, {lo + n_values}) or region categories not below {n_categories}"
+            )
+        return out
+    # one bincount per slice: small temporaries that stay in cache are twice as fast as one big bincount
+    for k in range(stored.shape[0]):
+        key = np.subtract(stored[k], lo, dtype=np.intp)
+        if category is not None:
+            if category[k].size and int(category[k].max()) >= n_categories:
+                raise ValueError(f"region categories not below {n_categories}")
+            key += np.multiply(category[k], n_values, dtype=np.intp)
+        out[k] = np.bincount(key.ravel(), minlength=n_categories * n_values).reshape(n_categories, n_values)
+    return out
+
+
+@functools.cache
+def _numba_kernels() -> tuple[Any, Any] | None:
+    """The compiled counting loops of :func:`_count_values`, or None without numba.
+
+    They check every index (a value outside the range would otherwise write
+    outside the counts) and return False instead of counting out of bounds.
+    """
+    try:
+        import numba
+    except ImportError:  # pragma: no cover - numba is a declared dependency
+        return None
+
+    @numba.njit(nogil=True, cache=True)
+    def plain(stored, lo, out):  # pragma: no cover - compiled
+        n_values = out.shape[2]
+        for k in range(stored.shape[0]):
+            for i in range(stored.shape[1]):
+                for j in range(stored.shape[2]):
+                    v = stored[k, i, j] - lo
+                    if v < 0 or v >= n_values:
+                        return False
+                    out[k, 0, v] += 1
+        return True
+
+    @numba.njit(nogil=True, cache=True)
+    def by_category(stored, category, lo, out):  # pragma: no cover - compiled
+        n_categories, n_values = out.shape[1], out.shape[2]
+        for k in range(stored.shape[0]):
+            for i in range(stored.shape[1]):
+                for j in range(stored.shape[2]):
+                    c = category[k, i, j]
+                    v = stored[k, i, j] - lo
+                    if c < 0 or c >= n_categories or v < 0 or v >= n_values:
+                        return False
+                    out[k, c, v] += 1
+        return True
+
+    return plain, by_category
 
 
 def _summarize_voxels(

@@ -679,6 +679,7 @@ def test_contract__a_foreign_exception_fails_it(base, tmp_path: Path, monkeypatc
         raise KeyError("not a ctframe error")
 
     monkeypatch.setattr(dicom, "_decode_file", broken)
+    monkeypatch.setattr(dicom, "_read_native_into", broken)  # the uncompressed stack's direct read
     with pytest.raises(KeyError, match="not a ctframe error"):
         check_api(folder)
     code = check_cli(["export", str(folder), "-o", str(tmp_path / "v.nii")], ok_codes=(3,))[0]
