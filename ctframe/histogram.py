@@ -31,10 +31,10 @@ import functools
 import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
+from ctframe import kernels as kernels_module
 from ctframe.hu import rescale_values
 
 __all__ = [
@@ -258,7 +258,7 @@ def _count_values(
     """
     stored = np.ascontiguousarray(stored)
     out = np.zeros((stored.shape[0], n_categories, n_values), np.int64)
-    kernels = _numba_kernels()
+    kernels = kernels_module.counting_kernels()
     if kernels is not None and stored.dtype.kind in "iu":
         plain, by_category = kernels
         counted = (
@@ -278,46 +278,6 @@ def _count_values(
             key += np.multiply(category[k], n_values, dtype=np.intp)
         out[k] = np.bincount(key.ravel(), minlength=n_categories * n_values).reshape(n_categories, n_values)
     return out
-
-
-@functools.cache
-def _numba_kernels() -> tuple[Any, Any] | None:
-    """The compiled counting loops of :func:`_count_values`, or None without numba.
-
-    They check every index (a value outside the range would otherwise write
-    outside the counts) and return False instead of counting out of bounds.
-    """
-    try:
-        import numba
-    except ImportError:  # pragma: no cover - numba is a declared dependency
-        return None
-
-    @numba.njit(nogil=True, cache=True)
-    def plain(stored, lo, out):  # pragma: no cover - compiled
-        n_values = out.shape[2]
-        for k in range(stored.shape[0]):
-            for i in range(stored.shape[1]):
-                for j in range(stored.shape[2]):
-                    v = stored[k, i, j] - lo
-                    if v < 0 or v >= n_values:
-                        return False
-                    out[k, 0, v] += 1
-        return True
-
-    @numba.njit(nogil=True, cache=True)
-    def by_category(stored, category, lo, out):  # pragma: no cover - compiled
-        n_categories, n_values = out.shape[1], out.shape[2]
-        for k in range(stored.shape[0]):
-            for i in range(stored.shape[1]):
-                for j in range(stored.shape[2]):
-                    c = category[k, i, j]
-                    v = stored[k, i, j] - lo
-                    if c < 0 or c >= n_categories or v < 0 or v >= n_values:
-                        return False
-                    out[k, c, v] += 1
-        return True
-
-    return plain, by_category
 
 
 def _summarize_voxels(

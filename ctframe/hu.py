@@ -24,6 +24,7 @@ import xarray as xr
 
 from ctframe.config import get_config
 from ctframe.errors import NotHUCalibratedError
+from ctframe.kernels import lookup_kernel
 
 __all__ = ["hu_kernel", "rescale_values", "to_hu"]
 
@@ -128,13 +129,17 @@ def hu_kernel(
         slopes = np.broadcast_to(np.asarray(slope, float).reshape(-1), (planes.shape[0],))
         intercepts = np.broadcast_to(np.asarray(intercept, float).reshape(-1), (planes.shape[0],))
         out = np.empty(planes.shape, np.float32)
-        unsigned = planes.view(np.dtype(f"u{stored.dtype.itemsize}"))
+        unsigned = np.ascontiguousarray(planes).view(np.dtype(f"u{stored.dtype.itemsize}"))
+        lookup = lookup_kernel()
         tables: dict[tuple[float, float], np.ndarray] = {}
         for k in range(planes.shape[0]):
             key = (float(slopes[k]), float(intercepts[k]))
             if key not in tables:
                 tables[key] = _lookup_table(stored.dtype, *key, **options)
-            np.take(tables[key], unsigned[k], out=out[k])
+            if lookup is not None:  # the same table, read in a compiled loop that releases the GIL
+                lookup(tables[key], unsigned[k], out[k])
+            else:
+                np.take(tables[key], unsigned[k], out=out[k])
         return out.reshape(stored.shape)
     hu, valid = rescale_values(stored, slope, intercept, **options)
     return np.where(valid, hu, np.nan).astype(np.float32)

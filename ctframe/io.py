@@ -8,6 +8,7 @@ array is computed.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import warnings
@@ -247,8 +248,9 @@ def volume_from_catalog(
     name = "read-dicom-" + tokenize(
         [(r.path, r.frame, r.file_size) for r in refs], rows["mtime_ns"].tolist(), chunks, str(dtype)
     )
+    # the refs ride in a partial: as task arguments dask would walk every (named) tuple of them
     graph = {
-        (name, i, 0, 0): (_read_chunk, tuple(refs[lo:hi]), dtype.str)
+        (name, i, 0, 0): (functools.partial(_read_chunk, tuple(refs[lo:hi]), dtype.str),)
         for i, (lo, hi) in enumerate(itertools.pairwise(bounds))
     }
     data = da.Array(

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import ctframe
-from ctframe import histogram
+from ctframe import kernels
 from ctframe.histogram import _count_values, summarize_block
 
 
@@ -32,7 +32,7 @@ def _bincount_reference(stored: np.ndarray, lo: int, n_values: int, category=Non
 
 def test_count_values__compiled_loop_equals_bincount_on_lidc(lidc_stored) -> None:
     stored = lidc_stored[0]
-    assert histogram._numba_kernels() is not None  # numba is a dependency: the compiled loop is what runs
+    assert kernels.counting_kernels() is not None  # numba is a dependency: the compiled loop is what runs
     lo, n_values = int(stored.min()), int(stored.max()) - int(stored.min()) + 1
     np.testing.assert_array_equal(_count_values(stored, lo, n_values), _bincount_reference(stored, lo, n_values))
     # with region categories (here: below / above -500 HU in stored values), as summaries by region use them
@@ -47,14 +47,14 @@ def test_count_values__fallback_without_numba_gives_the_same(lidc_stored, monkey
     lo, n_values = int(stored.min()), int(stored.max()) - int(stored.min()) + 1
     category = (stored > 524).astype(np.uint8)
     compiled = _count_values(stored, lo, n_values, category, 2)
-    monkeypatch.setattr(histogram, "_numba_kernels", lambda: None)
+    monkeypatch.setattr(kernels, "counting_kernels", lambda: None)
     np.testing.assert_array_equal(_count_values(stored, lo, n_values, category, 2), compiled)
 
 
 @pytest.mark.parametrize("numba", [True, False])
 def test_count_values__out_of_range_raises_instead_of_writing_outside(numba: bool, monkeypatch) -> None:
     if not numba:
-        monkeypatch.setattr(histogram, "_numba_kernels", lambda: None)
+        monkeypatch.setattr(kernels, "counting_kernels", lambda: None)
     stored = np.array([[[0, 5, 9]]], np.int16)
     with pytest.raises(ValueError, match="region categories not below 2"):
         _count_values(stored, 0, 10, np.array([[[0, 1, 2]]], np.uint8), 2)

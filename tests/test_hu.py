@@ -124,3 +124,22 @@ def test_to_hu__missing_rescale_raises(tmp_path: Path) -> None:
 def test_to_hu__plain_dataarray_without_rescale_raises() -> None:
     with pytest.raises(NotHUCalibratedError, match=r"open it with ctframe\.open_series"):
         ctframe.to_hu(xr.DataArray(np.zeros((2, 2, 2)), dims=("slice", "row", "col")))
+
+
+def test_hu_kernel__compiled_lookup_equals_numpy_take(lidc_dir: Path, monkeypatch) -> None:
+    # the LUT step runs in a numba loop (it releases the GIL); np.take on the same table is the reference
+    from ctframe import hu
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ctframe.CTFrameWarning)
+        stored = ctframe.open_series(lidc_dir).values[50:70]
+    slope = np.linspace(0.5, 1.5, len(stored))[:, None, None]  # a table per slice, non-integer HU
+    intercept = np.full_like(slope, -1024.25)
+    options = dict(padding_value=-2000.0, padding_range_limit=np.nan, fill_below_hu=-1500.0)
+    assert hu.lookup_kernel() is not None
+    compiled = hu_kernel(stored, slope, intercept, **options)
+    unsigned = hu_kernel(stored.astype(np.uint16), slope, intercept, **options)  # the other signedness
+    monkeypatch.setattr(hu, "lookup_kernel", lambda: None)
+    np.testing.assert_array_equal(compiled, hu_kernel(stored, slope, intercept, **options))
+    np.testing.assert_array_equal(unsigned, hu_kernel(stored.astype(np.uint16), slope, intercept, **options))
+    assert np.isnan(compiled).any() and np.isfinite(compiled).mean() > 0.5
