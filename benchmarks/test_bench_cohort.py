@@ -5,6 +5,8 @@ Methods (same files, same run):
 * ``notebook``: the notebook's way — a pydicom loop per series, stack, HU, ``np.histogram``;
 * ``simpleitk``: SimpleITK's ``ImageSeriesReader`` per series, ``np.histogram``;
 * ``ctframe_threads``: ``scan`` + ``open_cohort`` + ``summarize(regions=["scan"])`` on threads;
+* ``ctframe_catalog_given``: the same with the catalog of an earlier ``scan`` (done once, not timed),
+  which is what the floor gets too;
 * ``ctframe_cluster``: the same on a 2-process ``LocalCluster`` (started outside the timing);
 * ``floor``: pixel bytes read at their file offset and ``np.bincount`` per 32-file chunk, 2 processes
   (offsets from a header pass done once and not timed: the cost of the data alone).
@@ -32,7 +34,7 @@ sys.path.insert(0, str(HERE))
 import rss_probe  # noqa: E402
 
 N_SERIES = [1, 2, 4, 8]
-METHODS = ["notebook", "simpleitk", "ctframe_threads", "ctframe_cluster", "floor"]
+METHODS = ["notebook", "simpleitk", "ctframe_threads", "ctframe_catalog_given", "ctframe_cluster", "floor"]
 
 
 @pytest.fixture(scope="module")

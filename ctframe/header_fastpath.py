@@ -234,10 +234,10 @@ def _parse(reader: _Reader) -> RawHeader:
         return whole
 
     charset = elements.get(0x00080005)
+    if isinstance(charset, DataElement):
+        raise _Decline  # a character set written as a sequence: pydicom decides
     if charset is None:
         encoding = default_encoding
-    elif isinstance(charset, DataElement):
-        encoding = Dataset({charset.tag: charset}, parent_encoding=default_encoding)._character_set
     else:
         cached = _encoding(*charset[:3])
         encoding = list(cached) if isinstance(cached, tuple) else cached  # a list, as pydicom gives
