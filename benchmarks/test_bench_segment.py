@@ -13,7 +13,7 @@ Cases (group per dataset):
 Timings come from pytest-benchmark (threaded scheduler, this machine's cores).
 Peak memory is measured once per case in a fresh subprocess (this file run as a
 script) and put in ``extra_info`` (see it with ``--benchmark-json``):
-``peak_rss_mib`` (``ru_maxrss``), ``baseline_rss_mib`` (after imports),
+``peak_rss_mib`` (``VmHWM``), ``baseline_rss_mib`` (after imports),
 ``traced_peak_mib`` (peak of what numpy and Python allocate, from
 ``tracemalloc`` in a second run: unlike RSS it does not include memory glibc
 keeps in per-thread arenas after it is freed, which makes RSS vary from run to
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -37,10 +36,10 @@ import pytest
 CASES = ("lung_mask", "lung_mask+region_stats")
 
 
-def _rss_mib() -> float:
+def _rss_mib(field: str = "VmRSS") -> float:
     with open("/proc/self/status") as fp:
         for line in fp:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     return float("nan")
 
@@ -104,6 +103,8 @@ if __name__ == "__main__":  # memory probe: python benchmarks/test_bench_segment
         tracemalloc.start()
     baseline = _rss_mib()
     stats = run_case(sys.argv[1], sys.argv[2])
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss over exec, so a probe started
+    # from a large pytest process would report the parent's peak
+    peak = _rss_mib("VmHWM")
     extra = {"traced_peak_mib": tracemalloc.get_traced_memory()[1] / 2**20} if traced else {}
     print(json.dumps({**stats, "peak_rss_mib": peak, "baseline_rss_mib": baseline, **extra, "pid": os.getpid()}))
