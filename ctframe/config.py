@@ -30,6 +30,7 @@ ALLOWED_VALUES: dict[str, tuple[Any, ...]] = {
 #: Keys whose numeric value must lie in a closed range (dotted path -> (lo, hi)).
 RANGES: dict[str, tuple[float, float]] = {
     "io.slices_per_chunk": (1, 100_000),
+    "io.compressed_slices_per_chunk": (1, 100_000),
     "scan.workers": (0, 1024),
     "scan.min_files_for_processes": (0, 10**9),
     "qc.gap_factor": (1.0, 100.0),

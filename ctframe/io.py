@@ -194,7 +194,8 @@ def volume_from_catalog(
     rows : DataFrame
         Catalog rows of exactly one stack (see :func:`ctframe.scan.assign_stacks`).
     slices_per_chunk : int, optional
-        Slices per dask chunk (default ``io.slices_per_chunk``).
+        Slices per dask chunk (default ``io.slices_per_chunk``, or
+        ``io.compressed_slices_per_chunk`` for a compressed stack).
     qc_warnings : bool
         Warn (QCWarning) about the stack's QC flags (gaps, irregular spacing,
         tilt...). Callers that hold the series table already, such as
@@ -221,7 +222,9 @@ def volume_from_catalog(
     if notes:
         warnings.warn(f"series {key}: {'; '.join(notes)}", QCWarning, stacklevel=3)
 
-    chunk = int(slices_per_chunk or get_config()["io"]["slices_per_chunk"])
+    io_config = get_config()["io"]
+    default = io_config["compressed_slices_per_chunk" if rows["is_compressed"].any() else "slices_per_chunk"]
+    chunk = int(slices_per_chunk or default)
     if chunk < 1:
         raise ValueError(f"slices_per_chunk must be >= 1, got {chunk}")
     dtype = stored_dtype(rows["bits_allocated"], rows["pixel_representation"])
@@ -334,7 +337,8 @@ def open_series(
     series : str, optional
         Stack key or SeriesInstanceUID to pick when `source` holds several.
     slices_per_chunk : int, optional
-        Slices per dask chunk (default ``io.slices_per_chunk`` = 32).
+        Slices per dask chunk (default ``io.slices_per_chunk`` = 32; ``io.compressed_slices_per_chunk`` = 8
+        for compressed series, where decoding is the cost).
     include_phi : bool
         Keep PatientID, name, birth date and other identifying values in attrs.
     salt : str, optional
