@@ -76,17 +76,17 @@ def rescale_values(
 
 
 def _lookup_table(
-    dtype: np.dtype,
+    lo: int,
+    hi: int,
     slope: float,
     intercept: float,
     padding_value: float,
     padding_range_limit: float,
     fill_below_hu: float,
 ) -> np.ndarray:
-    """float32 HU for every value of a 8/16-bit dtype, indexed by the value's unsigned bit pattern."""
-    values = np.arange(2 ** (8 * dtype.itemsize), dtype=np.dtype(f"u{dtype.itemsize}")).view(dtype)
+    """float32 HU of every stored value from `lo` to `hi`, indexed by ``value - lo``."""
     hu, valid = rescale_values(
-        values, slope, intercept, padding_value=padding_value, padding_range_limit=padding_range_limit,
+        np.arange(lo, hi + 1), slope, intercept, padding_value=padding_value, padding_range_limit=padding_range_limit,
         fill_below_hu=fill_below_hu,
     )  # fmt: skip
     return np.where(valid, hu, np.nan).astype(np.float32)
@@ -104,8 +104,9 @@ def hu_kernel(
     """Eager HU conversion of one block; the body of :func:`to_hu`.
 
     8- and 16-bit stored values go through a lookup table built once per
-    distinct (slope, intercept) of the block, which gives the same float32
-    values as converting voxel by voxel in float64, at a fraction of the cost.
+    distinct (slope, intercept) of the block, over the values the block holds
+    (from its minimum to its maximum), which gives the same float32 values as
+    converting voxel by voxel in float64, at a fraction of the cost.
 
     Parameters
     ----------
@@ -124,22 +125,22 @@ def hu_kernel(
     """
     stored = np.asarray(stored)
     options = dict(padding_value=padding_value, padding_range_limit=padding_range_limit, fill_below_hu=fill_below_hu)
-    if stored.dtype.kind in "iu" and stored.dtype.itemsize <= 2 and stored.ndim >= 2:
-        planes = stored.reshape(-1, *stored.shape[-2:])
+    if stored.dtype.kind in "iu" and stored.dtype.itemsize <= 2 and stored.ndim >= 2 and stored.size:
+        planes = np.ascontiguousarray(stored.reshape(-1, *stored.shape[-2:]))
         slopes = np.broadcast_to(np.asarray(slope, float).reshape(-1), (planes.shape[0],))
         intercepts = np.broadcast_to(np.asarray(intercept, float).reshape(-1), (planes.shape[0],))
         out = np.empty(planes.shape, np.float32)
-        unsigned = np.ascontiguousarray(planes).view(np.dtype(f"u{stored.dtype.itemsize}"))
+        lo, hi = int(planes.min()), int(planes.max())  # tables cover the values present, not all 65,536
         lookup = lookup_kernel()
         tables: dict[tuple[float, float], np.ndarray] = {}
         for k in range(planes.shape[0]):
             key = (float(slopes[k]), float(intercepts[k]))
             if key not in tables:
-                tables[key] = _lookup_table(stored.dtype, *key, **options)
-            if lookup is not None:  # the same table, read in a compiled loop that releases the GIL
-                lookup(tables[key], unsigned[k], out[k])
+                tables[key] = _lookup_table(lo, hi, *key, **options)
+            if lookup is not None:  # a compiled loop that releases the GIL
+                lookup(tables[key], planes[k], lo, out[k])
             else:
-                np.take(tables[key], unsigned[k], out=out[k])
+                np.take(tables[key], np.subtract(planes[k], lo, dtype=np.intp), out=out[k])
         return out.reshape(stored.shape)
     hu, valid = rescale_values(stored, slope, intercept, **options)
     return np.where(valid, hu, np.nan).astype(np.float32)

@@ -58,16 +58,20 @@ def counting_kernels() -> tuple[Any, Any] | None:
 
 @functools.cache
 def lookup_kernel() -> Any | None:
-    """``out[...] = table[index]`` over a 2-D plane (the LUT step of :func:`ctframe.hu.hu_kernel`), or None."""
+    """``out[i, j] = table[plane[i, j] - lo]`` (the LUT step of :func:`ctframe.hu.hu_kernel`), or None.
+
+    The caller takes `lo` (and the table's length) from the plane's own minimum
+    and maximum, so every index is inside the table.
+    """
     try:
         import numba
     except ImportError:  # pragma: no cover - numba is a declared dependency
         return None
 
     @numba.njit(nogil=True, cache=True)
-    def lookup(table, index, out):  # pragma: no cover - compiled
-        for i in range(index.shape[0]):
-            for j in range(index.shape[1]):
-                out[i, j] = table[index[i, j]]
+    def lookup(table, plane, lo, out):  # pragma: no cover - compiled
+        for i in range(plane.shape[0]):
+            for j in range(plane.shape[1]):
+                out[i, j] = table[plane[i, j] - lo]
 
     return lookup
