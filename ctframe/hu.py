@@ -131,7 +131,7 @@ def hu_kernel(
         intercepts = np.broadcast_to(np.asarray(intercept, float).reshape(-1), (planes.shape[0],))
         out = np.empty(planes.shape, np.float32)
         lo, hi = int(planes.min()), int(planes.max())  # tables cover the values present, not all 65,536
-        lookup = lookup_kernel()
+        lookup = lookup_kernel() if planes.dtype.isnative else None  # numba takes native byte order only
         tables: dict[tuple[float, float], np.ndarray] = {}
         for k in range(planes.shape[0]):
             key = (float(slopes[k]), float(intercepts[k]))

@@ -31,7 +31,8 @@ def test_load_config__user_file_overrides_a_subset(tmp_path: Path) -> None:
     [
         (
             "io:\n  slice_per_chunk: 8\n",
-            r"unknown config key 'io.slice_per_chunk'; allowed keys here: compressed_slices_per_chunk, slices_per_chunk",
+            r"unknown config key 'io.slice_per_chunk'; allowed keys here: "
+            r"compressed_slices_per_chunk, slices_per_chunk",
         ),
         ("io:\n  slices_per_chunk: many\n", r"'io.slices_per_chunk' must be of type int, got 'many'"),
         ("io:\n  slices_per_chunk: 0\n", r"'io.slices_per_chunk' is 0; it must lie in \[1, 100000\]"),

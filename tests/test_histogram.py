@@ -71,3 +71,8 @@ def test_summarize_block__counts_equal_numpy_histogram_of_hu(lidc_stored) -> Non
     expected, _ = np.histogram(kept, bins=np.arange(-2048, 4097))
     np.testing.assert_array_equal(summary.counts[0, 1:-1], expected)
     assert summary.sums[0] == pytest.approx(kept.sum())
+
+
+def test_count_values__big_endian_values_are_counted_too() -> None:
+    stored = np.array([[[3, 4, 4], [5, 3, 3]]], dtype=">i2")
+    np.testing.assert_array_equal(_count_values(stored, 3, 3), [[[3, 2, 1]]])

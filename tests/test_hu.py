@@ -143,3 +143,14 @@ def test_hu_kernel__compiled_lookup_equals_numpy_take(lidc_dir: Path, monkeypatc
     np.testing.assert_array_equal(compiled, hu_kernel(stored, slope, intercept, **options))
     np.testing.assert_array_equal(unsigned, hu_kernel(stored.astype(np.uint16), slope, intercept, **options))
     assert np.isnan(compiled).any() and np.isfinite(compiled).mean() > 0.5
+
+
+def test_hu_kernel__big_endian_stored_values_take_numpy_path() -> None:
+    stored = np.array([[[0, 1000, 2000], [-2000, 40, 3000]]], dtype=np.int16)
+    expected = hu_kernel(stored, np.ones((1, 1, 1)), np.full((1, 1, 1), -1024.0), padding_value=-2000.0,
+                         padding_range_limit=np.nan, fill_below_hu=-1500.0)  # fmt: skip
+    swapped = stored.astype(">i2")
+    got = hu_kernel(swapped, np.ones((1, 1, 1)), np.full((1, 1, 1), -1024.0), padding_value=-2000.0,
+                    padding_range_limit=np.nan, fill_below_hu=-1500.0)  # fmt: skip
+    np.testing.assert_array_equal(got, expected)
+    assert np.isnan(got[0, 1, 0]) and got[0, 0, 1] == -24.0
