@@ -751,15 +751,38 @@ def _read_with_imagecodecs(
         def decode(fragment: bytes) -> np.ndarray:
             return np.frombuffer(codec(fragment, little), little).reshape(shape)
 
-    ds = pydicom.dcmread(path)
+    pixel_data = _encapsulated_pixel_data(path)
+    if pixel_data is None:
+        pixel_data = pydicom.dcmread(path).PixelData
     wanted = set(frames)
     decoded: dict[int, np.ndarray] = {}
-    for index, fragment in enumerate(generate_frames(ds.PixelData, number_of_frames=n_frames)):
+    for index, fragment in enumerate(generate_frames(pixel_data, number_of_frames=n_frames)):
         if index in wanted:
             decoded[index] = decode(fragment)
         if len(decoded) == len(wanted):
             break
     return [decoded[f] for f in frames]
+
+
+def _encapsulated_pixel_data(path: str) -> bytes | None:
+    """The encapsulated Pixel Data of `path` from the header fast path's offset, or None.
+
+    What follows the element's 12-byte head (tag, OB/OW, undefined length) up to
+    the end of the file: the items ``pydicom.encaps.generate_frames`` reads until
+    the sequence delimiter, as it reads ``dcmread(path).PixelData``, without
+    parsing the whole file again under the GIL. None (the caller reads the file
+    with pydicom) when the fast path declines the header or the element is not
+    encapsulated little-endian pixel data.
+    """
+    with open(path, "rb") as fp:
+        header = parse_header(fp, os.fstat(fp.fileno()).st_size)
+        if header is None or header.pixel_element_offset < 0:
+            return None
+        fp.seek(header.pixel_element_offset)
+        head = fp.read(12)
+        if head[:4] != _PIXEL_TAG_LE or head[4:6] not in (b"OB", b"OW") or head[8:12] != b"\xff\xff\xff\xff":
+            return None
+        return fp.read()
 
 
 def _read_with_pydicom(path: str, frames: Sequence[int], n_frames: int, ts_uid: str) -> list[np.ndarray]:

@@ -129,8 +129,14 @@ def test_read_frames__imagecodecs_path_is_used_and_exact(edge_cases: Path, monke
     pytest.importorskip("imagecodecs")
     path = edge_cases / "wg04-robyoung" / f"{name}.dcm"
     monkeypatch.setattr(dicom, "_read_with_pydicom", lambda *a, **k: pytest.fail("fallback used"))
-    ours = read_frames(_refs(ctframe.scan(path)), dtype=np.dtype("int16"))[0]
+    refs = _refs(ctframe.scan(path))
+    assert dicom._encapsulated_pixel_data(str(path)) is not None  # fragments read at the header's offset
+    ours = read_frames(refs, dtype=np.dtype("int16"))[0]
     np.testing.assert_array_equal(ours, pydicom.dcmread(path).pixel_array)
+    # and when the header fast path declines, the fragments come from pydicom's dcmread: the same frame
+    monkeypatch.setattr(dicom, "parse_header", lambda fp, size: None)
+    assert dicom._encapsulated_pixel_data(str(path)) is None
+    np.testing.assert_array_equal(read_frames(refs, dtype=np.dtype("int16"))[0], ours)
 
 
 def test_read_frames__compressed_files_fall_back_to_pydicom(edge_cases: Path, monkeypatch) -> None:
