@@ -249,7 +249,7 @@ def scan(
     problems: list[dict[str, str]] = []
     show = progress if progress is not None else (None if len(paths) >= 2000 else False)
     with _progress(len(paths), show, "scanning headers") as bar:
-        batches = _batches(paths, 64)
+        batches = _batches(paths, 256)  # a catalog frame per 256 files: few frames, flat memory
         if n_workers > 1 and len(paths) >= cfg["min_files_for_processes"] and _can_fork():
             batches = _batches(paths, max(16, min(256, len(paths) // (n_workers * 8) or 1)))
             batches = _read_in_processes(batches, n_workers, salt, include_phi, frames, problems, bar)
