@@ -216,6 +216,7 @@ def volume_from_catalog(
     if rows["stack_key"].nunique() != 1:
         raise MultipleSeriesError("volume_from_catalog needs the rows of exactly one stack")
     rows = rows.sort_values(["slice_position_mm", "path", "frame"], ignore_index=True)
+    rows.attrs = {}  # the catalog's problems list: pandas would deep-copy it on every operation below
     _check_stack(rows)
     key = str(rows["stack_key"].iloc[0])
     notes = _qc_notes(rows) if qc_warnings else []
@@ -228,22 +229,12 @@ def volume_from_catalog(
     if chunk < 1:
         raise ValueError(f"slices_per_chunk must be >= 1, got {chunk}")
     dtype = stored_dtype(rows["bits_allocated"], rows["pixel_representation"])
+    # column by column (itertuples would build a tuple of every catalog column per slice)
+    text_fields = {"path", "transfer_syntax_uid"}
+    converters = [str if name in text_fields else int for name in SliceRef._fields]
     refs = [
-        SliceRef(
-            path=r.path,
-            frame=int(r.frame),
-            number_of_frames=int(r.number_of_frames),
-            file_size=int(r.file_size),
-            transfer_syntax_uid=r.transfer_syntax_uid,
-            pixel_data_offset=int(r.pixel_data_offset),
-            rows=int(r.rows),
-            columns=int(r.columns),
-            bits_allocated=int(r.bits_allocated),
-            bits_stored=int(r.bits_stored),
-            pixel_representation=int(r.pixel_representation),
-            samples_per_pixel=int(r.samples_per_pixel),
-        )
-        for r in rows.itertuples()
+        SliceRef(*(convert(value) for convert, value in zip(converters, values, strict=True)))
+        for values in zip(*(rows[name].to_numpy() for name in SliceRef._fields), strict=True)
     ]
     n, n_rows, n_cols = len(refs), refs[0].rows, refs[0].columns
     bounds = [*range(0, n, chunk), n]
