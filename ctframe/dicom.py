@@ -699,6 +699,8 @@ def _native_dtype(ref: SliceRef) -> np.dtype:
 
 def _read_native_into(ref: SliceRef, target: np.ndarray) -> None:
     """Read the raw little-endian pixel bytes of `ref` into `target` (what :func:`_read_native` returns)."""
+    if not target.flags.c_contiguous:  # the bytes must land in `target` itself, not in a reshaped copy
+        raise ValueError("target must be C-contiguous")
     offset = ref.pixel_data_offset + ref.frame * target.nbytes
     try:
         with open(ref.path, "rb", buffering=0) as fp:

@@ -259,7 +259,8 @@ def _count_values(
     stored = np.ascontiguousarray(stored)
     out = np.zeros((stored.shape[0], n_categories, n_values), np.int64)
     kernels = kernels_module.counting_kernels()
-    if kernels is not None and stored.dtype.kind in "iu" and stored.dtype.isnative:
+    native = stored.dtype.isnative and (category is None or np.asarray(category).dtype.isnative)
+    if kernels is not None and stored.dtype.kind in "iu" and native:
         plain, by_category = kernels
         counted = (
             plain(stored, lo, out) if category is None else by_category(stored, np.ascontiguousarray(category), lo, out)
