@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ctframe import kernels as kernels_module
+from ctframe import kernels
 from ctframe.hu import rescale_values
 
 __all__ = [
@@ -258,10 +258,10 @@ def _count_values(
     """
     stored = np.ascontiguousarray(stored)
     out = np.zeros((stored.shape[0], n_categories, n_values), np.int64)
-    kernels = kernels_module.counting_kernels()
+    compiled = kernels.counting_kernels()
     native = stored.dtype.isnative and (category is None or np.asarray(category).dtype.isnative)
-    if kernels is not None and stored.dtype.kind in "iu" and native:
-        plain, by_category = kernels
+    if compiled is not None and stored.dtype.kind in "iu" and native:
+        plain, by_category = compiled
         counted = (
             plain(stored, lo, out) if category is None else by_category(stored, np.ascontiguousarray(category), lo, out)
         )
