@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 import pydicom
-from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import RawDataElement, convert_raw_data_element, empty_value_for_VR
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
@@ -33,7 +33,7 @@ from pydicom.uid import UID
 from pydicom.values import convert_value, default_encoding
 
 from ctframe.errors import DicomReadError, UnsupportedDicomError
-from ctframe.header_fastpath import RawHeader, parse_header
+from ctframe.header_fastpath import RawHeader, element_vr, parse_header
 from ctframe.privacy import patient_key
 
 __all__ = [
@@ -121,14 +121,6 @@ def _tag(keyword: str) -> int | None:
     return tag_for_keyword(keyword)
 
 
-@functools.lru_cache(maxsize=512)
-def _dictionary_vr(tag: int) -> str | None:
-    try:
-        return dictionary_VR(tag)
-    except KeyError:
-        return None
-
-
 #: VRs whose raw bytes ``pydicom.values.convert_value`` turns into exactly the
 #: value ``convert_raw_data_element`` would give (no ambiguous, UN, SQ or private VRs).
 _PLAIN_VRS = frozenset(
@@ -151,7 +143,7 @@ def _convert_raw(element: RawDataElement, ds: Header) -> Any:
     which the catalog joins the same way). Everything else (implicit VRs
     pydicom must disambiguate, UN, private tags) takes pydicom's full path.
     """
-    vr = element.VR if element.VR is not None else _dictionary_vr(element.tag)
+    vr = element_vr(element)
     if vr in _PLAIN_VRS and element.length == 0:
         return empty_value_for_VR(vr)  # what convert_value gives an empty value
     if not element.value or vr not in _PLAIN_VRS:
@@ -189,24 +181,22 @@ def _convert_value(vr: str, value: bytes, is_little_endian: bool, encodings: tup
 def _get_int(ds: Header, keyword: str, default: int = -1) -> int:
     """An integer element as ``int``: the same as ``_int(_get(ds, keyword), default)``, at less cost.
 
-    Single US/SS values are read from their two bytes and IS text goes straight
-    to ``int`` (what ``int(pydicom.valuerep.IS(text))`` gives for a plain
-    integer); multiple values, other VRs and any text ``int`` rejects take
-    :func:`_get`.
+    Single US/SS values are read from their two bytes and IS text that is a
+    plain integer goes straight to ``int`` (what ``int(pydicom.valuerep.IS(text))``
+    gives); multiple values, other VRs and any other text take :func:`_get`.
     """
     element = ds.get_item(_tag(keyword))
     if element is None:
         return default
     if isinstance(element, RawDataElement) and element.value and element.is_little_endian:
-        vr = element.VR if element.VR is not None else _dictionary_vr(element.tag)
+        vr = element_vr(element)
         value = element.value
         if vr in ("US", "SS") and len(value) == 2:
             return int.from_bytes(value, "little", signed=vr == "SS")
-        if vr == "IS" and b"\\" not in value:
-            try:
-                return int(value)
-            except ValueError:
-                pass
+        if vr == "IS":
+            text = value.strip()
+            if (text[1:] if text[:1] in (b"+", b"-") else text).isdigit():  # a plain integer
+                return int(text)
     return _int(_get(ds, keyword), default)
 
 
@@ -245,7 +235,7 @@ def _get_number(ds: Header, keyword: str) -> Any:
     tag = _tag(keyword)
     element = ds.get_item(tag) if tag is not None and tag in ds else None
     if isinstance(element, RawDataElement) and element.value:
-        vr = element.VR if element.VR is not None else _dictionary_vr(element.tag)
+        vr = element_vr(element)
         if vr == "DS":
             try:
                 numbers = [float(part) for part in element.value.split(b"\\")]
@@ -363,11 +353,12 @@ def _file_kind(mode: int) -> str:
     return next((name for test, name in kinds if test(mode)), "not a plain file")
 
 
-def _open_dataset(path: str) -> tuple[Header, int, bool, int]:
+def _open_dataset(path: str) -> tuple[Header, int, bool, bool, int]:
     """Parse the header of `path`.
 
-    Returns the dataset, the offset of native little-endian pixel bytes (or -1),
-    whether a pixel data element follows the header, and the file size.
+    Returns the dataset, the offset of the little-endian Pixel Data value (or
+    -1), whether a pixel data element follows the header, whether that value has
+    an undefined length (encapsulated items), and the file size.
     """
     try:
         info = os.stat(path)
@@ -391,9 +382,9 @@ def _open_dataset(path: str) -> tuple[Header, int, bool, int]:
                 fp.seek(0)
                 ds = _dcmread_header(fp, path)
             offset = fp.tell()
-            fp.seek(offset)
-            head = fp.read(6)
+            head = fp.read(12)
             has_pixels = head[:4] in _PIXEL_TAGS
+            undefined_length = head[4:6] in (b"OW", b"OB") and head[8:12] == b"\xff\xff\xff\xff"
             if head[:4] != _PIXEL_TAG_LE:
                 offset = -1
             else:  # explicit VR: tag, VR, 2 reserved bytes, 4-byte length; implicit: tag, length
@@ -404,7 +395,7 @@ def _open_dataset(path: str) -> tuple[Header, int, bool, int]:
         raise DicomReadError(f"{path}: cannot read file ({exc.strerror or exc})") from None
     except Exception as exc:  # pydicom raises many types on corrupt input
         raise DicomReadError(f"{path}: unreadable DICOM header ({type(exc).__name__}: {exc})") from None
-    return ds, offset, has_pixels, size
+    return ds, offset, has_pixels, undefined_length, size
 
 
 def _dcmread_header(fp: Any, path: str) -> Dataset:
@@ -474,7 +465,7 @@ def read_header(
 
 
 def _records(path: str, *, salt: str | None, include_phi: bool) -> list[dict[str, Any]]:
-    ds, offset, has_pixels, size = _open_dataset(path)
+    ds, offset, has_pixels, undefined_length, size = _open_dataset(path)
     meta = getattr(ds, "file_meta", None)
     media_class = _get(meta, "MediaStorageSOPClassUID", "") if meta is not None else ""
     sop_class = str(_get(ds, "SOPClassUID", "") or media_class)
@@ -547,7 +538,10 @@ def _records(path: str, *, salt: str | None, include_phi: bool) -> list[dict[str
         "transfer_syntax": ts.name,
         "is_compressed": bool(ts.is_compressed) if ts.is_transfer_syntax else False,
         "is_lossy": is_lossy,
-        "pixel_data_offset": offset if ts_uid in NATIVE_LITTLE_ENDIAN else -1,
+        # native: where the pixel bytes start; encapsulated: where the items start
+        "pixel_data_offset": offset
+        if ts_uid in NATIVE_LITTLE_ENDIAN or (ts.is_encapsulated and undefined_length)
+        else -1,
         "convolution_kernel": _multi_str(_get(ds, "ConvolutionKernel")),
         "kvp": _float(_get_number(ds, "KVP")),
         "gantry_tilt_deg": _float(_get_number(ds, "GantryDetectorTilt")),
@@ -733,10 +727,9 @@ def _read_native(ref: SliceRef) -> np.ndarray:
     return out
 
 
-def _read_with_imagecodecs(
-    path: str, frames: Sequence[int], n_frames: int, ts_uid: str, *, shape: tuple[int, int], dtype: np.dtype
-) -> list[np.ndarray] | None:
-    """Decode frames with imagecodecs; None when it (or the codec) is not available."""
+def _read_with_imagecodecs(ref: SliceRef, frames: Sequence[int], *, dtype: np.dtype) -> list[np.ndarray] | None:
+    """Decode frames `frames` of the file of `ref` with imagecodecs; None when it (or the codec) is not available."""
+    ts_uid, shape = ref.transfer_syntax_uid, (ref.rows, ref.columns)
     try:
         import imagecodecs
     except ImportError:  # pragma: no cover - imagecodecs is a declared dependency
@@ -753,12 +746,11 @@ def _read_with_imagecodecs(
         def decode(fragment: bytes) -> np.ndarray:
             return np.frombuffer(codec(fragment, little), little).reshape(shape)
 
-    pixel_data = _encapsulated_pixel_data(path)
-    if pixel_data is None:
-        pixel_data = pydicom.dcmread(path).PixelData
     wanted = set(frames)
     decoded: dict[int, np.ndarray] = {}
-    for index, fragment in enumerate(generate_frames(pixel_data, number_of_frames=n_frames)):
+    for index, fragment in enumerate(
+        generate_frames(_encapsulated_pixel_data(ref), number_of_frames=ref.number_of_frames)
+    ):
         if index in wanted:
             decoded[index] = decode(fragment)
         if len(decoded) == len(wanted):
@@ -766,25 +758,28 @@ def _read_with_imagecodecs(
     return [decoded[f] for f in frames]
 
 
-def _encapsulated_pixel_data(path: str) -> bytes | None:
-    """The encapsulated Pixel Data of `path` from the header fast path's offset, or None.
+def _encapsulated_pixel_data(ref: SliceRef) -> bytes:
+    """The encapsulated Pixel Data of the file of `ref`: its items up to the sequence delimiter.
 
-    What follows the element's 12-byte head (tag, OB/OW, undefined length) up to
-    the end of the file: the items ``pydicom.encaps.generate_frames`` reads until
-    the sequence delimiter, as it reads ``dcmread(path).PixelData``, without
-    parsing the whole file again under the GIL. None (the caller reads the file
-    with pydicom) when the fast path declines the header or the element is not
-    encapsulated little-endian pixel data.
+    Read from the value offset the header pass recorded (everything after it:
+    ``pydicom.encaps.generate_frames`` stops at the sequence delimiter, as on
+    ``dcmread(path).PixelData``), so the file is not parsed a second time under
+    the GIL; with no offset recorded (a header pydicom read its own way), from
+    pydicom's ``dcmread``.
     """
-    with open(path, "rb") as fp:
-        header = parse_header(fp, os.fstat(fp.fileno()).st_size)
-        if header is None or header.pixel_element_offset < 0:
-            return None
-        fp.seek(header.pixel_element_offset)
-        head = fp.read(12)
-        if head[:4] != _PIXEL_TAG_LE or head[4:6] not in (b"OB", b"OW") or head[8:12] != b"\xff\xff\xff\xff":
-            return None
-        return fp.read()
+    if ref.pixel_data_offset < 0:
+        return pydicom.dcmread(ref.path).PixelData
+    try:
+        with open(ref.path, "rb") as fp:
+            size = os.fstat(fp.fileno()).st_size
+            if size != ref.file_size:
+                raise DicomReadError(
+                    f"{ref.path}: file changed since it was scanned ({ref.file_size} -> {size} bytes); scan again"
+                )
+            fp.seek(ref.pixel_data_offset)
+            return fp.read()
+    except OSError as exc:
+        raise DicomReadError(f"{ref.path}: cannot read pixel data ({exc.strerror or exc})") from None
 
 
 def _read_with_pydicom(path: str, frames: Sequence[int], n_frames: int, ts_uid: str) -> list[np.ndarray]:
@@ -812,10 +807,7 @@ def _decode_file(refs: Sequence[SliceRef]) -> list[np.ndarray]:
         simple = plain_bits and first.bits_allocated in (8, 16, 32) and first.samples_per_pixel == 1
         if first.transfer_syntax_uid in IMAGECODECS_DECODERS and simple:
             want = np.dtype(f"{'i' if first.pixel_representation == 1 else 'u'}{first.bits_allocated // 8}")
-            arrays = _read_with_imagecodecs(
-                first.path, frames, first.number_of_frames, first.transfer_syntax_uid,
-                shape=(first.rows, first.columns), dtype=want,
-            )  # fmt: skip
+            arrays = _read_with_imagecodecs(first, frames, dtype=want)
             if arrays is not None and all(a.dtype.itemsize == want.itemsize and a.ndim == 2 for a in arrays):
                 arrays = [a.view(want) for a in arrays]
             else:  # an unexpected layout: let pydicom decide

@@ -34,7 +34,7 @@ from pydicom.tag import BaseTag
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_32, VR
 from pydicom.values import convert_string
 
-__all__ = ["RawHeader", "parse_header"]
+__all__ = ["RawHeader", "dictionary_vr", "element_vr", "parse_header"]
 
 IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
 EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
@@ -292,7 +292,7 @@ def _read_elements(
         if tag == _ITEM_DELIMITER:
             raise _Decline
         if length == _UNDEFINED:
-            if (vr if vr is not None else _dictionary_vr(tag)) != "SQ" or meta:
+            if (vr if vr is not None else dictionary_vr(tag)) != "SQ" or meta:
                 raise _Decline  # undefined-length UN or other values: pydicom's rules decide
             reader.fp.seek(value_at)
             sequence = read_sequence(reader.fp, implicit, True, length, encoding)
@@ -319,8 +319,15 @@ def _read_elements(
     return elements, -1, encoding
 
 
-def _dictionary_vr(tag: int) -> str | None:
+@functools.lru_cache(maxsize=512)
+def dictionary_vr(tag: int) -> str | None:
+    """The data dictionary's VR of `tag`, or None for a tag it does not know."""
     try:
         return dictionary_VR(tag)
     except KeyError:
         return None
+
+
+def element_vr(element: RawDataElement) -> str | None:
+    """The VR of a raw element: as written (explicit VR) or the dictionary's (implicit VR)."""
+    return element.VR if element.VR is not None else dictionary_vr(element.tag)
