@@ -128,13 +128,8 @@ def ctframe_threads(folders: list[Path], client: object = None) -> np.ndarray:
 _CATALOGS: dict[tuple[Path, ...], object] = {}
 
 
-def ctframe_catalog_given(folders: list[Path], client: object = None) -> np.ndarray:
-    """``ctframe_threads`` with the catalog of an earlier scan (scan once, analyse many times).
-
-    The scan is done once per cohort and not timed (the warm-up round pays
-    it), as the floor's header pass: this is ctframe's side of the comparison
-    with the floor.
-    """
+def _cached_catalog(folders: list[Path]) -> object:
+    """The catalog of one header pass per cohort, shared by the floor and ``ctframe_catalog_given``."""
     import ctframe
 
     key = tuple(folders)
@@ -142,7 +137,17 @@ def ctframe_catalog_given(folders: list[Path], client: object = None) -> np.ndar
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ctframe.CTFrameWarning)
             _CATALOGS[key] = ctframe.scan(folders)
-    return _ctframe_counts(_CATALOGS[key], client)
+    return _CATALOGS[key]
+
+
+def ctframe_catalog_given(folders: list[Path], client: object = None) -> np.ndarray:
+    """``ctframe_threads`` with the catalog of an earlier scan (scan once, analyse many times).
+
+    The scan is done once per cohort and not timed (the warm-up round pays
+    it), as the floor's header pass: this is ctframe's side of the comparison
+    with the floor.
+    """
+    return _ctframe_counts(_cached_catalog(folders), client)
 
 
 def _ctframe_counts(catalog: object, client: object) -> np.ndarray:
@@ -187,11 +192,7 @@ def _floor_jobs(folders: list[Path]) -> list[list[tuple[str, int, int]]]:
     """Where each file's pixels are, from a header pass done once per cohort (outside the floor's timing)."""
     key = tuple(folders)
     if key not in _FLOOR_JOBS:
-        import ctframe
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ctframe.CTFrameWarning)
-            catalog = ctframe.scan(folders)
+        catalog = _cached_catalog(folders)
         jobs = [
             (p, int(o), int(r * c))
             for p, o, r, c in catalog[["path", "pixel_data_offset", "rows", "columns"]].itertuples(index=False)
