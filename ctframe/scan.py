@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ctframe.calibration import calibration_of_rows
 from ctframe.config import get_config
 from ctframe.dicom import read_header
 from ctframe.errors import CTFrameError, NoSeriesError, ScanWarning
@@ -59,7 +60,7 @@ SERIES_COLUMNS: tuple[str, ...] = (
     "spacing_max_mm", "n_missing_slices", "tilt_angle_deg", "gantry_tilt_deg", "convolution_kernel", "kvp",
     "manufacturer", "manufacturer_model", "transfer_syntax", "has_duplicates", "has_gaps", "irregular_spacing",
     "is_tilted", "rescale_varies", "is_compressed", "is_lossy", "is_non_ct", "is_localizer", "inconsistent_shape",
-    "missing_geometry", "not_hu_calibrated", "usable", "qc_notes",
+    "missing_geometry", "not_hu_calibrated", "usable", "calibration_issue", "qc_notes",
 )  # fmt: skip
 LOCALIZER_TYPES = frozenset({"LOCALIZER", "SCOUT", "SURVIEW", "TOPOGRAM", "SCANOGRAM"})
 
@@ -419,6 +420,7 @@ def _stack_qc(group: pd.DataFrame, qc: dict[str, Any]) -> dict[str, Any]:
     if not np.isfinite(tilt):
         tilt = float(header_tilt) if np.isfinite(header_tilt) else 0.0
 
+    calibration = calibration_of_rows(group)
     image_types = set("\\".join(group["image_type"].astype(str)).upper().split("\\"))
     geometry_cols = ["position_x_mm", "row_dir_x", "col_dir_x", "pixel_spacing_row_mm"]
     flags = {
@@ -426,18 +428,18 @@ def _stack_qc(group: pd.DataFrame, qc: dict[str, Any]) -> dict[str, Any]:
         "has_gaps": bool(gaps.any()),
         "irregular_spacing": bool(spread > qc["irregular_tolerance"]),
         "is_tilted": bool(tilt > 0.5),
-        "rescale_varies": bool(group["rescale_slope"].nunique() > 1 or group["rescale_intercept"].nunique() > 1),
+        "rescale_varies": calibration.rescale_varies,
         "is_compressed": bool(group["is_compressed"].any()),
         "is_lossy": bool(group["is_lossy"].any()),
         "is_non_ct": bool((group["modality"] != "CT").any()),
         "is_localizer": bool(image_types & LOCALIZER_TYPES),
         "inconsistent_shape": bool(group["rows"].nunique() > 1 or group["columns"].nunique() > 1),
         "missing_geometry": bool(group[geometry_cols].isna().any().any()),
-        "not_hu_calibrated": bool(
-            group["rescale_intercept"].isna().any() or (~group["rescale_type"].isin(["", "HU"])).any()
-        ),
+        "not_hu_calibrated": not calibration.usable,  # the rules of ctframe.calibration, as to_hu applies them
     }
     notes = [name.replace("_", " ") for name, on in flags.items() if on]
+    if calibration.issue:
+        notes[notes.index("not hu calibrated")] = f"not HU calibrated: {calibration.issue}"
     if n_missing:
         notes.append(f"about {n_missing} missing slice(s)")
     # not_hu_calibrated: to_hu refuses such a stack, so no HU table may be computed from it either
@@ -479,6 +481,7 @@ def _stack_qc(group: pd.DataFrame, qc: dict[str, Any]) -> dict[str, Any]:
         "transfer_syntax": ", ".join(sorted(group["transfer_syntax"].unique())),
         **flags,
         "usable": usable,
+        "calibration_issue": calibration.issue,
         "qc_notes": "; ".join(notes),
     }
 
@@ -503,7 +506,9 @@ def series_table(catalog: pd.DataFrame) -> pd.DataFrame:
         ``inconsistent_shape``, ``missing_geometry``, ``not_hu_calibrated``,
         ``usable`` (False for a non-CT, localizer, mixed-size, duplicate,
         missing-geometry or not-HU-calibrated stack: what the cohort may not
-        compute HU tables from) and a readable ``qc_notes``. When the catalog holds the
+        compute HU tables from), ``calibration_issue`` (why the stack cannot
+        become HU, from :func:`ctframe.calibration.assess_calibration`; empty
+        when it can) and a readable ``qc_notes``. When the catalog holds the
         identifying columns (``scan(..., include_phi=True)``), they follow,
         taken from the first slice of each stack; otherwise there are none.
 
