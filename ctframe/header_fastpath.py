@@ -15,16 +15,24 @@ private), a command set, an implicit/explicit VR switch, an unknown VR, an
 undefined-length element that is not a sequence, a value running past the end
 of the file, or any exception. ``tests/test_header_fastpath.py`` proves on
 every file of ``../shared/data`` that the fast path either declines or gives
-exactly what pydicom gives.
+exactly what pydicom gives, and ``tests/test_header_fuzz.py`` does the same on
+mutated copies of them (catalog records compared with and without the fast path).
+
+The walk reproduces what pydicom's reader does, so it is tied to the pydicom
+versions it was tested on: with any other minor version (see
+:data:`TESTED_PYDICOM`) it declines every file and pydicom reads them all. Only
+public pydicom names are used (a test scans the package for private ones).
 """
 
 from __future__ import annotations
 
 import functools
+import re
 import struct
 from collections.abc import Callable, MutableSequence
 from typing import Any, BinaryIO
 
+import pydicom
 from pydicom.charset import convert_encodings, default_encoding
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element, empty_value_for_VR
@@ -34,7 +42,10 @@ from pydicom.tag import BaseTag
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_32, VR
 from pydicom.values import convert_string
 
-__all__ = ["RawHeader", "dictionary_vr", "element_vr", "parse_header"]
+__all__ = ["TESTED_PYDICOM", "RawHeader", "dictionary_vr", "element_vr", "fast_path_enabled", "parse_header"]
+
+#: pydicom (major, minor) versions the fast path is tested on; pyproject.toml pins the same range.
+TESTED_PYDICOM = frozenset({(3, 0)})
 
 IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
 EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
@@ -132,11 +143,40 @@ def _raw_element(tag: int, entry: tuple[str | None, int, bytes | None, int, bool
     return RawDataElement(BaseTag(tag), vr, length, value, value_at, implicit, True)
 
 
+@functools.lru_cache(maxsize=8)
+def _tested_version(version: str) -> bool:
+    match = re.match(r"(\d+)\.(\d+)", version)
+    return match is not None and (int(match[1]), int(match[2])) in TESTED_PYDICOM
+
+
+def fast_path_enabled() -> bool:
+    """Whether the installed pydicom is a version the fast path is tested on (:data:`TESTED_PYDICOM`).
+
+    Otherwise :func:`parse_header` declines every file and pydicom reads it.
+
+    Examples
+    --------
+    >>> fast_path_enabled()  # pydicom 3.0.x, as pyproject.toml requires
+    True
+    """
+    return _tested_version(pydicom.__version__)
+
+
+def _dataset_encoding(dataset: Dataset) -> str | list[str]:
+    """The encodings of `dataset` as pydicom's reader sets them: from its Specific Character Set, else the default.
+
+    The character set element is converted and stored in the dataset, as
+    reading it through pydicom does.
+    """
+    charset = dataset.get(BaseTag(0x00080005))  # a DataElement (converted in place) or None
+    return default_encoding if charset is None else convert_encodings(charset.value)
+
+
 @functools.lru_cache(maxsize=64)
 def _encoding(vr: str | None, length: int, value: bytes | None) -> str | tuple[str, ...]:
     """The encodings a dataset reads from its (0008,0005) Specific Character Set (odd values have their rules)."""
     element = RawDataElement(BaseTag(0x00080005), vr, length, value, 0, vr is None, True)
-    encodings = Dataset({element.tag: element}, parent_encoding=default_encoding)._character_set
+    encodings = _dataset_encoding(Dataset({element.tag: element}, parent_encoding=default_encoding))
     return tuple(encodings) if isinstance(encodings, list) else encodings  # immutable: the memo is shared
 
 
@@ -177,13 +217,16 @@ def parse_header(fp: BinaryIO, size: int) -> RawHeader | None:
     Returns
     -------
     RawHeader or None
-        None when the file is not in a layout handled here; `fp` is then at
-        an undefined position and the caller reads it with pydicom.
+        None when the file is not in a layout handled here, or when the
+        installed pydicom is not a tested version (:func:`fast_path_enabled`);
+        `fp` is then at an undefined position and the caller reads it with pydicom.
 
     Notes
     -----
     **Computes** (reads the header from disk).
     """
+    if not fast_path_enabled():
+        return None
     try:
         return _parse(_Reader(fp, size))
     except Exception:  # _Decline, or anything unexpected in an odd file: pydicom decides
@@ -228,9 +271,9 @@ def _parse(reader: _Reader) -> RawHeader:
 
     def build(raw: dict[BaseTag, RawDataElement | DataElement]) -> FileDataset:  # as read_partial returns it
         dataset = Dataset(raw, parent_encoding=default_encoding)
-        dataset.set_original_encoding(implicit, True, dataset._character_set)
+        dataset.set_original_encoding(implicit, True, _dataset_encoding(dataset))
         whole = FileDataset(reader.fp, dataset, preamble, meta_header.dataset, implicit, True)
-        whole.set_original_encoding(implicit, True, dataset._character_set)
+        whole.set_original_encoding(implicit, True, _dataset_encoding(dataset))
         return whole
 
     charset = elements.get(0x00080005)
