@@ -13,8 +13,9 @@ The rules (see ``docs/reliability.md``):
   Image module: a slice without them cannot be mapped; no default is guessed);
 * slope and intercept may differ from slice to slice (each slice uses its own:
   the stack is flagged ``rescale_varies``, not refused);
-* PixelPaddingValue and PixelPaddingRangeLimit are the same on every slice (a
-  padding value that changes within a stack cannot tell padding from tissue).
+* PixelPaddingValue and PixelPaddingRangeLimit apply slice by slice (a stack
+  whose rescale varies stores the same padding HU as different values), so
+  they travel as per-slice coordinates like slope and intercept.
 
 A stack that breaks a rule is refused with a reason naming the rule, how many
 slices break it and the first file, never converted with a value taken from
@@ -34,10 +35,6 @@ import xarray as xr
 
 __all__ = ["HUCalibration", "assess_calibration", "calibration_of_rows", "calibration_of_volume"]
 
-#: The attribute a volume carries when its stack cannot become HU (the reason).
-ISSUE_ATTR = "calibration_issue"
-
-
 @dataclass(frozen=True)
 class HUCalibration:
     """The verdict on a stack: can it become HU, and with which padding.
@@ -51,7 +48,8 @@ class HUCalibration:
     rescale_type : str
         The stack's RescaleType (``"HU"``, ``""`` or, when refused, what it says).
     padding_value, padding_range_limit : float
-        Stored-domain padding shared by every slice (NaN when absent).
+        Stored-domain padding when every slice has the same (NaN when absent
+        or when it differs; the per-slice values are the catalog's).
     rescale_varies : bool
         Slope or intercept differ between slices (each slice uses its own).
     """
@@ -146,9 +144,6 @@ def assess_calibration(
     zero = np.isfinite(slope) & (slope == 0)
     if zero.any():
         issues.append(f"RescaleSlope is 0 on {int(zero.sum())} of {n} slice(s)" + _first(slope, zero, names))
-    if not (_same(np.asarray(padding)) and _same(np.asarray(limit))):
-        issues.append("PixelPaddingValue/PixelPaddingRangeLimit differ between slices; padding cannot be told "
-                      "from tissue")
     finite_slope, finite_intercept = slope[np.isfinite(slope)], intercept[np.isfinite(intercept)]
     types_ok = types[~not_hu]
     return HUCalibration(
@@ -185,12 +180,18 @@ def calibration_of_rows(rows: pd.DataFrame) -> HUCalibration:
     )
 
 
+def _per_slice(volume: xr.DataArray, name: str) -> np.ndarray | float:
+    if name in volume.coords:
+        return volume[name].to_numpy().astype(float)
+    return float(volume.attrs.get(name, np.nan))
+
+
 def calibration_of_volume(volume: xr.DataArray) -> HUCalibration:
     """:func:`assess_calibration` of a stored volume (its per-slice coords and attrs).
 
-    A volume from :func:`ctframe.open_series` carries the verdict its catalog
-    rows got (attribute ``calibration_issue`` when refused), so a rule that
-    needs every slice's header (RescaleType, padding) holds here too.
+    Slope, intercept and padding are per-slice coordinates; modality and
+    RescaleType are attributes that :func:`ctframe.open_series` sets from every
+    slice's header (a stack that mixes RescaleTypes says so, e.g. ``"HU/US"``).
     """
     n = volume.sizes.get("slice", 1)
     nan = np.full(n, np.nan)
@@ -200,14 +201,9 @@ def calibration_of_volume(volume: xr.DataArray) -> HUCalibration:
         rescale_type=str(volume.attrs.get("rescale_type", "")),
         slope=volume["rescale_slope"].to_numpy().astype(float) if has else nan,
         intercept=volume["rescale_intercept"].to_numpy().astype(float) if has else nan,
-        padding_value=float(volume.attrs.get("padding_value", np.nan)),
-        padding_range_limit=float(volume.attrs.get("padding_range_limit", np.nan)),
+        padding_value=_per_slice(volume, "padding_value"),
+        padding_range_limit=_per_slice(volume, "padding_range_limit"),
     )
-    inherited = str(volume.attrs.get(ISSUE_ATTR, ""))
-    if inherited and inherited not in result.issue:
-        issue = "; ".join(filter(None, [inherited, result.issue]))
-        return HUCalibration(False, issue, result.rescale_type, result.padding_value, result.padding_range_limit,
-                             result.rescale_varies)
     if not has:
         return HUCalibration(False, "no rescale_slope/rescale_intercept coordinates; open it with "
                              "ctframe.open_series", result.rescale_type, result.padding_value,

@@ -22,6 +22,7 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
+from ctframe.calibration import calibration_of_volume
 from ctframe.config import get_config
 from ctframe.errors import NotHUCalibratedError
 from ctframe.kernels import lookup_kernel
@@ -36,8 +37,8 @@ def rescale_values(
     slope: float | np.ndarray,
     intercept: float | np.ndarray,
     *,
-    padding_value: float,
-    padding_range_limit: float,
+    padding_value: float | np.ndarray,
+    padding_range_limit: float | np.ndarray,
     fill_below_hu: float,
 ) -> tuple[np.ndarray, np.ndarray]:
     """HU (float64) of stored values and whether each is tissue (not padding or fill).
@@ -51,8 +52,10 @@ def rescale_values(
         Stored values.
     slope, intercept : float or ndarray broadcastable to `stored`
         Rescale slope and intercept.
-    padding_value, padding_range_limit : float
-        Stored-domain padding (NaN when absent).
+    padding_value, padding_range_limit : float or ndarray broadcastable to `stored`
+        Stored-domain padding (NaN when absent), per slice where it differs
+        (a stack whose rescale changes from slice to slice stores the same
+        padding HU as different values).
     fill_below_hu : float
         HU below this are fill.
 
@@ -61,17 +64,25 @@ def rescale_values(
     hu : ndarray of float64
     valid : ndarray of bool
         False for padding, fill and HU that float32 cannot hold (a corrupt slope).
+
+    Examples
+    --------
+    >>> hu, valid = rescale_values(np.array([[0, 5, 9]]), 1.0, -1000.0, padding_value=np.array([[5.0]]),
+    ...                            padding_range_limit=np.nan, fill_below_hu=-1500)
+    >>> hu.tolist(), valid.tolist()
+    ([[-1000.0, -995.0, -991.0]], [[True, False, True]])
     """
     with np.errstate(over="ignore", invalid="ignore"):  # absurd slopes from corrupt headers
         hu = stored * np.asarray(slope, float) + np.asarray(intercept, float)
         # HU that float32 cannot hold (or inf/NaN) are no tissue either
         valid = (hu >= fill_below_hu) & (np.abs(hu) <= _FLOAT32_MAX)
-    if np.isfinite(padding_value):
-        if np.isfinite(padding_range_limit):
-            lo, hi = sorted((padding_value, padding_range_limit))
-            valid &= (stored < lo) | (stored > hi)
-        else:
-            valid &= stored != padding_value
+    pad = np.asarray(padding_value, float)
+    limit = np.asarray(padding_range_limit, float)
+    if np.isfinite(pad).any():
+        has_range = np.isfinite(pad) & np.isfinite(limit)
+        lo, hi = np.fmin(pad, limit), np.fmax(pad, limit)
+        padding = np.where(has_range, (stored >= lo) & (stored <= hi), stored == pad)  # NaN pad: never equal
+        valid &= ~padding
     return hu, valid
 
 
@@ -96,17 +107,17 @@ def hu_kernel(
     stored: np.ndarray,
     slope: np.ndarray,
     intercept: np.ndarray,
+    padding_value: float | np.ndarray = np.nan,
+    padding_range_limit: float | np.ndarray = np.nan,
     *,
-    padding_value: float,
-    padding_range_limit: float,
     fill_below_hu: float,
 ) -> np.ndarray:
     """Eager HU conversion of one block; the body of :func:`to_hu`.
 
     8- and 16-bit stored values go through a lookup table built once per
-    distinct (slope, intercept) of the block, over the values the block holds
-    (from its minimum to its maximum), which gives the same float32 values as
-    converting voxel by voxel in float64, at a fraction of the cost.
+    distinct (slope, intercept, padding) of the block, over the values the
+    block holds (from its minimum to its maximum), which gives the same float32
+    values as converting voxel by voxel in float64, at a fraction of the cost.
 
     Parameters
     ----------
@@ -114,8 +125,8 @@ def hu_kernel(
         Stored values.
     slope, intercept : ndarray, broadcastable to `stored`
         Per-slice rescale slope and intercept.
-    padding_value, padding_range_limit : float
-        Stored-domain padding (NaN when absent).
+    padding_value, padding_range_limit : float or ndarray, broadcastable to `stored`
+        Per-slice stored-domain padding (NaN when absent).
     fill_below_hu : float
         HU below this become NaN.
 
@@ -124,25 +135,30 @@ def hu_kernel(
     ndarray of float32
     """
     stored = np.asarray(stored)
-    options = dict(padding_value=padding_value, padding_range_limit=padding_range_limit, fill_below_hu=fill_below_hu)
     if stored.dtype.kind in "iu" and stored.dtype.itemsize <= 2 and stored.ndim >= 2 and stored.size:
         planes = np.ascontiguousarray(stored.reshape(-1, *stored.shape[-2:]))
-        slopes = np.broadcast_to(np.asarray(slope, float).reshape(-1), (planes.shape[0],))
-        intercepts = np.broadcast_to(np.asarray(intercept, float).reshape(-1), (planes.shape[0],))
+        n = planes.shape[0]
+        per_slice = [
+            np.broadcast_to(np.asarray(v, float).reshape(-1), (n,))
+            for v in (slope, intercept, padding_value, padding_range_limit)
+        ]
         out = np.empty(planes.shape, np.float32)
         lo, hi = int(planes.min()), int(planes.max())  # tables cover the values present, not all 65,536
         lookup = lookup_kernel() if planes.dtype.isnative else None  # numba takes native byte order only
-        tables: dict[tuple[float, float], np.ndarray] = {}
-        for k in range(planes.shape[0]):
-            key = (float(slopes[k]), float(intercepts[k]))
+        tables: dict[tuple[float, ...], np.ndarray] = {}
+        for k in range(n):
+            key = tuple(float(v[k]) for v in per_slice)
             if key not in tables:
-                tables[key] = _lookup_table(lo, hi, *key, **options)
+                tables[key] = _lookup_table(lo, hi, *key, fill_below_hu=fill_below_hu)
             if lookup is not None:  # a compiled loop that releases the GIL
                 lookup(tables[key], planes[k], lo, out[k])
             else:
                 np.take(tables[key], np.subtract(planes[k], lo, dtype=np.intp), out=out[k])
         return out.reshape(stored.shape)
-    hu, valid = rescale_values(stored, slope, intercept, **options)
+    hu, valid = rescale_values(
+        stored, slope, intercept, padding_value=padding_value, padding_range_limit=padding_range_limit,
+        fill_below_hu=fill_below_hu,
+    )  # fmt: skip
     return np.where(valid, hu, np.nan).astype(np.float32)
 
 
@@ -170,8 +186,10 @@ def to_hu(volume: xr.DataArray, *, fill_below_hu: float | None = None, assume_hu
     Raises
     ------
     NotHUCalibratedError
-        The series is not CT, declares a RescaleType other than HU, or lacks
-        rescale slope/intercept; the message names the series.
+        The stack breaks a rule of :mod:`ctframe.calibration` (not CT, a
+        RescaleType other than HU, a slope or intercept missing, non-finite or
+        zero on some slice, padding that differs between slices); the message
+        names the series and the rule.
 
     Notes
     -----
@@ -194,39 +212,24 @@ def to_hu(volume: xr.DataArray, *, fill_below_hu: float | None = None, assume_hu
         raise NotHUCalibratedError(
             f"series {key}: no rescale_slope/rescale_intercept coordinates; open it with ctframe.open_series"
         )
-    slope = volume["rescale_slope"].astype(float)
-    intercept = volume["rescale_intercept"].astype(float)
-    if not assume_hu:
-        modality = volume.attrs.get("modality", "")
-        rescale_type = volume.attrs.get("rescale_type", "")
-        if modality != "CT":
-            raise NotHUCalibratedError(
-                f"series {key}: modality is {modality or 'missing'}, not CT; stored values are not HU "
-                "(pass assume_hu=True to apply the rescale anyway)"
-            )
-        if rescale_type not in ("", "HU"):
-            raise NotHUCalibratedError(
-                f"series {key}: RescaleType is {rescale_type!r}, not HU (a derived or non-calibrated image); "
-                "pass assume_hu=True to apply the rescale anyway"
-            )
-        if not (np.isfinite(slope.values).all() and np.isfinite(intercept.values).all()):
-            raise NotHUCalibratedError(
-                f"series {key}: RescaleSlope/RescaleIntercept missing on some slices; "
-                "stored values cannot be mapped to HU (pass assume_hu=True to treat them as slope 1, intercept 0)"
-            )
-    slope = slope.fillna(1.0)
-    intercept = intercept.fillna(0.0)
+    calibration = calibration_of_volume(volume)  # the same rules as series_table and the cohort path
+    if not calibration.usable and not assume_hu:
+        raise NotHUCalibratedError(
+            f"series {key}: stored values cannot be mapped to HU: {calibration.issue} "
+            "(pass assume_hu=True to apply the rescale anyway, missing slope/intercept as 1/0)"
+        )
+    slope = volume["rescale_slope"].astype(float).fillna(1.0)
+    intercept = volume["rescale_intercept"].astype(float).fillna(0.0)
     threshold = get_config()["hu"]["fill_below_hu"] if fill_below_hu is None else float(fill_below_hu)
+    padding, padding_limit = (_per_slice(volume, name) for name in ("padding_value", "padding_range_limit"))
     hu = xr.apply_ufunc(
         hu_kernel,
         volume,
         slope,
         intercept,
-        kwargs={
-            "padding_value": float(volume.attrs.get("padding_value", np.nan)),
-            "padding_range_limit": float(volume.attrs.get("padding_range_limit", np.nan)),
-            "fill_below_hu": threshold,
-        },
+        padding,
+        padding_limit,
+        kwargs={"fill_below_hu": threshold},
         dask="parallelized",
         output_dtypes=[np.float32],
         keep_attrs=True,
@@ -234,3 +237,10 @@ def to_hu(volume: xr.DataArray, *, fill_below_hu: float | None = None, assume_hu
     hu.attrs.update(units="HU", fill_below_hu=threshold)
     hu.name = "hu"
     return hu.transpose(*volume.dims)
+
+
+def _per_slice(volume: xr.DataArray, name: str) -> xr.DataArray:
+    """A per-slice value: the coordinate of that name, or the attribute (one value for every slice)."""
+    if name in volume.coords:
+        return volume[name].astype(float).reset_coords(drop=True)
+    return xr.DataArray(float(volume.attrs.get(name, np.nan)))

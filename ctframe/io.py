@@ -22,6 +22,7 @@ import xarray as xr
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
+from ctframe.calibration import calibration_of_rows
 from ctframe.config import get_config
 from ctframe.dicom import SliceRef, read_frames, stored_dtype
 from ctframe.errors import (
@@ -42,6 +43,8 @@ Source = str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | pd.DataFram
 SLICE_COORDS = (
     "rescale_slope",
     "rescale_intercept",
+    "padding_value",
+    "padding_range_limit",
     "position_x_mm",
     "position_y_mm",
     "position_z_mm",
@@ -274,6 +277,7 @@ def _read_chunk(refs: tuple[SliceRef, ...], dtype: str) -> np.ndarray:
 
 def _series_attrs(rows: pd.DataFrame) -> dict[str, Any]:
     first = rows.iloc[0]
+    calibration = calibration_of_rows(rows)
     steps = np.diff(rows["slice_position_mm"].to_numpy(float))
     attrs: dict[str, Any] = {
         "stack_key": first["stack_key"],
@@ -296,9 +300,10 @@ def _series_attrs(rows: pd.DataFrame) -> dict[str, Any]:
         "manufacturer_model": first["manufacturer_model"],
         "transfer_syntax": ", ".join(sorted(rows["transfer_syntax"].unique())),
         "is_lossy": bool(rows["is_lossy"].any()),
-        "rescale_type": first["rescale_type"],
-        "padding_value": float(first["padding_value"]),
-        "padding_range_limit": float(first["padding_range_limit"]),
+        # every slice's header decides, not the first one's (ctframe.calibration)
+        "rescale_type": calibration.rescale_type,
+        "padding_value": calibration.padding_value,
+        "padding_range_limit": calibration.padding_range_limit,
         "window_center": first["window_center"],
         "window_width": first["window_width"],
         "voi_lut_function": first["voi_lut_function"],
