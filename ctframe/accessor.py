@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import xarray as xr
 
 __all__ = ["CTAccessor"]
@@ -19,6 +20,17 @@ class CTAccessor:
 
     def __init__(self, obj: xr.DataArray) -> None:
         self._obj = obj
+
+    @property
+    def affine(self) -> np.ndarray:
+        """Same as :func:`ctframe.geometry.affine`: voxel index (slice, row, col) to patient LPS mm, 4x4.
+
+        Derived from coordinates and attrs on every access (never cached), so it
+        follows ``isel``.
+        """
+        from ctframe.geometry import affine
+
+        return affine(self._obj)
 
     def to_hu(self, **kwargs: Any) -> xr.DataArray:
         """Same as :func:`ctframe.to_hu`."""

@@ -36,6 +36,8 @@ RANGES: dict[str, tuple[float, float]] = {
     "qc.gap_factor": (1.0, 100.0),
     "qc.irregular_tolerance": (0.0, 10.0),
     "qc.duplicate_tolerance_mm": (0.0, 100.0),
+    "qc.orientation_tolerance": (0.0, 0.1),
+    "qc.pixel_spacing_tolerance": (0.0, 0.1),
     "histogram.bin_width_hu": (1, 4096),
     "histogram.min_hu": (-2048, 4095),
     "histogram.max_hu": (-2047, 4096),
