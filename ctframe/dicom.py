@@ -33,12 +33,13 @@ from pydicom.uid import UID
 from pydicom.values import convert_value, default_encoding
 
 from ctframe.errors import DicomReadError, UnsupportedDicomError
-from ctframe.header_fastpath import RawHeader, element_vr, parse_header
+from ctframe.header_fastpath import _LONG_VRS, RawHeader, element_vr, parse_header
 from ctframe.privacy import patient_key
 
 __all__ = [
     "NATIVE_LITTLE_ENDIAN",
     "SliceRef",
+    "keep_stored_bits",
     "normalise_rescale_type",
     "read_frames",
     "read_header",
@@ -79,6 +80,9 @@ LOSSY_SYNTAXES = frozenset(
 MAYBE_LOSSY_SYNTAXES = frozenset({"1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.93"})
 DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
 _PIXEL_TAG_LE = b"\xe0\x7f\x10\x00"
+_UNDEFINED_LENGTH = b"\xff\xff\xff\xff"
+#: Explicit VRs written with 2 reserved bytes and a 4-byte length (OB, OW, UN, ...), as bytes.
+_LONG_VR_BYTES = frozenset(vr.encode("ascii") for vr in _LONG_VRS)
 #: (7FE0,0010) Pixel Data, (7FE0,0008) Float and (7FE0,0009) Double Float Pixel Data, both byte orders.
 _PIXEL_TAGS = frozenset(
     {
@@ -384,11 +388,8 @@ def _open_dataset(path: str) -> tuple[Header, int, bool, bool, int]:
             offset = fp.tell()
             head = fp.read(12)
             has_pixels = head[:4] in _PIXEL_TAGS
-            undefined_length = head[4:6] in (b"OW", b"OB") and head[8:12] == b"\xff\xff\xff\xff"
-            if head[:4] != _PIXEL_TAG_LE:
-                offset = -1
-            else:  # explicit VR: tag, VR, 2 reserved bytes, 4-byte length; implicit: tag, length
-                offset += 12 if head[4:6] in (b"OW", b"OB") else 8
+            header_length, undefined_length = _pixel_element_layout(head, implicit=_reads_implicit_vr(ds))
+            offset = offset + header_length if head[:4] == _PIXEL_TAG_LE else -1
     except DicomReadError:
         raise
     except OSError as exc:
@@ -396,6 +397,50 @@ def _open_dataset(path: str) -> tuple[Header, int, bool, bool, int]:
     except Exception as exc:  # pydicom raises many types on corrupt input
         raise DicomReadError(f"{path}: unreadable DICOM header ({type(exc).__name__}: {exc})") from None
     return ds, offset, has_pixels, undefined_length, size
+
+
+def _reads_implicit_vr(ds: Header) -> bool:
+    """Whether the elements of `ds` were read as implicit VR (the pixel data element is encoded the same way).
+
+    A raw element records the encoding pydicom actually read, which differs
+    from the transfer syntax when a file switches between implicit and
+    explicit VR (pydicom detects it; ``original_encoding`` keeps the syntax's).
+    """
+    if isinstance(ds, RawHeader):
+        return ds.is_implicit_VR
+    element = ds.get_item(0x00280010)  # Rows: present in every image, at the top level like the pixel data
+    if isinstance(element, RawDataElement):
+        return bool(element.is_implicit_VR)
+    return bool(ds.original_encoding[0])
+
+
+def _pixel_element_layout(head: bytes, *, implicit: bool) -> tuple[int, bool]:
+    r"""The header length of the pixel data element that starts with `head`, and whether its length is undefined.
+
+    `head` holds the element's first 12 bytes. The rule is pydicom's element
+    reader's: implicit VR is tag and 4-byte length (8 bytes); explicit VR with
+    a long-form VR (OB, OW, UN, OF, ... see
+    :data:`ctframe.header_fastpath._LONG_VRS`) is tag, VR, 2 reserved bytes and
+    4-byte length (12 bytes); any other explicit VR has a 2-byte length (8
+    bytes), and bytes that are no VR at all mean an implicit element (8 bytes).
+
+    Examples
+    --------
+    >>> _pixel_element_layout(b"\xe0\x7f\x10\x00UN\x00\x00\x00\x00\x08\x00", implicit=False)
+    (12, False)
+    >>> _pixel_element_layout(b"\xe0\x7f\x10\x00OB\x00\x00\xff\xff\xff\xff", implicit=False)
+    (12, True)
+    >>> _pixel_element_layout(b"\xe0\x7f\x10\x00\x00\x00\x08\x00\x00\x00\x00\x00", implicit=True)
+    (8, False)
+    """
+    if implicit:
+        return 8, head[4:8] == _UNDEFINED_LENGTH
+    vr = head[4:6]
+    if vr in _LONG_VR_BYTES:
+        return 12, head[8:12] == _UNDEFINED_LENGTH
+    if len(vr) == 2 and not (b"AA" <= vr <= b"ZZ"):  # not a VR: pydicom assumes an implicit element here
+        return 8, head[4:8] == _UNDEFINED_LENGTH
+    return 8, False  # a short-form VR: a 2-byte length cannot be undefined
 
 
 def _dcmread_header(fp: Any, path: str) -> Dataset:
@@ -678,6 +723,62 @@ def stored_dtype(bits_allocated: Iterable[int], pixel_representation: Iterable[i
     return np.result_type(*dtypes) if dtypes else np.dtype("int16")
 
 
+def keep_stored_bits(frame: np.ndarray, bits_stored: int) -> np.ndarray:
+    """Make every value of `frame` what its low `bits_stored` bits say, in place (pydicom's rule).
+
+    PS3.5 8.1.1: the bits above BitsStored carry nothing that can be assumed
+    (legacy scanners keep overlays there). pydicom ignores them by shifting
+    left and back right by BitsAllocated - BitsStored in the frame's own dtype,
+    so an unsigned frame is masked to its low `bits_stored` bits and a signed
+    one is sign-extended from bit ``bits_stored - 1``. HighBit plays no part:
+    pydicom assumes HighBit = BitsStored - 1. Every read path applies this to
+    the frame as its decoder returns it (the dtype pydicom would give it), so
+    the stored values equal ``pixel_array``.
+
+    Parameters
+    ----------
+    frame : ndarray
+        Integer values, changed in place. Their itemsize plays BitsAllocated.
+    bits_stored : int
+        Significant bits; nothing is done when they fill the dtype.
+
+    Returns
+    -------
+    ndarray
+        `frame` itself.
+
+    Notes
+    -----
+    One vectorised pass (two shifts over one frame, which stays in cache);
+    numpy releases the GIL for it.
+
+    Examples
+    --------
+    >>> keep_stored_bits(np.array([0x0FFF, 0x7800], dtype=np.int16), 12)  # 12-bit signed: sign bit 11
+    array([   -1, -2048], dtype=int16)
+    >>> keep_stored_bits(np.array([0xFFFF, 0x1234], dtype=np.uint16), 12)
+    array([4095,  564], dtype=uint16)
+    """
+    shift = frame.dtype.itemsize * 8 - bits_stored
+    if shift <= 0 or bits_stored <= 0:
+        return frame
+    if frame.dtype.kind == "u":
+        np.bitwise_and(frame, (1 << bits_stored) - 1, out=frame)
+    else:
+        np.left_shift(frame, shift, out=frame)
+        np.right_shift(frame, shift, out=frame)
+    return frame
+
+
+def _check_bits(ref: SliceRef) -> None:
+    """Refuse a BitsStored that pydicom refuses too (no stored value can be read from it)."""
+    if not 1 <= ref.bits_stored <= ref.bits_allocated:
+        raise DicomReadError(
+            f"{ref.path}: BitsStored {ref.bits_stored} is not between 1 and BitsAllocated {ref.bits_allocated}; "
+            "the header is corrupt, fix BitsStored"
+        )
+
+
 def _fast_path_ok(ref: SliceRef) -> bool:
     return (
         ref.transfer_syntax_uid in NATIVE_LITTLE_ENDIAN
@@ -687,12 +788,22 @@ def _fast_path_ok(ref: SliceRef) -> bool:
     )
 
 
+def _pixel_dtype(pixel_representation: int, bits_allocated: int) -> np.dtype:
+    """The little-endian dtype pydicom decodes a frame into (PixelRepresentation, BitsAllocated 8, 16 or 32)."""
+    return np.dtype(f"<{'i' if pixel_representation == 1 else 'u'}{bits_allocated // 8}")
+
+
 def _native_dtype(ref: SliceRef) -> np.dtype:
-    return np.dtype(f"<{'i' if ref.pixel_representation == 1 else 'u'}{ref.bits_allocated // 8}")
+    return _pixel_dtype(ref.pixel_representation, ref.bits_allocated)
 
 
 def _read_native_into(ref: SliceRef, target: np.ndarray) -> None:
-    """Read the raw little-endian pixel bytes of `ref` into `target` (what :func:`_read_native` returns)."""
+    """Read the stored values of the native frame `ref` into `target` (of :func:`_native_dtype`).
+
+    The raw little-endian bytes land in `target` itself, then
+    :func:`keep_stored_bits` runs on them while they are in cache (nothing at
+    all when BitsStored equals BitsAllocated).
+    """
     if not target.flags.c_contiguous:  # the bytes must land in `target` itself, not in a reshaped copy
         raise ValueError("target must be C-contiguous")
     offset = ref.pixel_data_offset + ref.frame * target.nbytes
@@ -718,17 +829,72 @@ def _read_native_into(ref: SliceRef, target: np.ndarray) -> None:
             f"{ref.path}: pixel data truncated (frame {ref.frame} needs {target.size} values, "
             f"found {done // target.itemsize})"
         )
+    if ref.bits_stored < ref.bits_allocated:
+        keep_stored_bits(target, ref.bits_stored)
 
 
 def _read_native(ref: SliceRef) -> np.ndarray:
-    """Raw little-endian pixel bytes at their file offset (what pydicom returns for native data)."""
+    """The stored values of a native little-endian frame (what pydicom returns)."""
     out = np.empty((ref.rows, ref.columns), _native_dtype(ref))
     _read_native_into(ref, out)
     return out
 
 
-def _read_with_imagecodecs(ref: SliceRef, frames: Sequence[int], *, dtype: np.dtype) -> list[np.ndarray] | None:
-    """Decode frames `frames` of the file of `ref` with imagecodecs; None when it (or the codec) is not available."""
+_JPEG_LS_SOF = b"\xff\xf7"
+_JPEG_2000 = frozenset({"1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91"})
+_JPEG_LS = frozenset({"1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81"})
+
+
+def _jpeg_ls_precision(codestream: bytes) -> int | None:
+    """The sample precision P of a JPEG-LS codestream's SOF55 segment, or None when there is none to read."""
+    if codestream[:2] != b"\xff\xd8":
+        return None
+    offset = 2
+    while offset + 5 <= len(codestream):
+        if codestream[offset : offset + 2] == _JPEG_LS_SOF:
+            return codestream[offset + 4]
+        offset += 2 + int.from_bytes(codestream[offset + 2 : offset + 4], "big")  # the next marker
+    return None
+
+
+def _decoded_layout(ref: SliceRef, codestream: bytes) -> tuple[np.dtype, int] | None:
+    """The dtype pydicom gives a decoded frame of `ref` and the bits :func:`keep_stored_bits` keeps in it.
+
+    pydicom's rules, per syntax: RLE and JPEG Lossless frames come in the
+    dtype of BitsAllocated and PixelRepresentation, BitsStored kept. JPEG-LS
+    and JPEG 2000 frames come in a container sized by the codestream's
+    precision P (8, 16 or 32 bits); a signed JPEG-LS frame (which has no sign
+    of its own) is sign-extended from P, and a JPEG 2000 frame whose signedness
+    differs from PixelRepresentation is corrected from P. No correction is
+    returned as 0 bits. None: a precision beyond the containers.
+    """
+    ts_uid, signed = ref.transfer_syntax_uid, ref.pixel_representation
+    if ts_uid in _JPEG_LS:
+        precision = _jpeg_ls_precision(codestream) or ref.bits_stored
+        correct = signed == 1
+    elif ts_uid in _JPEG_2000:
+        from pydicom.pixels.utils import get_j2k_parameters
+
+        info = get_j2k_parameters(codestream)
+        precision = info.get("precision", ref.bits_stored)
+        correct = int(info.get("is_signed", signed)) != signed
+    else:
+        return _pixel_dtype(signed, ref.bits_allocated), ref.bits_stored
+    container = next((bits for bits in (8, 16, 32) if precision <= bits), None)
+    if container is None:
+        return None
+    return _pixel_dtype(signed, container), precision if correct else 0
+
+
+def _read_with_imagecodecs(ref: SliceRef, frames: Sequence[int]) -> list[np.ndarray] | None:
+    """Decode frames `frames` of the file of `ref` with imagecodecs, as pydicom would decode them.
+
+    Each frame is viewed in the dtype pydicom gives it and corrected with
+    :func:`keep_stored_bits` by pydicom's rule (see :func:`_decoded_layout`).
+    None when imagecodecs (or the codec) is not available or a frame does not
+    come out as pydicom's would (another container size, several samples):
+    pydicom then decodes the file.
+    """
     ts_uid, shape = ref.transfer_syntax_uid, (ref.rows, ref.columns)
     try:
         import imagecodecs
@@ -739,8 +905,8 @@ def _read_with_imagecodecs(ref: SliceRef, frames: Sequence[int], *, dtype: np.dt
         return None
     from pydicom.encaps import generate_frames
 
-    if ts_uid == RLE_LOSSLESS:  # the codec returns the frame's bytes in the order of `dtype`
-        little = dtype.newbyteorder("<")
+    if ts_uid == RLE_LOSSLESS:  # the codec returns the frame's bytes in the order of the dtype given
+        little = _native_dtype(ref)
         codec = decode
 
         def decode(fragment: bytes) -> np.ndarray:
@@ -752,7 +918,14 @@ def _read_with_imagecodecs(ref: SliceRef, frames: Sequence[int], *, dtype: np.dt
         generate_frames(_encapsulated_pixel_data(ref), number_of_frames=ref.number_of_frames)
     ):
         if index in wanted:
-            decoded[index] = decode(fragment)
+            layout = _decoded_layout(ref, fragment)
+            array = decode(fragment)
+            if layout is None or array.ndim != 2 or array.dtype.itemsize != layout[0].itemsize:
+                return None  # not what pydicom's decoder would give: let pydicom decide
+            array = array.view(layout[0])
+            if not array.flags.writeable:
+                array = array.copy()
+            decoded[index] = keep_stored_bits(array, layout[1]) if layout[1] else array
         if len(decoded) == len(wanted):
             break
     return [decoded[f] for f in frames]
@@ -795,23 +968,25 @@ def _read_with_pydicom(path: str, frames: Sequence[int], n_frames: int, ts_uid: 
 
 
 def _decode_file(refs: Sequence[SliceRef]) -> list[np.ndarray]:
-    """Decode the frames `refs` of one file, trying the fastest exact path first."""
+    """Decode the frames `refs` of one file, trying the fastest exact path first.
+
+    Every path gives pydicom's ``pixel_array``: the native fast path and
+    imagecodecs apply :func:`keep_stored_bits` as pydicom's decoders do, and
+    pydicom itself decodes everything else (big endian, deflated, float pixel
+    data, several samples, other syntaxes, whatever imagecodecs declines).
+    """
     first = refs[0]
     if all(_fast_path_ok(r) for r in refs):
         return [_read_native(r) for r in refs]
     frames = [r.frame for r in refs]
     try:
         arrays = None
-        # no sign or unused-bit corrections needed: the decoded bits are the stored values
-        plain_bits = first.bits_stored == first.bits_allocated or first.pixel_representation == 0
-        simple = plain_bits and first.bits_allocated in (8, 16, 32) and first.samples_per_pixel == 1
-        if first.transfer_syntax_uid in IMAGECODECS_DECODERS and simple:
-            want = np.dtype(f"{'i' if first.pixel_representation == 1 else 'u'}{first.bits_allocated // 8}")
-            arrays = _read_with_imagecodecs(first, frames, dtype=want)
-            if arrays is not None and all(a.dtype.itemsize == want.itemsize and a.ndim == 2 for a in arrays):
-                arrays = [a.view(want) for a in arrays]
-            else:  # an unexpected layout: let pydicom decide
-                arrays = None
+        if (
+            first.transfer_syntax_uid in IMAGECODECS_DECODERS
+            and first.bits_allocated in (8, 16, 32)
+            and first.samples_per_pixel == 1
+        ):
+            arrays = _read_with_imagecodecs(first, frames)
         if arrays is None:
             arrays = _read_with_pydicom(first.path, frames, first.number_of_frames, first.transfer_syntax_uid)
     except BaseException as exc:  # decoders raise many types
@@ -850,6 +1025,8 @@ def read_frames(refs: Sequence[SliceRef], *, dtype: np.dtype) -> np.ndarray:
     **Computes** (this is the body of every read task).
     """
     shape = (refs[0].rows, refs[0].columns)
+    for ref in refs:
+        _check_bits(ref)
     if all(_fast_path_ok(r) and _native_dtype(r) == dtype and (r.rows, r.columns) == shape for r in refs):
         out = np.empty((len(refs), *shape), dtype=dtype)
         for i, ref in enumerate(refs):
