@@ -26,6 +26,7 @@ from ctframe.calibration import calibration_of_rows
 from ctframe.config import get_config
 from ctframe.dicom import read_header
 from ctframe.errors import CTFrameError, NoSeriesError, ScanWarning
+from ctframe.geometry import ORIENTATION_COLUMNS, POSITION_COLUMNS, orientation_groups, stack_geometry
 from ctframe.privacy import resolve_salt
 
 __all__ = ["assign_stacks", "iter_files", "problems_table", "scan", "series_table"]
@@ -60,7 +61,8 @@ SERIES_COLUMNS: tuple[str, ...] = (
     "spacing_max_mm", "n_missing_slices", "tilt_angle_deg", "gantry_tilt_deg", "convolution_kernel", "kvp",
     "manufacturer", "manufacturer_model", "transfer_syntax", "has_duplicates", "has_gaps", "irregular_spacing",
     "is_tilted", "rescale_varies", "is_compressed", "is_lossy", "is_non_ct", "is_localizer", "inconsistent_shape",
-    "missing_geometry", "not_hu_calibrated", "usable", "calibration_issue", "qc_notes",
+    "inconsistent_pixel_spacing", "inconsistent_orientation", "missing_geometry", "not_hu_calibrated", "usable",
+    "calibration_issue", "qc_notes",
 )  # fmt: skip
 LOCALIZER_TYPES = frozenset({"LOCALIZER", "SCOUT", "SURVIEW", "TOPOGRAM", "SCANOGRAM"})
 
@@ -307,22 +309,18 @@ def problems_table(catalog: pd.DataFrame) -> pd.DataFrame:
 # --------------------------------------------------------------------------- stacks
 
 
-def _normals(catalog: pd.DataFrame) -> np.ndarray:
-    row = catalog[["row_dir_x", "row_dir_y", "row_dir_z"]].to_numpy(float)
-    col = catalog[["col_dir_x", "col_dir_y", "col_dir_z"]].to_numpy(float)
-    return np.cross(row, col)
-
-
 def assign_stacks(catalog: pd.DataFrame) -> pd.DataFrame:
     """Add ``stack_key`` and ``slice_position_mm`` and sort slices along the normal.
 
-    A series is split into stacks by image orientation, and further by
+    A series is split into stacks by image orientation, compared with the
+    tolerance ``qc.orientation_tolerance`` on each direction cosine (never by
+    rounding; see :func:`ctframe.geometry.orientation_groups`), and further by
     AcquisitionNumber where positions repeat within one orientation and the
     acquisitions do not repeat them. ``stack_key`` is the SeriesInstanceUID for a
-    series with one stack and ``"<uid>#<k>"`` (k = 1, 2, ...) otherwise.
-    ``slice_position_mm`` is ImagePositionPatient projected on the slice normal
-    (the cross product of the row and column direction cosines); slices are
-    ordered by it, never by file name or InstanceNumber.
+    series with one stack and ``"<uid>#<k>"`` (k = 1, 2, ..., largest first)
+    otherwise. ``slice_position_mm`` is ImagePositionPatient projected on the
+    stack's slice normal (the cross product of its row and column direction
+    cosines); slices are ordered by it, never by file name or InstanceNumber.
 
     Parameters
     ----------
@@ -339,35 +337,38 @@ def assign_stacks(catalog: pd.DataFrame) -> pd.DataFrame:
         for c in STACK_COLUMNS:
             out[c] = pd.Series(dtype=str if c == "stack_key" else float)
         return out
-    normals = _normals(out)
-    positions = out[["position_x_mm", "position_y_mm", "position_z_mm"]].to_numpy(float)
-    with np.errstate(all="ignore"):  # corrupt positions may overflow: they become inf/NaN, flagged later
-        out["slice_position_mm"] = np.einsum("ij,ij->i", positions, normals)
-    orient = out[["row_dir_x", "row_dir_y", "row_dir_z", "col_dir_x", "col_dir_y", "col_dir_z"]].to_numpy(float)
-    out["_orient"] = [",".join(f"{v:.3f}" for v in o) for o in np.nan_to_num(orient, nan=9.0)]
-    tol = get_config()["qc"]["duplicate_tolerance_mm"]
-    keys = pd.Series("", index=out.index, dtype=object)
+    out = out.reset_index(drop=True)
+    qc = get_config()["qc"]
+    tol = qc["duplicate_tolerance_mm"]
     missing_uid = out["series_uid"].fillna("") == ""
     if missing_uid.any():  # group files without a SeriesInstanceUID by folder
         folders = out.loc[missing_uid, "path"].map(lambda p: os.path.dirname(os.path.abspath(p)))
         out.loc[missing_uid, "series_uid"] = ["noseries-" + tokenize_text(f) for f in folders]
-    for series_uid, group in out.groupby("series_uid", sort=False):
-        parts: list[pd.Index] = []
-        for _, orient_group in group.groupby("_orient", sort=True):
-            if (
-                _has_duplicates(orient_group["slice_position_mm"], tol)
-                and orient_group["acquisition_number"].nunique() > 1
-            ):
-                acq_groups = [g.index for _, g in orient_group.groupby("acquisition_number", sort=True)]
-                if not any(_has_duplicates(out.loc[idx, "slice_position_mm"], tol) for idx in acq_groups):
+    positions = out[list(POSITION_COLUMNS)].to_numpy(float)
+    orientations = out[list(ORIENTATION_COLUMNS)].to_numpy(float)
+    acquisitions = out["acquisition_number"]
+    along = np.full(len(out), np.nan)
+    keys = np.full(len(out), "", dtype=object)
+    for series_uid, idx in out.groupby("series_uid", sort=False).indices.items():
+        labels, references = orientation_groups(orientations[idx], tolerance=qc["orientation_tolerance"])
+        normals = np.cross(references[:, :3], references[:, 3:])
+        with np.errstate(all="ignore"):  # corrupt positions may overflow: they become inf/NaN, flagged later
+            along[idx] = np.einsum("ij,ij->i", positions[idx], normals[labels])
+        parts: list[np.ndarray] = []
+        for group in range(len(references)):  # largest orientation group first
+            members = idx[labels == group]
+            codes = pd.factorize(acquisitions.iloc[members], sort=True, use_na_sentinel=False)[0]
+            if _has_duplicates(along[members], tol) and codes.max(initial=0) > 0:
+                acq_groups = [members[codes == code] for code in range(codes.max() + 1)]
+                if not any(_has_duplicates(along[g], tol) for g in acq_groups):
                     parts.extend(acq_groups)
                     continue
-            parts.append(orient_group.index)
-        parts.sort(key=lambda idx: (-len(idx), str(out.loc[idx[0], "_orient"])))
-        for k, idx in enumerate(parts, start=1):
-            keys.loc[idx] = str(series_uid) if len(parts) == 1 else f"{series_uid}#{k}"
+            parts.append(members)
+        parts.sort(key=len, reverse=True)  # stable: ties keep orientation, then acquisition order
+        for k, members in enumerate(parts, start=1):
+            keys[members] = str(series_uid) if len(parts) == 1 else f"{series_uid}#{k}"
     out["stack_key"] = keys.astype(str)
-    out = out.drop(columns="_orient")
+    out["slice_position_mm"] = along
     out = out[[c for c in out.columns if c not in STACK_COLUMNS] + list(STACK_COLUMNS)]
     return out.sort_values(["stack_key", "slice_position_mm", "path", "frame"], ignore_index=True, na_position="last")
 
@@ -377,77 +378,52 @@ def tokenize_text(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8", "replace")).hexdigest()[:10]
 
 
-def _has_duplicates(positions: pd.Series, tol: float) -> bool:
-    values = np.sort(positions.dropna().to_numpy(float))
+def _has_duplicates(positions: np.ndarray, tol: float) -> bool:
+    values = np.sort(positions[~np.isnan(positions)])
     return bool(len(values) > 1 and (np.diff(values) < tol).any())
 
 
 # --------------------------------------------------------------------------- QC table
 
 
-def _orientation_label(normal: np.ndarray) -> str:
-    if not np.isfinite(normal).all() or not normal.any():
-        return "UNKNOWN"
-    axis = int(np.argmax(np.abs(normal)))
-    if abs(normal[axis]) < 0.8:
-        return "OBLIQUE"
-    return ("SAGITTAL", "CORONAL", "AXIAL")[axis]
-
-
 def _stack_qc(group: pd.DataFrame, qc: dict[str, Any]) -> dict[str, Any]:
     first = group.iloc[0]
-    pos = group["slice_position_mm"].to_numpy(float)
-    steps = np.diff(pos) if len(pos) > 1 else np.array([])
-    finite_steps = steps[np.isfinite(steps)]
-    dup = finite_steps < qc["duplicate_tolerance_mm"]
-    real_steps = finite_steps[~dup]
-    median = float(np.median(real_steps)) if real_steps.size else float("nan")
-    gaps = real_steps > qc["gap_factor"] * median if real_steps.size else np.array([], bool)
-    n_missing = int(np.sum(np.round(real_steps[gaps] / median) - 1)) if gaps.any() else 0
-    spread = (real_steps.max() - real_steps.min()) / median if real_steps.size > 1 and median > 0 else 0.0
-
-    normal = _normals(group.iloc[[0]])[0]
-    ipp = group[["position_x_mm", "position_y_mm", "position_z_mm"]].to_numpy(float)
-    tilt = float("nan")
-    if len(ipp) > 1 and np.isfinite(ipp).all():
-        with np.errstate(all="ignore"):  # positions near the float limit from a corrupt header
-            travel = ipp[-1] - ipp[0]
-            norm = np.linalg.norm(travel)
-            cos = abs(float(travel @ normal)) / norm if np.isfinite(norm) and norm > 0 else float("nan")
-        if np.isfinite(cos):
-            tilt = float(np.degrees(np.arccos(min(cos, 1.0))))
+    geometry = stack_geometry(group, qc=qc)  # every slice's geometry, checked (ctframe.geometry)
     header_tilt = group["gantry_tilt_deg"].abs().max()
-    if not np.isfinite(tilt):
-        tilt = float(header_tilt) if np.isfinite(header_tilt) else 0.0
 
     calibration = calibration_of_rows(group)
     image_types = set("\\".join(group["image_type"].astype(str)).upper().split("\\"))
-    geometry_cols = ["position_x_mm", "row_dir_x", "col_dir_x", "pixel_spacing_row_mm"]
     flags = {
-        "has_duplicates": bool(dup.any()),
-        "has_gaps": bool(gaps.any()),
-        "irregular_spacing": bool(spread > qc["irregular_tolerance"]),
-        "is_tilted": bool(tilt > 0.5),
+        "has_duplicates": geometry.has_duplicates,
+        "has_gaps": geometry.has_gaps,
+        "irregular_spacing": geometry.irregular_spacing,
+        "is_tilted": bool(geometry.tilt_angle_deg > 0.5),
         "rescale_varies": calibration.rescale_varies,
         "is_compressed": bool(group["is_compressed"].any()),
         "is_lossy": bool(group["is_lossy"].any()),
         "is_non_ct": bool((group["modality"] != "CT").any()),
         "is_localizer": bool(image_types & LOCALIZER_TYPES),
-        "inconsistent_shape": bool(group["rows"].nunique() > 1 or group["columns"].nunique() > 1),
-        "missing_geometry": bool(group[geometry_cols].isna().any().any()),
+        "inconsistent_shape": "inconsistent_shape" in geometry.problems,
+        "inconsistent_pixel_spacing": "inconsistent_pixel_spacing" in geometry.problems,
+        "inconsistent_orientation": "inconsistent_orientation" in geometry.problems,
+        "missing_geometry": "missing_geometry" in geometry.problems,
         "not_hu_calibrated": not calibration.usable,  # the rules of ctframe.calibration, as to_hu applies them
     }
     notes = [name.replace("_", " ") for name, on in flags.items() if on]
+    notes = [  # a geometry flag's note says which values, on how many slices
+        f"{note}: {geometry.problems[name]}" if name in geometry.problems else note
+        for name, note in zip([n for n, on in flags.items() if on], notes, strict=True)
+    ]
     if calibration.issue:
         notes[notes.index("not hu calibrated")] = f"not HU calibrated: {calibration.issue}"
-    if n_missing:
-        notes.append(f"about {n_missing} missing slice(s)")
+    if geometry.n_missing_slices:
+        notes.append(f"about {geometry.n_missing_slices} missing slice(s)")
     # not_hu_calibrated: to_hu refuses such a stack, so no HU table may be computed from it either
     usable = not any(
         flags[k]
         for k in (
-            "is_non_ct", "is_localizer", "inconsistent_shape", "missing_geometry", "has_duplicates",
-            "not_hu_calibrated",
+            "is_non_ct", "is_localizer", "inconsistent_shape", "inconsistent_pixel_spacing",
+            "inconsistent_orientation", "missing_geometry", "has_duplicates", "not_hu_calibrated",
         )
     )  # fmt: skip
     return {
@@ -460,19 +436,20 @@ def _stack_qc(group: pd.DataFrame, qc: dict[str, Any]) -> dict[str, Any]:
         "series_number": first["series_number"],
         "series_description": first["series_description"],
         "modality": first["modality"],
-        "orientation": _orientation_label(normal),
+        "orientation": geometry.orientation_label,
         "n_files": group["path"].nunique(),
         "n_slices": len(group),
-        "rows": int(first["rows"]),
-        "columns": int(first["columns"]),
-        "pixel_spacing_row_mm": float(first["pixel_spacing_row_mm"]),
-        "pixel_spacing_col_mm": float(first["pixel_spacing_col_mm"]),
+        # one value where every slice agrees; missing (with the reason in qc_notes) where they do not
+        "rows": geometry.rows,
+        "columns": geometry.columns,
+        "pixel_spacing_row_mm": geometry.pixel_spacing_mm[0],
+        "pixel_spacing_col_mm": geometry.pixel_spacing_mm[1],
         "slice_thickness_mm": float(first["slice_thickness_mm"]),
-        "spacing_median_mm": median,
-        "spacing_min_mm": float(real_steps.min()) if real_steps.size else float("nan"),
-        "spacing_max_mm": float(real_steps.max()) if real_steps.size else float("nan"),
-        "n_missing_slices": n_missing,
-        "tilt_angle_deg": round(tilt, 3),
+        "spacing_median_mm": geometry.spacing_median_mm,
+        "spacing_min_mm": geometry.spacing_min_mm,
+        "spacing_max_mm": geometry.spacing_max_mm,
+        "n_missing_slices": geometry.n_missing_slices,
+        "tilt_angle_deg": round(geometry.tilt_angle_deg, 3),
         "gantry_tilt_deg": float(header_tilt) if np.isfinite(header_tilt) else float("nan"),
         "convolution_kernel": first["convolution_kernel"],
         "kvp": float(first["kvp"]),
@@ -503,10 +480,15 @@ def series_table(catalog: pd.DataFrame) -> pd.DataFrame:
         gantry tilt as the geometry shows it), flags ``has_duplicates``,
         ``has_gaps``, ``irregular_spacing``, ``is_tilted``, ``rescale_varies``,
         ``is_compressed``, ``is_lossy``, ``is_non_ct``, ``is_localizer``,
-        ``inconsistent_shape``, ``missing_geometry``, ``not_hu_calibrated``,
-        ``usable`` (False for a non-CT, localizer, mixed-size, duplicate,
-        missing-geometry or not-HU-calibrated stack: what the cohort may not
-        compute HU tables from), ``calibration_issue`` (why the stack cannot
+        ``inconsistent_shape``, ``inconsistent_pixel_spacing``,
+        ``inconsistent_orientation``, ``missing_geometry``, ``not_hu_calibrated``,
+        ``usable`` (False for a non-CT, localizer, mixed-size, mixed-spacing,
+        mixed-orientation, duplicate, missing-geometry or not-HU-calibrated
+        stack: what the cohort may not compute HU tables from). ``rows``,
+        ``columns`` and ``pixel_spacing_row_mm``/``_col_mm`` hold the value every
+        slice shares and are missing where the slices disagree (the flag is set
+        and ``qc_notes`` lists the values with their slice counts; see
+        :func:`ctframe.geometry.stack_geometry`). ``calibration_issue`` (why the stack cannot
         become HU, from :func:`ctframe.calibration.assess_calibration`; empty
         when it can) and a readable ``qc_notes``. When the catalog holds the
         identifying columns (``scan(..., include_phi=True)``), they follow,
@@ -531,6 +513,7 @@ def series_table(catalog: pd.DataFrame) -> pd.DataFrame:
     qc = get_config()["qc"]
     rows = [_stack_qc(group, qc) for _, group in catalog.groupby("stack_key", sort=True)]
     table = pd.DataFrame(rows, columns=list(SERIES_COLUMNS))
+    table[["rows", "columns"]] = table[["rows", "columns"]].astype("Int64")  # NA where the slices differ in size
     phi = [c for c in PHI_COLUMNS if c in catalog]
     if phi:  # only a catalog scanned with include_phi=True has them
         table = table.join(catalog.groupby("stack_key", sort=True)[phi].first(), on="stack_key")
