@@ -33,6 +33,7 @@ from ctframe.errors import (
     ScanWarning,
     UnsupportedDicomError,
 )
+from ctframe.geometry import StackGeometry, stack_geometry
 from ctframe.scan import PHI_COLUMNS, assign_stacks, problems_table, scan, series_table
 
 __all__ = ["catalog_for", "open_series", "volume_from_catalog"]
@@ -125,18 +126,20 @@ def _choose_stack(catalog: pd.DataFrame, series: str | None, source: Source) -> 
     return catalog
 
 
-def _check_stack(rows: pd.DataFrame) -> None:
-    """Raise on what makes a stack unopenable."""
+def _check_stack(rows: pd.DataFrame, geometry: StackGeometry) -> None:
+    """Raise on what makes a stack unopenable (`geometry`: :func:`ctframe.geometry.stack_geometry` of `rows`)."""
     key = rows["stack_key"].iloc[0]
-    shapes = rows.groupby(["rows", "columns"]).size()
-    if len(shapes) > 1:
-        common = shapes.idxmax()
-        odd = rows[(rows["rows"] != common[0]) | (rows["columns"] != common[1])]
-        raise InconsistentSeriesError(
-            f"series {key}: slices differ in size (most are {common[0]}x{common[1]}; "
-            f"{odd['path'].iloc[0]} is {odd['rows'].iloc[0]}x{odd['columns'].iloc[0]}); "
-            "open the files of one size by passing their catalog rows"
-        )
+    # slices that disagree on size, pixel spacing or orientation share no voxel grid: never one slice's value
+    for flag, what in (
+        ("inconsistent_shape", "size"),
+        ("inconsistent_pixel_spacing", "pixel spacing"),
+        ("inconsistent_orientation", "orientation"),
+    ):
+        if flag in geometry.problems:
+            raise InconsistentSeriesError(
+                f"series {key}: {geometry.problems[flag]}, e.g. {rows['path'].iloc[geometry.culprits[flag]]}; "
+                f"open the files of one {what} by passing their catalog rows"
+            )
     if (rows["samples_per_pixel"] != 1).any():
         bad = rows.loc[rows["samples_per_pixel"] != 1, "path"].iloc[0]
         raise UnsupportedDicomError(f"{bad}: colour image (SamplesPerPixel != 1) in series {key}; not a CT volume")
@@ -220,7 +223,8 @@ def volume_from_catalog(
         raise MultipleSeriesError("volume_from_catalog needs the rows of exactly one stack")
     rows = rows.sort_values(["slice_position_mm", "path", "frame"], ignore_index=True)
     rows.attrs = {}  # the catalog's problems list: pandas would deep-copy it on every operation below
-    _check_stack(rows)
+    geometry = stack_geometry(rows)
+    _check_stack(rows, geometry)
     key = str(rows["stack_key"].iloc[0])
     notes = _qc_notes(rows) if qc_warnings else []
     if notes:
@@ -256,29 +260,29 @@ def volume_from_catalog(
         chunks,
         meta=np.empty((0, 0, 0), dtype=dtype),
     )
-    first = rows.iloc[0]
     coords: dict[str, Any] = {
         "slice": (
             "slice",
             rows["slice_position_mm"].to_numpy(float),
             {"units": "mm", "long_name": "position along the slice normal"},
         ),
-        "row": ("row", np.arange(n_rows) * float(first["pixel_spacing_row_mm"]), {"units": "mm"}),
-        "col": ("col", np.arange(n_cols) * float(first["pixel_spacing_col_mm"]), {"units": "mm"}),
+        "row": ("row", np.arange(n_rows) * geometry.pixel_spacing_mm[0], {"units": "mm"}),
+        "col": ("col", np.arange(n_cols) * geometry.pixel_spacing_mm[1], {"units": "mm"}),
     }
     for column in SLICE_COORDS:
         coords[column] = ("slice", rows[column].to_numpy())
-    return xr.DataArray(data, dims=("slice", "row", "col"), coords=coords, name="stored", attrs=_series_attrs(rows))
+    return xr.DataArray(
+        data, dims=("slice", "row", "col"), coords=coords, name="stored", attrs=_series_attrs(rows, geometry)
+    )
 
 
 def _read_chunk(refs: tuple[SliceRef, ...], dtype: str) -> np.ndarray:
     return read_frames(refs, dtype=np.dtype(dtype))
 
 
-def _series_attrs(rows: pd.DataFrame) -> dict[str, Any]:
+def _series_attrs(rows: pd.DataFrame, geometry: StackGeometry) -> dict[str, Any]:
     first = rows.iloc[0]
     calibration = calibration_of_rows(rows)
-    steps = np.diff(rows["slice_position_mm"].to_numpy(float))
     attrs: dict[str, Any] = {
         "stack_key": first["stack_key"],
         "series_uid": first["series_uid"],
@@ -288,12 +292,11 @@ def _series_attrs(rows: pd.DataFrame) -> dict[str, Any]:
         "series_description": first["series_description"],
         "modality": first["modality"],
         "units": "stored value",
-        "pixel_spacing_mm": [float(first["pixel_spacing_row_mm"]), float(first["pixel_spacing_col_mm"])],
-        "slice_spacing_mm": float(np.median(steps)) if steps.size else float(first["slice_thickness_mm"]),
+        # geometry from every slice (ctframe.geometry): _check_stack refused a stack whose slices disagree
+        "pixel_spacing_mm": list(geometry.pixel_spacing_mm),
+        "slice_spacing_mm": geometry.spacing_median_mm if len(rows) > 1 else float(first["slice_thickness_mm"]),
         "slice_thickness_mm": float(first["slice_thickness_mm"]),
-        "orientation": [
-            float(first[c]) for c in ("row_dir_x", "row_dir_y", "row_dir_z", "col_dir_x", "col_dir_y", "col_dir_z")
-        ],
+        "orientation": list(geometry.orientation),
         "convolution_kernel": first["convolution_kernel"],
         "kvp": float(first["kvp"]),
         "manufacturer": first["manufacturer"],
@@ -350,6 +353,9 @@ def open_series(
         (ImagePositionPatient, LPS) and ``instance_number``. attrs hold safe
         metadata only (series UID, modality, units, spacing, orientation,
         kernel, kVp, manufacturer, study date, pseudonymous patient key).
+        Spacing and orientation come from every slice
+        (:func:`ctframe.geometry.stack_geometry`); ``volume.ct.affine`` maps
+        voxel (slice, row, col) to patient LPS mm.
 
     Raises
     ------
@@ -358,7 +364,9 @@ def open_series(
     MultipleSeriesError
         Several stacks and no `series`; the message lists them.
     InconsistentSeriesError
-        Mixed slice sizes, duplicate positions, missing geometry.
+        Slices that differ in size, pixel spacing or orientation (beyond
+        ``qc.pixel_spacing_tolerance`` / ``qc.orientation_tolerance``; the
+        message names a file), duplicate positions, missing geometry.
     UnsupportedDicomError
         Colour or otherwise non-volumetric images.
 
