@@ -21,6 +21,7 @@ import numpy as np
 import xarray as xr
 
 from ctframe.errors import CTFrameError, OutputExistsError
+from ctframe.geometry import affine, nifti_affine
 from ctframe.privacy import safe_name
 
 __all__ = ["atomic_path", "lps_affine", "ras_affine", "to_netcdf", "to_nifti", "to_zarr"]
@@ -100,39 +101,21 @@ def _remove(path: Path) -> None:
 def lps_affine(volume: xr.DataArray) -> np.ndarray:
     """4x4 affine from (col, row, slice) indices to patient LPS millimetres.
 
-    The slice axis follows the first and last ImagePositionPatient, so a
-    sheared (tilted) stack keeps its true geometry.
+    :func:`ctframe.geometry.affine` (``volume.ct.affine``) with its axes in
+    (col, row, slice) order; the slice axis follows the first and last
+    ImagePositionPatient, so a sheared (tilted) stack keeps its true geometry.
 
     Raises
     ------
-    CTFrameError
-        `volume` lacks the orientation attrs or position coordinates.
+    ParameterError
+        `volume` lacks the orientation attr or position coordinates.
     """
-    try:
-        orientation = np.asarray(volume.attrs["orientation"], float)
-        first = np.array([float(volume[c][0]) for c in ("position_x_mm", "position_y_mm", "position_z_mm")])
-        last = np.array([float(volume[c][-1]) for c in ("position_x_mm", "position_y_mm", "position_z_mm")])
-    except (KeyError, IndexError) as exc:
-        raise CTFrameError(f"volume has no DICOM geometry ({exc}); open it with ctframe.open_series") from None
-    row_dir, col_dir = orientation[:3], orientation[3:]
-    d_col = float(volume["col"][1] - volume["col"][0]) if volume.sizes["col"] > 1 else 1.0
-    d_row = float(volume["row"][1] - volume["row"][0]) if volume.sizes["row"] > 1 else 1.0
-    n = volume.sizes["slice"]
-    if n > 1:
-        step = (last - first) / (n - 1)
-    else:
-        step = np.cross(row_dir, col_dir) * float(volume.attrs.get("slice_spacing_mm", 1.0))
-    affine = np.eye(4)
-    affine[:3, 0] = row_dir * d_col
-    affine[:3, 1] = col_dir * d_row
-    affine[:3, 2] = step
-    affine[:3, 3] = first
-    return affine
+    return affine(volume)[:, [2, 1, 0, 3]]
 
 
 def ras_affine(volume: xr.DataArray) -> np.ndarray:
-    """The NIfTI (RAS) affine: :func:`lps_affine` with x and y negated."""
-    return np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps_affine(volume)
+    """The NIfTI (RAS) affine: :func:`lps_affine` with x and y negated (:func:`ctframe.geometry.nifti_affine`)."""
+    return nifti_affine(volume)
 
 
 def to_nifti(volume: xr.DataArray, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
@@ -148,8 +131,9 @@ def to_nifti(volume: xr.DataArray, path: str | os.PathLike[str], *, overwrite: b
     """
     import nibabel as nib
 
+    ras = nifti_affine(volume)  # before computing: a volume without geometry fails fast
     data = np.asarray(volume.transpose("col", "row", "slice").values)
-    image = nib.Nifti1Image(data, ras_affine(volume))
+    image = nib.Nifti1Image(data, ras)
     image.header.set_xyzt_units("mm")
     if volume.attrs.get("units") == "HU":
         image.header["descrip"] = b"HU"

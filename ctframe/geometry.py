@@ -364,8 +364,8 @@ def _orientation(volume: xr.DataArray) -> np.ndarray:
     orientation = np.asarray(value if value is not None else [], float).ravel()
     if orientation.shape != (6,) or not np.isfinite(orientation).all():
         raise ParameterError(
-            f"series {_series_name(volume)} has no valid 'orientation' attr (6 direction cosines); "
-            "open it with ctframe.open_series"
+            f"series {_series_name(volume)} has no DICOM geometry (no valid 'orientation' attr of 6 direction "
+            "cosines); open it with ctframe.open_series"
         )
     return orientation
 
@@ -459,7 +459,8 @@ def affine(volume: xr.DataArray) -> np.ndarray:
         positions = np.stack([np.asarray(volume[c].values, float) for c in POSITION_COLUMNS], axis=1)
     except KeyError as exc:
         raise ParameterError(
-            f"series {_series_name(volume)} has no {exc} coordinate; open it with ctframe.open_series"
+            f"series {_series_name(volume)} has no DICOM geometry ({exc} coordinate missing); "
+            "open it with ctframe.open_series"
         ) from None
     if positions.shape[0] < 1 or not np.isfinite(positions).all():
         raise ParameterError(f"series {_series_name(volume)}: slice positions are missing or not finite")

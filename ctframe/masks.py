@@ -40,6 +40,7 @@ import xarray as xr
 from dask.base import tokenize
 
 from ctframe.errors import DicomReadError, GridMismatchError, ParameterError
+from ctframe.geometry import affine, slice_normal, voxel_spacing
 
 __all__ = ["grid_affine", "read_nifti_labels", "read_rtstruct", "read_seg"]
 
@@ -59,7 +60,7 @@ def _slice_positions(like: xr.DataArray) -> np.ndarray:
 
 
 def grid_affine(like: xr.DataArray) -> np.ndarray:
-    """4x4 affine from (slice, row, col) indices of `like` to patient LPS mm.
+    """4x4 affine from (slice, row, col) indices of `like` to patient LPS mm: ``like.ct.affine``.
 
     Parameters
     ----------
@@ -70,6 +71,7 @@ def grid_affine(like: xr.DataArray) -> np.ndarray:
     Returns
     -------
     ndarray (4, 4)
+        :func:`ctframe.geometry.affine` of `like`.
 
     Raises
     ------
@@ -84,30 +86,7 @@ def grid_affine(like: xr.DataArray) -> np.ndarray:
     >>> (grid_affine(ctframe.open_series(truth.folder))[:3, :3].round(3) + 0.0).tolist()
     [[0.0, 0.0, 5.0], [0.0, 5.0, 0.0], [10.0, 0.0, 0.0]]
     """
-    if not isinstance(like, xr.DataArray) or tuple(like.dims) != ("slice", "row", "col"):
-        raise ParameterError("masks need the volume as a DataArray with dims (slice, row, col) (ctframe.open_series)")
-    try:
-        orientation = np.asarray(like.attrs["orientation"], float)
-        positions = _slice_positions(like)
-    except KeyError as exc:
-        raise ParameterError(
-            f"series {_series_name(like)} has no DICOM geometry ({exc} missing); open it with ctframe.open_series"
-        ) from None
-    row_dir, col_dir = orientation[:3], orientation[3:]
-    pixel = like.attrs.get("pixel_spacing_mm", [1.0, 1.0])
-    d_row = float(like["row"][1] - like["row"][0]) if like.sizes["row"] > 1 else float(pixel[0])
-    d_col = float(like["col"][1] - like["col"][0]) if like.sizes["col"] > 1 else float(pixel[1])
-    n = like.sizes["slice"]
-    if n > 1:
-        step = (positions[-1] - positions[0]) / (n - 1)
-    else:
-        step = np.cross(row_dir, col_dir) * float(like.attrs.get("slice_spacing_mm", 1.0))
-    affine = np.eye(4)
-    affine[:3, 0] = step
-    affine[:3, 1] = col_dir * d_row
-    affine[:3, 2] = row_dir * d_col
-    affine[:3, 3] = positions[0]
-    return affine
+    return affine(like)
 
 
 def _plan(
@@ -119,7 +98,7 @@ def _plan(
     voxel ``u + offset`` is `like` voxel ``u`` (offsets <= 0: the source starts
     at or after the grid's first voxel).
     """
-    like_affine = grid_affine(like)
+    like_affine = affine(like)
     try:
         mapping = np.linalg.solve(source_affine, like_affine)  # like index -> source index
     except np.linalg.LinAlgError:
@@ -472,17 +451,14 @@ def read_rtstruct(
         chosen = [by_name[r] for r in rois]
     labels = {number: i + 1 for i, number in enumerate(chosen)}
 
-    affine = grid_affine(like)
+    grid = affine(like)  # ctframe.geometry: voxel (slice, row, col) -> LPS
     positions = _slice_positions(like)
-    orientation = np.asarray(like.attrs["orientation"], float)
-    row_dir, col_dir = orientation[:3], orientation[3:]
-    normal = np.cross(row_dir, col_dir)
-    d_row = float(np.linalg.norm(affine[:3, 1]))
-    d_col = float(np.linalg.norm(affine[:3, 2]))
+    normal = slice_normal(like)
     along = positions @ normal  # slice positions along the normal
-    spacing = (
-        float(np.median(np.abs(np.diff(along)))) if along.size > 1 else float(like.attrs.get("slice_spacing_mm", 1))
-    )
+    spacing = voxel_spacing(like)[0]
+    # in-plane: LPS offset from slice k's voxel (k, 0, 0) -> (row, col) index, through the affine's in-plane columns
+    in_plane = np.linalg.pinv(grid[:3, 1:3])
+    corner = grid[:3, 3] - positions[0]  # voxel (0, 0, 0) relative to the first slice's position (a cropped volume)
     contours = []
     for item in ds.ROIContourSequence:
         number = int(item.ReferencedROINumber)
@@ -501,8 +477,8 @@ def read_rtstruct(
                     f"slice normal, {abs(along[k] - depth):.2f} mm from the nearest slice of series "
                     f"{_series_name(like)}; it was drawn on another series"
                 )
-            offset = points - positions[k]
-            contours.append((labels[number], k, offset @ col_dir / d_row, offset @ row_dir / d_col))
+            rows, cols = in_plane @ (points - positions[k] - corner).T
+            contours.append((labels[number], k, rows, cols))
     names = {labels[n]: roi_names.get(n, f"roi_{n}") for n in chosen}
     dtype = _label_dtype(len(chosen))
     task = dask.delayed(_rasterize_task, pure=True)(contours, tuple(like.shape), dtype.str)
