@@ -22,6 +22,7 @@ dask.distributed cluster (:mod:`ctframe.execution`).
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
@@ -33,11 +34,13 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from ctframe.calibration import calibration_of_volume
 from ctframe.config import get_config
-from ctframe.errors import CohortWarning, CTFrameError, NoSeriesError
+from ctframe.errors import CohortWarning, CTFrameError, NoSeriesError, NotHUCalibratedError
 from ctframe.execution import Scheduler, compute
 from ctframe.histogram import (
     CATEGORIES,
+    N_FINE,
     HUSummary,
     coarse_counts,
     earth_movers_distance,
@@ -321,58 +324,181 @@ def _sum(parts: Sequence[HUSummary]) -> HUSummary:
     return total
 
 
-def series_summary(
-    volume: xr.DataArray, *, categories: xr.DataArray | None = None, slice_edges: np.ndarray | None = None
+@dataclass(frozen=True)
+class StackOutcome:
+    """What the cohort graph returns for one stack: its summary, or why there is none.
+
+    Attributes
+    ----------
+    summary : HUSummary or None
+        None when the stack failed.
+    failure : str
+        Why the stack failed (a file could not be read or decoded...); empty otherwise.
+    region_issue : str
+        Why the body and lung regions could not be made (the whole-scan
+        region is still summarised); empty otherwise.
+    """
+
+    summary: HUSummary | None
+    failure: str = ""
+    region_issue: str = ""
+
+
+class _Unevaluated:
+    """A dask collection handed to a task as it is.
+
+    Passed plainly, dask would compute it as a dependency of the task, and an
+    error in it would abort the whole cohort; the task computes it itself,
+    inside a ``try``, so a failure stays with its stack.
+    """
+
+    __slots__ = ("collection",)
+
+    def __init__(self, collection: Any) -> None:
+        self.collection = collection
+
+    def __dask_tokenize__(self) -> Any:
+        return ("ctframe-unevaluated", dask.base.tokenize(self.collection))
+
+    def compute(self) -> Any:
+        # the synchronous scheduler inside a task: the outer scheduler runs the stacks in parallel
+        return self.collection.compute(scheduler="sync")
+
+
+def _per_slice(volume: xr.DataArray, name: str) -> np.ndarray:
+    """A per-slice coordinate (or attribute, for every slice) as float64."""
+    if name in volume.coords:
+        return volume[name].to_numpy().astype(float)
+    return np.full(volume.sizes["slice"], float(volume.attrs.get(name, np.nan)))
+
+
+def _block_summary(
+    stored: np.ndarray, categories: np.ndarray | None, per_slice: Mapping[str, np.ndarray], **options: Any
+) -> HUSummary:
+    return summarize_block(
+        stored,
+        per_slice["rescale_slope"],
+        per_slice["rescale_intercept"],
+        categories,
+        n_categories=len(CATEGORIES) if categories is not None else 1,
+        padding_value=per_slice["padding_value"],
+        padding_range_limit=per_slice["padding_range_limit"],
+        **options,
+    )
+
+
+def _chunk_outcome(
+    block: _Unevaluated, per_slice: Mapping[str, np.ndarray], options: Mapping[str, Any]
+) -> HUSummary | StackOutcome:
+    """Read and summarise one chunk; a ctframe error becomes a failed outcome, not an exception."""
+    try:
+        stored = block.compute()
+    except CTFrameError as exc:
+        return StackOutcome(None, failure=str(exc))
+    return _block_summary(stored, None, per_slice, **options)
+
+
+def _combine_chunks(parts: Sequence[HUSummary | StackOutcome], region_issue: str) -> StackOutcome:
+    failed = [p for p in parts if isinstance(p, StackOutcome)]
+    if failed:
+        return StackOutcome(None, failure=failed[0].failure)
+    return StackOutcome(_sum(parts), region_issue=region_issue)  # type: ignore[arg-type]
+
+
+def _stack_outcome_with_regions(
+    volume: _Unevaluated, chunks: Sequence[int], per_slice: Mapping[str, np.ndarray], options: Mapping[str, Any]
+) -> StackOutcome:
+    """Read a stack once, segment it and summarise every region (one task per stack).
+
+    A read failure fails the stack; a segmentation failure leaves the
+    whole-scan region (with the reason for the others).
+    """
+    import dask.array as da
+
+    try:
+        stored = _Unevaluated(volume.collection.data).compute()
+    except CTFrameError as exc:
+        return StackOutcome(None, failure=str(exc))
+    in_memory = volume.collection.copy(data=da.from_array(stored, chunks=(tuple(chunks), -1, -1)))
+    categories, issue = None, ""
+    try:
+        categories = _Unevaluated(region_categories(to_hu(in_memory)).data).compute()
+    except CTFrameError as exc:
+        issue = f"no body or lung regions: {exc}"
+    bounds = np.cumsum((0, *chunks))
+    parts = [
+        _block_summary(
+            stored[lo:hi],
+            None if categories is None else categories[lo:hi],
+            {name: values[lo:hi] for name, values in per_slice.items()},
+            **options,
+        )
+        for lo, hi in itertools.pairwise(bounds)
+    ]
+    return StackOutcome(_sum(parts), region_issue=issue)
+
+
+def stack_outcome(
+    volume: xr.DataArray, *, regions: bool = False, slice_edges: np.ndarray | None = None
 ) -> Any:
-    """A delayed :class:`~ctframe.histogram.HUSummary` of one stored volume.
+    """A delayed :class:`StackOutcome` of one stored volume.
 
     Parameters
     ----------
     volume : DataArray (slice, row, col)
         Stored values from :func:`ctframe.open_series`.
-    categories : DataArray (slice, row, col), optional
-        Region categories (:func:`region_categories`); one category when omitted.
+    regions : bool
+        Segment body and lungs (one task for the stack) instead of summarising
+        the whole scan only (one task per chunk).
     slice_edges : ndarray, optional
         Keep per-slice histograms on these HU edges.
 
     Returns
     -------
     dask.delayed.Delayed
+        Computes to a :class:`StackOutcome`.
+
+    Raises
+    ------
+    NotHUCalibratedError
+        The stack cannot become HU (:mod:`ctframe.calibration`).
 
     Notes
     -----
-    **Lazy**: one task per chunk, reading it once, plus a sum.
+    **Lazy**. Whatever fails while computing (a file truncated, changed or
+    undecodable) becomes the stack's ``failure``: it never aborts the other
+    stacks of the graph, and no chunk is read twice.
     """
-    cfg = get_config()["hu"]
-    data = volume.data
-    bounds = np.cumsum((0, *data.chunks[0]))
-    # the stored volume is one read task per chunk: nothing to optimise, and dask's
-    # optimisation pass re-converts every task of the cohort (a tenth of a second for 2,400 slices)
-    blocks = data.to_delayed(optimize_graph=False).ravel()
-    if categories is not None:
-        category_blocks = categories.data.rechunk(data.chunks).to_delayed().ravel()
-        n_categories = len(CATEGORIES)
-    else:
-        category_blocks = [None] * len(blocks)
-        n_categories = 1
-    slope = volume["rescale_slope"].to_numpy().astype(float)
-    intercept = volume["rescale_intercept"].to_numpy().astype(float)
-    summarize = dask.delayed(summarize_block, pure=True)
+    calibration = calibration_of_volume(volume)
+    if not calibration.usable:
+        key = volume.attrs.get("stack_key", "(unnamed)")
+        raise NotHUCalibratedError(f"series {key}: stored values cannot be mapped to HU: {calibration.issue}")
+    per_slice = {
+        name: _per_slice(volume, name)
+        for name in ("rescale_slope", "rescale_intercept", "padding_value", "padding_range_limit")
+    }
+    options = {"fill_below_hu": float(get_config()["hu"]["fill_below_hu"]), "slice_edges": slice_edges}
+    chunks = volume.data.chunks[0]
+    region_issue = ""
+    if regions:
+        try:  # what can be known without pixels (one slice, not axial...) fails here, before any read
+            region_categories(to_hu(volume))
+        except CTFrameError as exc:
+            region_issue = f"no body or lung regions: {exc}"
+        else:
+            return dask.delayed(_stack_outcome_with_regions, pure=True)(
+                _Unevaluated(volume), chunks, per_slice, options
+            )
+    bounds = np.cumsum((0, *chunks))
     parts = [
-        summarize(
-            block,
-            slope[lo:hi],
-            intercept[lo:hi],
-            category,
-            n_categories=n_categories,
-            padding_value=float(volume.attrs.get("padding_value", np.nan)),
-            padding_range_limit=float(volume.attrs.get("padding_range_limit", np.nan)),
-            fill_below_hu=float(cfg["fill_below_hu"]),
-            slice_edges=slice_edges,
+        dask.delayed(_chunk_outcome, pure=True)(
+            _Unevaluated(volume.data.blocks[i]),
+            {name: values[lo:hi] for name, values in per_slice.items()},
+            options,
         )
-        for block, category, lo, hi in zip(blocks, category_blocks, bounds[:-1], bounds[1:], strict=True)
+        for i, (lo, hi) in enumerate(itertools.pairwise(bounds))
     ]
-    return dask.delayed(_sum, pure=True)(parts)
+    return dask.delayed(_combine_chunks, pure=True)(parts, region_issue)
 
 
 def histogram_edges(settings: Mapping[str, Any] | None = None) -> np.ndarray:
@@ -417,53 +543,38 @@ def _check_regions(regions: Sequence[str]) -> list[str]:
     return list(regions)
 
 
-def _compute_summaries(
+def _compute_outcomes(
     cohort: Cohort,
     regions: Sequence[str],
     slice_edges: np.ndarray | None,
     scheduler: Scheduler,
     progress: bool | None,
-) -> tuple[dict[str, HUSummary], list[dict[str, str]]]:
-    """Compute one summary per selected stack; a stack whose files fail is dropped and reported."""
+) -> tuple[dict[str, StackOutcome], list[dict[str, str]]]:
+    """One compute for the whole cohort: every selected stack's outcome, and the problems.
+
+    A stack that fails (its files, its calibration) is reported in the
+    problems and gets an outcome without summary; the others are unaffected.
+    """
     segment = _needs_segmentation(regions)
-    pending = dict(cohort.volumes)
+    outcomes: dict[str, StackOutcome] = {}
     problems: list[dict[str, str]] = []
-    categories: dict[str, xr.DataArray | None] = {}
-    for key, volume in pending.items():
-        categories[key] = None
-        if segment:
-            try:
-                categories[key] = region_categories(to_hu(volume))
-            except CTFrameError as exc:  # e.g. a single slice or a non-axial stack: whole-scan region only
-                problems.append({"stack_key": key, "reason": f"no body or lung regions: {exc}"})
-                warnings.warn(f"stack {key}: no body or lung regions ({exc})", CohortWarning, stacklevel=3)
-    while pending:
-        graphs = {
-            key: series_summary(volume, categories=categories[key], slice_edges=slice_edges)
-            for key, volume in pending.items()
-        }
+    graphs: dict[str, Any] = {}
+    for key, volume in cohort.volumes.items():
         try:
-            results = compute(*graphs.values(), scheduler=scheduler, progress=progress)
+            graphs[key] = stack_outcome(volume, regions=segment, slice_edges=slice_edges)
         except CTFrameError as exc:
-            failed = _stack_of_error(cohort, pending, str(exc))
-            if failed is None:
-                raise
-            problems.append({"stack_key": failed, "reason": str(exc)})
-            warnings.warn(f"stack {failed} skipped: {exc}", CohortWarning, stacklevel=3)
-            del pending[failed]
-            continue
-        return dict(zip(graphs, results, strict=True)), problems
-    return {}, problems
-
-
-def _stack_of_error(cohort: Cohort, keys: Iterable[str], message: str) -> str | None:
-    """The stack an error message is about: one of its files, its stack key or its series UID."""
-    for key in keys:
-        rows = cohort.catalog[cohort.catalog["stack_key"] == key]
-        names = [key, *rows["series_uid"].unique(), *rows["path"]]
-        if any(name and name in message for name in names):
-            return key
-    return None
+            outcomes[key] = StackOutcome(None, failure=str(exc))
+    if graphs:
+        results = compute(*graphs.values(), scheduler=scheduler, progress=progress)
+        outcomes.update(zip(graphs, results, strict=True))
+    for key in cohort.volumes:
+        outcome = outcomes[key]
+        reason = outcome.failure or outcome.region_issue
+        if reason:
+            problems.append({"stack_key": key, "reason": reason})
+            what = "skipped" if outcome.failure else "whole-scan region only"
+            warnings.warn(f"stack {key} {what}: {reason}", CohortWarning, stacklevel=3)
+    return {key: outcomes[key] for key in cohort.volumes}, problems
 
 
 def _series_info(cohort: Cohort) -> pd.DataFrame:
@@ -555,23 +666,50 @@ def _categories(summary: HUSummary, region: str) -> list[int] | None:
     return list(REGIONS[region])
 
 
-def _region_rows(summaries: Mapping[str, HUSummary], info: pd.DataFrame, regions: Sequence[str]) -> pd.DataFrame:
+#: Why a region's values are missing, when the stack was summarised but the region was not found.
+NO_VOXELS_REASON = "no voxel of this region was found (the segmentation found none)"
+
+
+def _missing_statistics(stats_cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The statistics columns of a region that could not be measured: all NaN (voxel_count missing)."""
+    template = statistics_from_counts(
+        np.zeros(N_FINE, np.int64), 0.0, 0.0, voxel_volume_ml=1.0, percentiles=stats_cfg["percentiles"],
+        laa_thresholds_hu=stats_cfg["laa_thresholds_hu"], haa_range_hu=stats_cfg["haa_range_hu"],
+    )  # fmt: skip
+    return {name: (pd.NA if name == "voxel_count" else np.nan) for name in template}
+
+
+def _region_rows(outcomes: Mapping[str, StackOutcome], info: pd.DataFrame, regions: Sequence[str]) -> pd.DataFrame:
+    """One row per selected stack and region; values that cannot be computed are NaN with ``missing_reason``."""
     stats_cfg = get_config()["statistics"]
+    missing = _missing_statistics(stats_cfg)
     rows = []
-    for key, s in summaries.items():
+    for key, outcome in outcomes.items():
         meta = info.loc[key]
+        s = outcome.summary
         for r in regions:
-            if (cats := _categories(s, r)) is None:
-                continue
-            stats = statistics_from_counts(
-                s.counts[cats].sum(axis=0),
-                float(s.sums[cats].sum()),
-                float(s.sumsq[cats].sum()),
-                voxel_volume_ml=meta["voxel_volume_ml"],
-                percentiles=stats_cfg["percentiles"],
-                laa_thresholds_hu=stats_cfg["laa_thresholds_hu"],
-                haa_range_hu=stats_cfg["haa_range_hu"],
-            )
+            cats = _categories(s, r) if s is not None else None
+            reason = ""
+            if s is None:
+                reason = f"stack not summarised: {outcome.failure}"
+            elif cats is None:
+                reason = outcome.region_issue or "region not computed"
+            elif r != "scan" and not s.counts[cats].any():
+                reason = NO_VOXELS_REASON
+            if reason:
+                stats = dict(missing)
+            else:
+                stats = statistics_from_counts(
+                    s.counts[cats].sum(axis=0),
+                    float(s.sums[cats].sum()),
+                    float(s.sumsq[cats].sum()),
+                    voxel_volume_ml=meta["voxel_volume_ml"],
+                    percentiles=stats_cfg["percentiles"],
+                    laa_thresholds_hu=stats_cfg["laa_thresholds_hu"],
+                    haa_range_hu=stats_cfg["haa_range_hu"],
+                )
+                if not np.isfinite(meta["voxel_volume_ml"]):
+                    reason = "volumes unknown: the slice spacing is unknown (one slice without SliceThickness)"
             rows.append(
                 {
                     "patient_key": meta["patient_key"],
@@ -582,6 +720,7 @@ def _region_rows(summaries: Mapping[str, HUSummary], info: pd.DataFrame, regions
                     "series_uid": meta["series_uid"],
                     "region": r,
                     **stats,
+                    "missing_reason": reason,
                     "convolution_kernel": meta["convolution_kernel"],
                     "slice_thickness_mm": meta["slice_thickness_mm"],
                     "kvp": meta["kvp"],
@@ -589,7 +728,12 @@ def _region_rows(summaries: Mapping[str, HUSummary], info: pd.DataFrame, regions
                     "manufacturer_model": meta["manufacturer_model"],
                 }
             )
-    table = pd.DataFrame(rows)
+    columns = [
+        "patient_key", "study_uid", "study_date", "study_datetime", "series", "series_uid", "region", *missing,
+        "missing_reason", "convolution_kernel", "slice_thickness_mm", "kvp", "manufacturer", "manufacturer_model",
+    ]  # fmt: skip
+    table = pd.DataFrame(rows, columns=columns)
+    table["voxel_count"] = table["voxel_count"].astype("Int64")
     if table.empty:
         return table
     order = {r: i for i, r in enumerate(regions)}
@@ -798,38 +942,57 @@ def summarize(
     CohortSummary
         ``histograms`` (tidy: level, patient_key, study_date, series,
         slice_position_mm, region, bin_left_hu, bin_right_hu, count; padding
-        and fill never counted), ``regions`` (one row per series and region),
+        and fill never counted), ``regions`` (one row per series and region;
+        values that cannot be computed are NaN, never 0, with the reason in
+        ``missing_reason``),
         ``slice_areas`` (area in mm² per slice and region), ``longitudinal``,
-        ``series`` (the selection) and ``problems`` (stacks that failed).
+        ``series`` (the selection, with each selected stack's ``outcome``) and
+        ``problems`` (stacks that failed or lost their lung regions).
 
     Notes
     -----
-    **Computes**: one ``compute`` for the whole cohort (repeated without a
-    stack whose files turn out unreadable, which is reported in ``problems``).
+    **Computes**: one ``compute`` for the whole cohort, however many stacks
+    fail. Each stack's task returns its summary or its failure: a stack whose
+    files turn out unreadable is reported in ``problems`` (and in
+    ``series.outcome``), its region rows hold NaN with ``missing_reason``, and
+    the other stacks' pixels are read once, as if nothing had failed.
     """
     regions = _check_regions(regions or get_config()["cohort"]["regions"])
     unknown_levels = set(levels) - {"slice", "series", "patient", "cohort"}
     if unknown_levels:
         raise ValueError(f"unknown histogram level(s) {sorted(unknown_levels)}; use slice, series, patient, cohort")
     edges = histogram_edges(bins)
-    summaries, problems = _compute_summaries(
+    outcomes, problems = _compute_outcomes(
         cohort, regions, edges if "slice" in levels else None, scheduler=scheduler, progress=progress
     )
+    summaries = {key: o.summary for key, o in outcomes.items() if o.summary is not None}
     info = _series_info(cohort)
-    region_table = _region_rows(summaries, info, regions)
+    region_table = _region_rows(outcomes, info, regions)
     lung_histograms = None
     if "lungs" in regions and summaries and _needs_segmentation(regions):
         lung_histograms = {
             k: s.counts[list(REGIONS["lungs"])].sum(axis=0) for k, s in summaries.items() if s.n_categories > 1
         }
+    series = cohort.series.copy()
+    series["outcome"] = series["stack_key"].map(
+        {key: _outcome_text(o) for key, o in outcomes.items()}
+    ).fillna("")
     return CohortSummary(
         histograms=_histogram_rows(summaries, info, regions, edges, levels, cohort.volumes),
         regions=region_table,
         slice_areas=_slice_area_rows(summaries, info, regions, cohort.volumes),
         longitudinal=longitudinal_table(region_table, lung_histograms),
-        series=cohort.series,
+        series=series,
         problems=pd.DataFrame(problems, columns=["stack_key", "reason"]),
     )
+
+
+def _outcome_text(outcome: StackOutcome) -> str:
+    if outcome.failure:
+        return f"failed: {outcome.failure}"
+    if outcome.region_issue:
+        return f"whole-scan region only: {outcome.region_issue}"
+    return "summarised"
 
 
 def cohort_histograms(cohort: Cohort, **options: Any) -> pd.DataFrame:

@@ -140,8 +140,8 @@ def summarize_block(
         Region category per voxel (< `n_categories`); all 0 when omitted.
     n_categories : int
         Number of categories.
-    padding_value, padding_range_limit : float
-        Stored-domain padding (NaN when absent), as in :func:`ctframe.hu.hu_kernel`.
+    padding_value, padding_range_limit : float or ndarray (slice,)
+        Stored-domain padding of each slice (NaN when absent), as in :func:`ctframe.hu.hu_kernel`.
     fill_below_hu : float
         HU below this are scan-circle fill and are not counted.
     slice_edges : ndarray of integers, optional
@@ -177,6 +177,11 @@ def summarize_block(
     )
     if stored.size == 0:
         return empty
+    # per-slice padding (a stack whose rescale varies stores the padding HU as different values), like slope
+    padding_value = np.broadcast_to(np.asarray(padding_value, float).reshape(-1), (n_slices,)).reshape(-1, 1)
+    padding_range_limit = np.broadcast_to(np.asarray(padding_range_limit, float).reshape(-1), (n_slices,)).reshape(
+        -1, 1
+    )
     padding = dict(padding_value=padding_value, padding_range_limit=padding_range_limit, fill_below_hu=fill_below_hu)
     lo, hi = int(stored.min()), int(stored.max())
     n_values = hi - lo + 1
@@ -188,22 +193,17 @@ def summarize_block(
                 intercept,
                 category,
                 empty,
-                padding_value,
-                padding_range_limit,
+                float(padding_value[0, 0]),
+                float(padding_range_limit[0, 0]),
                 fill_below_hu,
                 slice_edges,
             )
-        options = dict(
-            n_categories=n_categories,
-            padding_value=padding_value,
-            padding_range_limit=padding_range_limit,
-            fill_below_hu=fill_below_hu,
-            slice_edges=slice_edges,
-        )
+        options = dict(n_categories=n_categories, fill_below_hu=fill_below_hu, slice_edges=slice_edges)
         parts = (
             summarize_block(
-                stored[k : k + 1], slope[k], intercept[k], None if category is None else category[k : k + 1], **options
-            )
+                stored[k : k + 1], slope[k], intercept[k], None if category is None else category[k : k + 1],
+                padding_value=padding_value[k], padding_range_limit=padding_range_limit[k], **options,
+            )  # fmt: skip
             for k in range(n_slices)
         )
         return functools.reduce(operator.add, parts)

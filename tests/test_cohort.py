@@ -162,7 +162,15 @@ def test_summarize__unreadable_stack_is_skipped(tmp_path: Path) -> None:
         summary = summarize(cohort, regions=["scan"], progress=False)
     assert list(summary.problems["stack_key"]) == [broken.series_uid]
     assert "changed since it was scanned" in summary.problems["reason"].iloc[0]
-    assert set(summary.regions["series"]) == {truths[0].series_uid}
+    ok = summary.regions[summary.regions["series"] == truths[0].series_uid]
+    assert ok["volume_ml"].notna().all() and (ok["missing_reason"] == "").all()
+    failed = summary.regions[summary.regions["series"] == broken.series_uid]
+    assert len(failed) == 1 and failed["volume_ml"].isna().all() and failed["voxel_count"].isna().all()
+    assert failed["missing_reason"].iloc[0].startswith("stack not summarised: ")
+    assert "changed since it was scanned" in failed["missing_reason"].iloc[0]
+    outcome = summary.series.set_index("stack_key")["outcome"]
+    assert outcome[truths[0].series_uid] == "summarised" and outcome[broken.series_uid].startswith("failed: ")
+    assert set(summary.histograms["series"]) - {""} == {truths[0].series_uid}
 
 
 def test_longitudinal_table__changes_and_comparability() -> None:
