@@ -55,6 +55,7 @@ __all__ = [
     "nifti_affine",
     "orientation_groups",
     "orientation_label",
+    "pixel_spacing",
     "slice_normal",
     "stack_geometry",
     "voxel_spacing",
@@ -516,6 +517,38 @@ def nifti_affine(volume: xr.DataArray) -> np.ndarray:
     return LPS_TO_RAS @ affine(volume)[:, [2, 1, 0, 3]]
 
 
+def _spacing_along(volume: xr.DataArray, dim: str, fallback: Any) -> float:
+    values = np.asarray(volume[dim].values, float) if dim in volume.coords else np.array([])
+    if values.size > 1:
+        step = float(np.median(np.abs(np.diff(values))))
+    else:
+        step = float(fallback) if fallback is not None else math.nan
+    if not (math.isfinite(step) and step > 0):
+        raise ParameterError(
+            f"series {_series_name(volume)}: the spacing along {dim!r} is unknown or zero; "
+            f"give the volume a '{dim}' coordinate in mm (open it with ctframe.open_series)"
+        )
+    return step
+
+
+def pixel_spacing(volume: xr.DataArray) -> tuple[float, float]:
+    """(row, col) spacing in mm: the median step of the ``row`` and ``col`` coordinates, else ``pixel_spacing_mm``.
+
+    Raises
+    ------
+    ParameterError
+        A spacing is unknown or zero.
+
+    Examples
+    --------
+    >>> import numpy as np, xarray as xr
+    >>> pixel_spacing(xr.DataArray(np.zeros((1, 1)), dims=("row", "col"), attrs={"pixel_spacing_mm": [0.7, 0.8]}))
+    (0.7, 0.8)
+    """
+    pixel = volume.attrs.get("pixel_spacing_mm") or (None, None)
+    return _spacing_along(volume, "row", pixel[0]), _spacing_along(volume, "col", pixel[1])
+
+
 def voxel_spacing(volume: xr.DataArray) -> tuple[float, float, float]:
     """(slice, row, col) spacing in mm: the voxel's extent, for volumes, areas and sizes in mm.
 
@@ -538,20 +571,4 @@ def voxel_spacing(volume: xr.DataArray) -> tuple[float, float, float]:
     >>> voxel_spacing(volume)
     (2.5, 0.7, 0.7)
     """
-    attrs = volume.attrs
-    pixel = attrs.get("pixel_spacing_mm") or (None, None)
-    fallbacks = (_slice_spacing_fallback(volume), pixel[0], pixel[1])
-    out = []
-    for dim, fallback in zip(("slice", "row", "col"), fallbacks, strict=True):
-        values = np.asarray(volume[dim].values, float) if dim in volume.coords else np.array([])
-        if values.size > 1:
-            step = float(np.median(np.abs(np.diff(values))))
-        else:
-            step = float(fallback) if fallback is not None else math.nan
-        if not (math.isfinite(step) and step > 0):
-            raise ParameterError(
-                f"series {_series_name(volume)}: the spacing along {dim!r} is unknown or zero; "
-                f"give the volume a '{dim}' coordinate in mm (open it with ctframe.open_series)"
-            )
-        out.append(step)
-    return out[0], out[1], out[2]
+    return (_spacing_along(volume, "slice", _slice_spacing_fallback(volume)), *pixel_spacing(volume))

@@ -35,6 +35,7 @@ import pandas as pd
 import xarray as xr
 
 from ctframe.errors import ParameterError
+from ctframe.geometry import pixel_spacing, slice_normal
 
 __all__ = [
     "browse",
@@ -109,11 +110,9 @@ def _check_table(table: Any, name: str, columns: Sequence[str]) -> None:
 
 def _head_up(image: xr.DataArray) -> bool:
     """Whether larger ``slice`` coordinates are further toward the head (LPS +z)."""
-    orientation = image.attrs.get("orientation")
-    if orientation is None or len(orientation) != 6:
-        return True
-    normal = np.cross(np.asarray(orientation[:3], float), np.asarray(orientation[3:], float))
-    return bool(normal[2] >= 0)
+    if image.attrs.get("orientation") is None:
+        return True  # no DICOM geometry: the slice coordinate is taken to run towards the head
+    return bool(slice_normal(image)[2] >= 0)
 
 
 def _step(values: np.ndarray, fallback: float = 1.0) -> float:
@@ -1301,9 +1300,10 @@ def plot_mask_overlay(
             ax.imshow(rgba, extent=extent, origin=origin, aspect="equal", interpolation="nearest")
             if region.any():
                 ax.contour(region, levels=[0.5], colors=[color], linewidths=0.8, extent=extent, origin=origin)
-        area = float((plane > 0).sum() * _pixel_area(hu))
+        pixel_area = _pixel_area(hu)
+        lung = f"{(plane > 0).sum() * pixel_area:,.0f} mm²" if pixel_area else f"{(plane > 0).sum():,} pixels"
         position = float(hu["slice"][i]) if "slice" in hu.coords else float(i)
-        ax.set_title(f"{name}: slice {i} at {position:.1f} mm\nlung {area:,.0f} mm²", fontsize=9)
+        ax.set_title(f"{name}: slice {i} at {position:.1f} mm\nlung {lung}", fontsize=9)
     handles = [Patch(color=LABEL_COLORS[v], label=LABEL_NAMES.get(v, str(v))) for v in present]
     if handles:
         fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=8)
@@ -1318,8 +1318,9 @@ def _rgb(color: str) -> tuple[float, float, float]:
     return to_rgb(color)
 
 
-def _pixel_area(volume: xr.DataArray) -> float:
-    spacing = volume.attrs.get("pixel_spacing_mm")
-    if spacing is not None and len(spacing) == 2:
-        return float(spacing[0]) * float(spacing[1])
-    return _step(_coord(volume, "row")) * _step(_coord(volume, "col"))
+def _pixel_area(volume: xr.DataArray) -> float | None:
+    """mm² per pixel (ctframe.geometry.voxel_spacing), None where the spacing is unknown (areas shown in pixels)."""
+    if "row" not in volume.coords and "col" not in volume.coords and not volume.attrs.get("pixel_spacing_mm"):
+        return None
+    d_row, d_col = pixel_spacing(volume)
+    return d_row * d_col
