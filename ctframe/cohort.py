@@ -849,6 +849,13 @@ def longitudinal_table(regions: pd.DataFrame, lung_histograms: Mapping[str, np.n
                 base_value = _measure(by_series, baseline["series"], name)
                 prev_value = _measure(by_series, previous["series"], name) if previous is not None else np.nan
                 is_distance = name.startswith("lung_emd")
+                # a value that could not be computed makes no comparison, whatever the scanners
+                missing_base = _missing_notes(by_series, name, study["series"], baseline["series"], "baseline")
+                missing_prev = (
+                    _missing_notes(by_series, name, study["series"], previous["series"], "previous study")
+                    if previous is not None
+                    else []
+                )
                 rows.append(
                     {
                         "patient_key": patient,
@@ -862,9 +869,11 @@ def longitudinal_table(regions: pd.DataFrame, lung_histograms: Mapping[str, np.n
                         "change_from_baseline_pct": np.nan if is_distance else _pct(value, base_value),
                         "change_from_previous": np.nan if is_distance else value - prev_value,
                         "change_from_previous_pct": np.nan if is_distance else _pct(value, prev_value),
-                        "comparable_to_baseline": not notes_base,
-                        "comparable_to_previous": previous is None or not notes_prev,
-                        "comparability_notes": "; ".join(dict.fromkeys(notes_base + notes_prev)),
+                        "comparable_to_baseline": not notes_base and not missing_base,
+                        "comparable_to_previous": previous is None or not (notes_prev or missing_prev),
+                        "comparability_notes": "; ".join(
+                            dict.fromkeys(missing_base + missing_prev + notes_base + notes_prev)
+                        ),
                     }
                 )
             previous = study
@@ -882,6 +891,30 @@ def _measure(by_series: pd.DataFrame, series: str, name: str) -> float:
         if measure == name and (series, region) in by_series.index:
             return float(by_series.loc[(series, region), stat])
     return np.nan
+
+
+def _missing_notes(by_series: pd.DataFrame, name: str, series: str, other: str, label: str) -> list[str]:
+    """Why `name` cannot be compared between `series` and `other` (its value or the other's is missing)."""
+    notes = []
+    pairs = [("this study", series)] + ([(label, other)] if other != series else [])
+    for which, key in pairs:
+        reason = _missing_reason(by_series, key, name)
+        if reason:
+            notes.append(f"no value for {which}: {reason}")
+    return notes
+
+
+def _missing_reason(by_series: pd.DataFrame, series: str, name: str) -> str:
+    """Why the measure `name` of `series` is NaN ("" when it has a value)."""
+    for (region, stat), measure in LONGITUDINAL_MEASURES.items():
+        if measure == name and (series, region) in by_series.index:
+            row = by_series.loc[(series, region)]
+            if np.isfinite(float(row[stat])):
+                return ""
+            return str(row.get("missing_reason", "")) or f"{stat} could not be computed"
+    if name.startswith("lung_emd"):
+        return ""
+    return "region not measured"
 
 
 def _pct(value: float, reference: float) -> float:

@@ -39,12 +39,12 @@ __all__ = ["series_reference", "write_figures_and_report"]
 SERIES_COLUMNS = (
     "scan", "series_ref", "study_date", "modality", "orientation", "n_slices", "rows", "columns",
     "pixel_spacing_row_mm", "spacing_median_mm", "slice_thickness_mm", "convolution_kernel", "kvp", "manufacturer",
-    "manufacturer_model", "transfer_syntax", "qc_notes", "selection_reason",
+    "manufacturer_model", "transfer_syntax", "qc_notes", "selection_reason", "outcome",
 )  # fmt: skip
 #: Columns of the region table shown in the report.
 REGION_COLUMNS = (
     "scan", "study_date", "region", "volume_ml", "hu_mean", "hu_std", "hu_median", "hu_p15", "laa_950_pct",
-    "haa_pct", "haa_volume_ml",
+    "haa_pct", "haa_volume_ml", "missing_reason",
 )  # fmt: skip
 #: Columns of the longitudinal table shown in the report.
 LONGITUDINAL_COLUMNS = (
@@ -170,9 +170,9 @@ def _number(value: float) -> str:
     return f"{value:,.2f}"
 
 
-def _image_scans(cohort: Any, patients: int) -> list[_Scan]:
-    """The baseline scan of each of the first `patients` patients (patient A, B, ...)."""
-    selected = cohort.selected
+def _image_scans(cohort: Any, patients: int, failed: set[str] = frozenset()) -> list[_Scan]:
+    """The baseline scan of each of the first `patients` patients (patient A, B, ...), skipping `failed` stacks."""
+    selected = cohort.selected[~cohort.selected["stack_key"].isin(failed)]
     labels = _scan_labels(selected)
     scans = []
     for patient, group in selected.groupby("patient_key", sort=True):
@@ -328,9 +328,12 @@ def write_figures_and_report(
             entry.file = path.name
         figures.append(entry)
 
-    regions_present = set(summary.regions["region"]) if not summary.regions.empty else set()
+    measured = summary.regions[summary.regions["volume_ml"].notna()] if not summary.regions.empty else None
+    regions_present = set(measured["region"]) if measured is not None else set()  # NaN rows measured nothing
     has_lungs = bool(regions_present & set(_LUNG_REGIONS))
-    scans = _image_scans(cohort, image_patients)
+    outcome = summary.series.get("outcome", pd.Series(dtype=str)).astype(str)
+    failed = set(summary.series.loc[outcome.str.startswith("failed"), "stack_key"])  # their pixels cannot be read
+    scans = _image_scans(cohort, image_patients, failed)
     lazy = _lazy_images(cohort, scans, masks=mask_overlays and has_lungs, notes=notes)
     computed = _compute_images(lazy, scans, notes)
     labelled = {f"{s.tag}: {s.label}": s.tag for s in scans}
@@ -469,6 +472,9 @@ def _render(summary: Any, cohort: Any, figures: list[_Figure], notes: list[str],
     selected = _with_scan_columns(chosen, labels, "stack_key")
     others = _with_scan_columns(series[~series["selected"]], labels, "stack_key")
     for table in (selected, others):
+        for column in ("outcome", "calibration_issue"):
+            if column in table:
+                table[column] = table[column].map(lambda t: _scrub(str(t), references))
         if "selection_reason" in table:
             table["selection_reason"] = table["selection_reason"].map(lambda t: _scrub(t, references))
         if "qc_notes" in table:
@@ -480,15 +486,19 @@ def _render(summary: Any, cohort: Any, figures: list[_Figure], notes: list[str],
         problems["series_ref"] = problems["stack_key"].astype(str).map(series_reference)
         problems["reason"] = problems["reason"].map(lambda t: _scrub(t, references))
     regions = _with_scan_columns(summary.regions, labels, "series")
+    if "missing_reason" in regions:
+        regions["missing_reason"] = regions["missing_reason"].map(lambda t: _scrub(str(t), references))
     longitudinal = summary.longitudinal.copy()
     if "comparability_notes" in longitudinal:
         longitudinal["comparability_notes"] = longitudinal["comparability_notes"].map(lambda t: _scrub(t, references))
 
     n_patients = cohort.selected["patient_key"].nunique()
+    n_failed = int(series.get("outcome", pd.Series(dtype=str)).astype(str).str.startswith("failed").sum())
     cards = [
         ("patients", n_patients),
         ("studies", series["study_uid"].nunique()),
-        ("scans analysed", int(series["selected"].sum())),
+        ("scans analysed", int(series["selected"].sum()) - n_failed),
+        ("scans failed", n_failed),
         ("stacks not analysed", int((~series["selected"]).sum())),
         ("problems", len(problems)),
     ]
