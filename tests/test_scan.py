@@ -12,7 +12,7 @@ import pytest
 
 import ctframe
 from ctframe.errors import NoSeriesError, ScanWarning
-from ctframe.scan import CATALOG_COLUMNS, PHI_COLUMNS, iter_files
+from ctframe.scan import CATALOG_COLUMNS, PHI_COLUMNS, assign_stacks, iter_files
 from ctframe.testing import write_phantom_series
 
 
@@ -234,3 +234,65 @@ def test_scan__salt_changes_patient_key(small_phantom) -> None:
     b = ctframe.scan(small_phantom.folder, salt="two")["patient_key"].iloc[0]
     assert a != b and a.startswith("P-") and b.startswith("P-")
     assert ctframe.scan(small_phantom.folder, salt="one")["patient_key"].iloc[0] == a
+
+
+# --------------------------------------------------------------------------- stacks: orientation with a tolerance
+
+
+def _orientation_variant(lidc_dir: Path, dest: Path, orientation_of) -> pd.DataFrame:
+    """20 real LIDC slices, slice k written with the (row, col) directions ``orientation_of(k)`` (or unchanged)."""
+    from _lidc_variants import set_orientation, write_variant
+
+    def edit(k: int, ds) -> None:
+        directions = orientation_of(k)
+        if directions is not None:
+            set_orientation(ds, *directions)
+
+    write_variant(lidc_dir, dest, edit)
+    return ctframe.scan(dest)
+
+
+def test_assign_stacks__scanner_float_noise_is_one_stack(lidc_dir: Path, tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+
+    def noisy(k: int):  # every other slice off by up to 1e-6 in each direction cosine
+        return None if k % 2 else (np.array([1.0, 0, 0]) + rng.uniform(-1e-6, 1e-6, 3), np.array([0, 1.0, 0]))
+
+    catalog = _orientation_variant(lidc_dir, tmp_path, noisy)
+    assert catalog["row_dir_x"].nunique() > 1  # the noise is in the catalog
+    assert catalog["stack_key"].nunique() == 1
+    assert np.all(np.diff(catalog["slice_position_mm"]) == pytest.approx(2.5))
+    row = ctframe.series_table(catalog).iloc[0]
+    assert row["n_slices"] == 20 and row["usable"] and not row["inconsistent_orientation"]
+
+
+def test_assign_stacks__a_rotated_plane_is_another_stack(lidc_dir: Path, tmp_path: Path) -> None:
+    from _lidc_variants import rotation
+
+    tilt = rotation("x", 5.0)
+    catalog = _orientation_variant(
+        lidc_dir, tmp_path, lambda k: (tilt @ [1.0, 0, 0], tilt @ [0, 1.0, 0]) if k >= 15 else None
+    )
+    table = ctframe.series_table(catalog).set_index("stack_key")
+    uid = catalog["series_uid"].iloc[0]
+    assert table["n_slices"].to_dict() == {f"{uid}#1": 15, f"{uid}#2": 5}  # largest first
+    # each stack is ordered along its own normal: the 5 rotated slices step 2.5 * cos(5 deg) apart
+    rotated = catalog[catalog["stack_key"] == f"{uid}#2"]
+    np.testing.assert_allclose(np.diff(rotated["slice_position_mm"]), 2.5 * np.cos(np.radians(5.0)), atol=1e-6)
+    assert table.loc[f"{uid}#2", "tilt_angle_deg"] == pytest.approx(5.0, abs=0.01)
+
+
+def test_assign_stacks__noise_across_a_rounding_boundary_is_one_stack(lidc_dir: Path, tmp_path: Path) -> None:
+    # an in-plane rotation of about 1.8 degrees, written as 0.99949999 on half the slices and 0.9995001 on the
+    # others (2e-8 apart): rounding to 3 decimals (the old grouping) gives 0.999 and 1.000, two stacks
+    def straddling(k: int):
+        c = 0.99949999 if k % 2 else 0.9995001
+        s = np.sqrt(1 - c**2)
+        return np.array([c, s, 0.0]), np.array([-s, c, 0.0])
+
+    catalog = _orientation_variant(lidc_dir, tmp_path, straddling)
+    assert sorted({f"{v:.3f}" for v in catalog["row_dir_x"]}) == ["0.999", "1.000"]
+    assert catalog["stack_key"].nunique() == 1
+    assert ctframe.series_table(catalog).iloc[0]["usable"]
+    with ctframe.config_context(qc={"orientation_tolerance": 0.0}):  # the tolerance is what joins them
+        assert assign_stacks(catalog)["stack_key"].nunique() == 2
