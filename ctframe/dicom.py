@@ -779,13 +779,23 @@ def _check_bits(ref: SliceRef) -> None:
         )
 
 
-def _fast_path_ok(ref: SliceRef) -> bool:
-    return (
-        ref.transfer_syntax_uid in NATIVE_LITTLE_ENDIAN
-        and ref.pixel_data_offset >= 0
-        and ref.bits_allocated in (8, 16, 32)
-        and ref.samples_per_pixel == 1
-    )
+def _read_path(ref: SliceRef) -> str:
+    """Which reader decodes the frame `ref`: ``"native"``, ``"imagecodecs"`` or ``"pydicom"``.
+
+    ``"native"``: uncompressed little-endian integer frames of one sample,
+    whose bytes the header pass located (Pixel Data in any VR; not Float or
+    Double Float Pixel Data, which pydicom reads). ``"imagecodecs"``: the
+    encapsulated syntaxes of :data:`IMAGECODECS_DECODERS` with one sample of
+    8, 16 or 32 bits (pydicom still decodes a frame imagecodecs gives in
+    another layout). ``"pydicom"``: everything else (big endian, deflated,
+    float, colour, other syntaxes). Each path gives ``pixel_array``'s values.
+    """
+    simple = ref.bits_allocated in (8, 16, 32) and ref.samples_per_pixel == 1
+    if simple and ref.transfer_syntax_uid in NATIVE_LITTLE_ENDIAN and ref.pixel_data_offset >= 0:
+        return "native"
+    if simple and ref.transfer_syntax_uid in IMAGECODECS_DECODERS:
+        return "imagecodecs"
+    return "pydicom"
 
 
 def _pixel_dtype(pixel_representation: int, bits_allocated: int) -> np.dtype:
@@ -976,17 +986,12 @@ def _decode_file(refs: Sequence[SliceRef]) -> list[np.ndarray]:
     data, several samples, other syntaxes, whatever imagecodecs declines).
     """
     first = refs[0]
-    if all(_fast_path_ok(r) for r in refs):
+    path = _read_path(first)  # the frames of one file share their encoding
+    if path == "native":
         return [_read_native(r) for r in refs]
     frames = [r.frame for r in refs]
     try:
-        arrays = None
-        if (
-            first.transfer_syntax_uid in IMAGECODECS_DECODERS
-            and first.bits_allocated in (8, 16, 32)
-            and first.samples_per_pixel == 1
-        ):
-            arrays = _read_with_imagecodecs(first, frames)
+        arrays = _read_with_imagecodecs(first, frames) if path == "imagecodecs" else None
         if arrays is None:
             arrays = _read_with_pydicom(first.path, frames, first.number_of_frames, first.transfer_syntax_uid)
     except BaseException as exc:  # decoders raise many types
@@ -1027,7 +1032,7 @@ def read_frames(refs: Sequence[SliceRef], *, dtype: np.dtype) -> np.ndarray:
     shape = (refs[0].rows, refs[0].columns)
     for ref in refs:
         _check_bits(ref)
-    if all(_fast_path_ok(r) and _native_dtype(r) == dtype and (r.rows, r.columns) == shape for r in refs):
+    if all(_read_path(r) == "native" and _native_dtype(r) == dtype and (r.rows, r.columns) == shape for r in refs):
         out = np.empty((len(refs), *shape), dtype=dtype)
         for i, ref in enumerate(refs):
             _read_native_into(ref, out[i])  # straight into the stack: no temporary, no copy
