@@ -217,3 +217,54 @@ def test_open_series__include_phi_keeps_identifiers(small_phantom) -> None:
     assert "patient_id" not in safe.attrs and small_phantom.patient_id not in str(safe.attrs)
     full = ctframe.open_series(small_phantom.folder, include_phi=True)
     assert full.attrs["patient_id"] == small_phantom.patient_id
+
+
+# --------------------------------------------------------------------------- geometry from every slice
+
+
+def _mixed_spacing(lidc_dir: Path, dest: Path) -> list[Path]:
+    """20 real LIDC slices; 3 of them (k = 2, 9, 13) rewritten with PixelSpacing 0.8 mm."""
+    from _lidc_variants import write_variant
+
+    def edit(k: int, ds: pydicom.Dataset) -> None:
+        if k in (2, 9, 13):
+            ds.PixelSpacing = [0.8, 0.8]
+
+    return write_variant(lidc_dir, dest, edit)
+
+
+def test_open_series__mixed_pixel_spacing_is_refused_naming_a_file(lidc_dir: Path, tmp_path: Path) -> None:
+    paths = _mixed_spacing(lidc_dir, tmp_path)
+    with pytest.raises(
+        InconsistentSeriesError,
+        match=r"slices differ in pixel spacing \(0\.703125x0\.703125 mm on 17 slices, 0\.8x0\.8 mm on 3 slices\), "
+        r"e\.g\. (\S+); open the files of one pixel spacing",
+    ) as info:
+        ctframe.open_series(tmp_path)
+    named = str(info.value).split("e.g. ")[1].split(";")[0]
+    assert named in {str(paths[k]) for k in (2, 9, 13)}
+    assert [float(v) for v in pydicom.dcmread(named, stop_before_pixels=True).PixelSpacing] == [0.8, 0.8]
+    # the rows of one spacing open, with that spacing on their coordinates
+    catalog = ctframe.scan(tmp_path)
+    with pytest.warns(QCWarning, match="gaps"):  # three slices are missing from the 0.703 mm stack
+        volume = ctframe.open_series(catalog[catalog["pixel_spacing_row_mm"] != 0.8])
+    assert volume.sizes["slice"] == 17 and volume.attrs["pixel_spacing_mm"] == [0.703125, 0.703125]
+    assert volume["row"].values[1] == pytest.approx(0.703125)
+
+
+def test_open_cohort__mixed_spacing_stack_is_flagged_and_the_healthy_one_opens(lidc_dir: Path, tmp_path: Path) -> None:
+    from _lidc_variants import write_variant
+
+    _mixed_spacing(lidc_dir, tmp_path / "mixed")
+    uid = pydicom.uid.generate_uid()
+    write_variant(lidc_dir, tmp_path / "healthy", lambda k, ds: setattr(ds, "SeriesInstanceUID", uid))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cohort = open_cohort(tmp_path)
+    series = cohort.series.set_index("series_uid")
+    assert not series.loc[uid, "inconsistent_pixel_spacing"] and series.loc[uid, "selected"]
+    mixed = series.drop(index=uid).iloc[0]
+    assert mixed["inconsistent_pixel_spacing"] and not mixed["usable"] and not mixed["selected"]
+    assert np.isnan(mixed["pixel_spacing_row_mm"]) and "0.8x0.8 mm on 3 slices" in mixed["qc_notes"]
+    (volume,) = cohort.volumes.values()
+    assert volume.attrs["series_uid"] == uid and volume.attrs["pixel_spacing_mm"] == [0.703125, 0.703125]
