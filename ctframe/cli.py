@@ -1,17 +1,33 @@
 """The ``ctframe`` command line: scan, summarize, demo, export, show-config.
 
-Every bad input ends in one line on stderr and a non-zero exit status, never a
-traceback: 2 for a ctframe error (bad path, bad config, no CT series, output
-exists...), 130 when interrupted, 3 for an unexpected internal error (rerun with
-``--debug`` to see its traceback); 141, silently, when the reader of stdout has
-gone (``ctframe scan ROOT | head``). Heavy libraries are imported inside the
-commands so ``ctframe --help`` stays fast.
+No command ends in a traceback unless asked to. It ends with status 0, or with
+exactly one ``ctframe: error: ...`` line on stderr and one of these statuses:
+
+* **2, bad input**: a :class:`~ctframe.errors.CTFrameError` (bad path, bad
+  config, no CT series, output exists, unreadable or corrupt DICOM...), or an
+  ``OSError`` of the operating system that is about the user's side of the run:
+  a missing or unreadable path (``FileNotFoundError``, ``PermissionError``,
+  ``IsADirectoryError``, ``NotADirectoryError``, ``FileExistsError``, a name too
+  long, a link loop) at, inside or above a path given on the command line, or a
+  full disk, a quota, a read-only file system or an I/O error anywhere. The
+  same errno on a path the user did not give (a file ctframe ships, say) is a
+  bug.
+* **1, a bug**: any other exception, whatever its class (a ``ValueError`` or an
+  ``OSError`` raised by ctframe's own code included). The line says that it is
+  an internal error, names the exception class, and says to rerun with
+  ``ctframe --debug ...``, which shows the traceback.
+* **130**: interrupted (Ctrl-C); **141**, silently, when the reader of stdout has
+  gone (``ctframe scan ROOT | head``).
+
+Heavy libraries are imported inside the commands so ``ctframe --help`` stays fast.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
+import os
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -28,7 +44,7 @@ app = typer.Typer(
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
-EXIT_ERROR, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 2, 3, 130, 141
+EXIT_ERROR, EXIT_BUG, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 2, 1, 130, 141
 _state: dict[str, bool] = {"debug": False}
 
 ConfigOption = Annotated[
@@ -60,8 +76,56 @@ def _stdout_reader_gone() -> bool:
     return gone
 
 
+#: Errors of the machine, not of a path: the user's to fix wherever they happen.
+_MACHINE_ERRNOS = frozenset(
+    getattr(errno, name) for name in ("ENOSPC", "EDQUOT", "EROFS", "EIO") if hasattr(errno, name)
+)
+#: Errors about one path: the user's to fix when the path is theirs.
+_PATH_ERRNOS = frozenset(
+    getattr(errno, name)
+    for name in ("ENOENT", "EACCES", "EPERM", "EISDIR", "ENOTDIR", "EEXIST", "ENAMETOOLONG", "ELOOP", "ENOTEMPTY")
+    if hasattr(errno, name)
+)
+
+
+def _related(path: str, given: str) -> bool:
+    """Whether `path` is `given`, lies inside it, or is one of its parent folders."""
+    try:
+        common = os.path.commonpath([path, given])
+    except ValueError:  # different drives, or a relative and an absolute path
+        return False
+    return common in (path, given)
+
+
+def _users_os_error(exc: BaseException, given_paths: list[str]) -> bool:
+    """Whether `exc` is an ``OSError`` about the user's input/output or machine, not a ctframe bug."""
+    if not isinstance(exc, OSError):
+        return False
+    if exc.errno in _MACHINE_ERRNOS:
+        return True
+    if exc.errno not in _PATH_ERRNOS:
+        return False
+    names = [os.path.abspath(os.fsdecode(f)) for f in (exc.filename, exc.filename2) if f is not None]
+    return any(_related(name, given) for name in names for given in given_paths)
+
+
+def _given_paths(args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[str]:
+    return [os.path.abspath(v) for v in (*args, *kwargs.values()) if isinstance(v, Path)]
+
+
+def _bug_line(exc: BaseException, command: str) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    notes = "; ".join(str(n).splitlines()[0] for n in getattr(exc, "__notes__", ()) if str(n))
+    detail = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return (
+        f"internal error in ctframe (a bug, please report it): {detail}{f' ({notes})' if notes else ''}; "
+        f"rerun as `ctframe --debug {command} ...` to see the traceback"
+    )
+
+
 def handle_errors(func: F) -> F:
-    """Turn every exception of a command into one line on stderr and an exit status."""
+    """Turn every exception of a command into one line on stderr and an exit status (see the module docstring)."""
+    command = func.__name__.replace("_", "-")
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -79,18 +143,20 @@ def handle_errors(func: F) -> F:
             if _stdout_reader_gone():  # `ctframe scan ROOT | head`: stop quietly, as Unix tools do
                 raise typer.Exit(EXIT_BROKEN_PIPE) from None
             _fail(f"{type(exc).__name__}: {exc}")
-        except (OSError, ValueError) as exc:
-            _fail(f"{type(exc).__name__}: {exc}")
         except Exception as exc:
+            if _users_os_error(exc, _given_paths(args, kwargs)):
+                _fail(f"{type(exc).__name__}: {exc}")
             if _state["debug"]:
                 raise
-            _fail(f"unexpected {type(exc).__name__}: {exc} (rerun with --debug for details)", EXIT_INTERNAL)
+            _fail(_bug_line(exc, command), EXIT_BUG)
 
     return wrapper  # type: ignore[return-value]
 
 
 @app.callback()
-def main(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of internal errors.")] = False) -> None:
+def main(
+    debug: Annotated[bool, typer.Option("--debug", help="Show the traceback of an internal error (a bug).")] = False,
+) -> None:
     """CT analytics at cohort scale."""
     _state["debug"] = debug
 
@@ -141,7 +207,7 @@ def scan(
     _require_folder(root)
     with _configured(config, quiet):
         import ctframe
-        from ctframe.errors import NoSeriesError
+        from ctframe.errors import NoSeriesError, ParameterError
         from ctframe.export import atomic_path
         from ctframe.outputs import write_table
 
@@ -154,7 +220,7 @@ def scan(
         table = ctframe.series_table(catalog)
         if output is not None:
             if output.suffix not in (".csv", ".parquet"):
-                raise ValueError(f"{output}: the series table is written as .csv or .parquet")
+                raise ParameterError(f"{output}: the series table is written as .csv or .parquet; change the suffix")
             with atomic_path(output, overwrite=overwrite) as tmp:
                 write_table(table, tmp)
         if not quiet:
@@ -182,11 +248,13 @@ def _print_scan(table: Any, catalog: Any, problems: Any) -> None:
 
 
 def _scheduler_for(scheduler: str | None, workers: int | None) -> contextlib.AbstractContextManager[Any]:
+    from ctframe.errors import ParameterError
+
     if scheduler and workers:
-        raise ValueError("give either --scheduler or --workers, not both")
+        raise ParameterError("give either --scheduler or --workers, not both")
     if workers:
         if workers < 1:
-            raise ValueError(f"--workers must be >= 1, got {workers}")
+            raise ParameterError(f"--workers must be >= 1, got {workers}")
 
         @contextlib.contextmanager
         def cluster() -> Iterator[Any]:
@@ -246,6 +314,13 @@ def run_summarize(
                     extras=_figures_and_report(summary, cohort, quiet),
                 )
     _say(quiet or not announce, f"wrote {outdir}")
+    failed = summary.series["outcome"].astype(str).str.startswith("failed")
+    if failed.any() and not (summary.series["selected"] & ~failed).any():  # nothing succeeded: bad input
+        from ctframe.errors import NoSeriesError
+
+        raise NoSeriesError(
+            f"none of the {int(failed.sum())} selected stack(s) could be read; the reasons are in {outdir / 'problems.csv'}"
+        )
     return outdir
 
 
@@ -342,7 +417,9 @@ def export(
     """Export one volume (HU by default) with its geometry."""
     formats = ("zarr", "nifti", "netcdf")
     if format not in formats:
-        raise ValueError(f"--format must be one of {', '.join(formats)}, got {format!r}")
+        from ctframe.errors import ParameterError
+
+        raise ParameterError(f"--format must be one of {', '.join(formats)}, got {format!r}")
     _require_folder(root)
     with _configured(config, quiet):
         import ctframe

@@ -650,8 +650,9 @@ def _histogram_rows(
         "bin_right_hu",
         "count",
     ]
-    if not frames:
-        return pd.DataFrame(columns=columns)
+    if not frames:  # every stack failed: the same columns and dtypes, no rows
+        dtypes = {"slice_position_mm": float, "bin_left_hu": float, "bin_right_hu": float, "count": np.int64}
+        return pd.DataFrame({c: pd.Series(dtype=dtypes.get(c, object)) for c in columns})
     table = pd.concat(frames, ignore_index=True).reindex(columns=columns)
     for column in ("patient_key", "study_date", "series"):  # empty on the patient and cohort levels
         table[column] = table[column].astype(object).where(table[column].notna(), "").astype(str)
@@ -770,19 +771,10 @@ def _slice_area_rows(
                     }
                 )
             )
-    if not frames:
-        return pd.DataFrame(
-            columns=[
-                "patient_key",
-                "study_date",
-                "series",
-                "region",
-                "slice_index",
-                "slice_position_mm",
-                "voxel_count",
-                "area_mm2",
-            ]
-        )
+    if not frames:  # every stack failed: the same columns and dtypes, no rows
+        dtypes = {"slice_index": np.int64, "slice_position_mm": float, "voxel_count": np.int64, "area_mm2": float}
+        columns = ["patient_key", "study_date", "series", "region", *dtypes]
+        return pd.DataFrame({c: pd.Series(dtype=dtypes.get(c, object)) for c in columns})
     return pd.concat(frames, ignore_index=True)
 
 

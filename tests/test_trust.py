@@ -225,3 +225,18 @@ def test_summarize__single_slices_give_nan_lungs_with_a_reason(shared_data: Path
     assert len(longitudinal) and not longitudinal["comparable_to_baseline"].any()
     assert longitudinal["comparability_notes"].str.contains("no value").all()
     assert not (longitudinal["change_from_baseline"] == 0).any()
+
+
+def test_cli_summarize__exit_2_when_every_stack_fails(two_stacks, tmp_path) -> None:
+    for key in (UID_A, UID_B):
+        path = two_stacks[key][0]
+        path.write_bytes(path.read_bytes()[:-4000])
+    config = tmp_path / "scan-only.yaml"
+    config.write_text("cohort:\n  regions: [scan]\n")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["summarize", str(two_stacks["root"][0]), "-o", str(out), "-q", "-c",
+                                      str(config)])
+    assert result.exit_code == 2, result.output
+    assert "none of the 2 selected stack(s) could be read" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert (out / "problems.csv").is_file() and (out / "regions.csv").is_file()  # written whole, with the reasons
