@@ -49,3 +49,11 @@ def lidc_dir() -> Path:
 @pytest.fixture(scope="session")
 def phantom_300() -> Path:
     return phantom_cohort(1)[0]
+
+
+@pytest.fixture(scope="session")
+def lung1_dir() -> Path:
+    """NSCLC-Radiomics LUNG1-003: 107 slices (the 100-300 slice range of the Series-to-HU target)."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real DICOM data not found at {SHARED_DATA}")
+    return SHARED_DATA / "nsclc-radiomics-lung1-003" / "ct"

@@ -9,7 +9,9 @@ Methods (same files, same run):
   which is what the floor gets too;
 * ``ctframe_cluster``: the same on a 2-process ``LocalCluster`` (started outside the timing);
 * ``floor``: pixel bytes read at their file offset and ``np.bincount`` per 32-file chunk, 2 processes
-  (offsets from a header pass done once and not timed: the cost of the data alone).
+  (offsets from a header pass done once and not timed: the cost of the data alone);
+* ``floor_with_headers``: the same with the files listed and each one's Pixel Data found by a minimal
+  parse inside the timed call (the counterpart of ``ctframe_threads``, which scans inside it).
 
 Peak memory of each method (PSS of the process tree) is measured in fresh subprocesses
 (``benchmarks/rss_probe.py``): the median of three probes, stored in the benchmark's ``extra_info``.
@@ -34,7 +36,10 @@ sys.path.insert(0, str(HERE))
 import rss_probe  # noqa: E402
 
 N_SERIES = [1, 2, 4, 8]
-METHODS = ["notebook", "simpleitk", "ctframe_threads", "ctframe_catalog_given", "ctframe_cluster", "floor"]
+METHODS = [
+    "notebook", "simpleitk", "ctframe_threads", "ctframe_catalog_given", "ctframe_cluster", "floor",
+    "floor_with_headers",
+]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +69,8 @@ def test_bench_cohort_histogram(benchmark, method: str, n_series: int, request) 
 def test_bench_methods_agree_on_counts() -> None:
     """Not a timing: the histograms of all methods agree on tissue voxels."""
     folders = phantom_cohort(1)
-    results = {m: rss_probe.METHODS[m](folders) for m in ("notebook", "simpleitk", "ctframe_threads", "floor")}
+    methods = ("notebook", "simpleitk", "ctframe_threads", "floor", "floor_with_headers")
+    results = {m: rss_probe.METHODS[m](folders) for m in methods}
     tissue = slice(rss_probe.TISSUE_FROM_BIN, None)
     for name, counts in results.items():
         np.testing.assert_array_equal(counts[tissue], results["notebook"][tissue], err_msg=name)
