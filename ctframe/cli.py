@@ -319,7 +319,8 @@ def run_summarize(
         from ctframe.errors import NoSeriesError
 
         raise NoSeriesError(
-            f"none of the {int(failed.sum())} selected stack(s) could be read; the reasons are in {outdir / 'problems.csv'}"
+            f"none of the {int(failed.sum())} selected stack(s) could be read; "
+            f"the reasons are in {outdir / 'problems.csv'}"
         )
     return outdir
 

@@ -32,7 +32,7 @@ from pydicom.tag import BaseTag
 from pydicom.uid import UID
 from pydicom.values import convert_value, default_encoding
 
-from ctframe.errors import DicomReadError, UnsupportedDicomError
+from ctframe.errors import CTFrameError, DicomReadError, UnsupportedDicomError
 from ctframe.header_fastpath import _LONG_VRS, RawHeader, element_vr, parse_header
 from ctframe.privacy import patient_key
 
@@ -506,7 +506,25 @@ def read_header(
         # pydicom warns on every malformed value it converts; those surface as
         # NaN fields or problems instead
         warnings.simplefilter("ignore")
-        return _records(path, salt=salt, include_phi=include_phi)
+        try:
+            return _records(path, salt=salt, include_phi=include_phi)
+        except CTFrameError:
+            raise
+        except Exception as exc:
+            if not _raised_in_pydicom(exc):  # ctframe's own code failed: a bug, not a bad file
+                raise
+            # pydicom raises many types on corrupt values it converts lazily
+            raise DicomReadError(f"{path}: unreadable DICOM header ({type(exc).__name__}: {exc})") from None
+
+
+def _raised_in_pydicom(exc: BaseException) -> bool:
+    """Whether `exc` came out of pydicom's code (a frame of its traceback lies in pydicom)."""
+    tb = exc.__traceback__
+    while tb is not None:
+        if str(tb.tb_frame.f_globals.get("__name__", "")).startswith("pydicom"):
+            return True
+        tb = tb.tb_next
+    return False
 
 
 def _records(path: str, *, salt: str | None, include_phi: bool) -> list[dict[str, Any]]:
@@ -994,6 +1012,8 @@ def _decode_file(refs: Sequence[SliceRef]) -> list[np.ndarray]:
         arrays = _read_with_imagecodecs(first, frames) if path == "imagecodecs" else None
         if arrays is None:
             arrays = _read_with_pydicom(first.path, frames, first.number_of_frames, first.transfer_syntax_uid)
+    except CTFrameError:  # ours (e.g. a file changed since the scan) already names the file: not wrapped again
+        raise
     except BaseException as exc:  # decoders raise many types
         # Rust decoders (pylibjpeg-rle) panic on corrupt streams with pyo3's
         # PanicException, a BaseException: a corrupt file, not an interruption

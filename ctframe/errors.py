@@ -4,6 +4,16 @@ Every error ctframe raises on purpose derives from :class:`CTFrameError` and als
 from the builtin exception that fits, so ``except ValueError`` keeps working.
 Messages say what is wrong, where (a file path or a series UID, never a patient
 name) and how to fix it.
+
+An exception that is not a :class:`CTFrameError` is a bug in ctframe (or in a
+library under it), never a verdict on the input: the command line reports it as
+an internal error (exit status 1) and :func:`ctframe.scan` stops on it instead of
+listing the file as a problem. Errors of the operating system about the user's
+own paths (a missing or unreadable file, a full disk) stay ``OSError``.
+
+:class:`DicomReadError` is a ``ValueError`` (the content of a file is bad), not
+an ``OSError``: ctframe's own ``except OSError`` around a read must never catch
+(and wrap a second time) the error it raised itself.
 """
 
 from __future__ import annotations
@@ -21,6 +31,7 @@ __all__ = [
     "NotHUCalibratedError",
     "OutputExistsError",
     "ParameterError",
+    "PerformanceWarning",
     "QCWarning",
     "ScanWarning",
     "UnsupportedDicomError",
@@ -31,8 +42,8 @@ class CTFrameError(Exception):
     """Base class of every error raised by ctframe on purpose."""
 
 
-class DicomReadError(CTFrameError, OSError):
-    """A file cannot be read or decoded as DICOM."""
+class DicomReadError(CTFrameError, ValueError):
+    """A file cannot be read or decoded as DICOM (missing, unreadable, truncated, corrupt or changed)."""
 
 
 class UnsupportedDicomError(CTFrameError, ValueError):
@@ -77,6 +88,10 @@ class CTFrameWarning(UserWarning):
 
 class ScanWarning(CTFrameWarning):
     """Some files were skipped during discovery; see the problems table."""
+
+
+class PerformanceWarning(CTFrameWarning):
+    """Work runs slower than it could (e.g. the header scan could not use its worker processes)."""
 
 
 class CohortWarning(CTFrameWarning):

@@ -9,12 +9,17 @@ the slice normal and flags what deserves a look.
 
 from __future__ import annotations
 
-import concurrent.futures
+import atexit
+import collections
+import contextlib
 import hashlib
 import multiprocessing
 import os
+import queue
+import subprocess
 import sys
 import threading
+import time
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
@@ -25,7 +30,7 @@ import pandas as pd
 from ctframe.calibration import calibration_of_rows
 from ctframe.config import get_config
 from ctframe.dicom import read_header
-from ctframe.errors import CTFrameError, NoSeriesError, ScanWarning
+from ctframe.errors import CTFrameError, NoSeriesError, PerformanceWarning, ScanWarning
 from ctframe.geometry import ORIENTATION_COLUMNS, POSITION_COLUMNS, orientation_groups, stack_geometry
 from ctframe.privacy import resolve_salt
 
@@ -112,6 +117,9 @@ def _catalog_columns(include_phi: bool) -> list[str]:
 def _read_batch(paths: Sequence[str], salt: str, include_phi: bool) -> tuple[pd.DataFrame, list[dict[str, str]]]:
     """The catalog rows of a batch of files, as a DataFrame, and the files skipped.
 
+    A :class:`~ctframe.errors.CTFrameError` (not DICOM, corrupt, no pixel
+    data...) makes the file a problem row. Any other exception is a bug in
+    ctframe and stops the scan, with a note naming the file that triggered it.
     A DataFrame per batch keeps a large scan's memory flat (a record dict per
     file would pile up until the end) and pickles compactly from worker processes.
     """
@@ -122,8 +130,9 @@ def _read_batch(paths: Sequence[str], salt: str, include_phi: bool) -> tuple[pd.
             records.extend(read_header(path, salt=salt, include_phi=include_phi))
         except CTFrameError as exc:
             problems.append({"path": path, "reason": _reason(exc, path)})
-        except Exception as exc:  # defensive: one odd file never stops a scan
-            problems.append({"path": path, "reason": f"unexpected {type(exc).__name__}: {exc}"})
+        except Exception as exc:
+            exc.add_note(f"while ctframe.scan read the header of {path}")
+            raise
     return pd.DataFrame.from_records(records, columns=_catalog_columns(include_phi)), problems
 
 
@@ -136,19 +145,198 @@ def _batches(paths: Sequence[str], size: int) -> list[Sequence[str]]:
     return [paths[i : i + size] for i in range(0, len(paths), size)]
 
 
-def _can_fork() -> bool:
-    """Whether header reading may use forked worker processes.
+# --------------------------------------------------------------------------- worker processes
+#
+# Header reading is GIL-bound, so large trees are read by worker processes. The
+# pool is started once per process and kept for later scans (closed at exit).
+# Its workers are started by fork while the calling process runs a single thread
+# (milliseconds; a fork beside other threads may deadlock the child), and
+# otherwise (a notebook kernel, after a dask compute) as fresh interpreters
+# running ``python -c`` code that imports ctframe.scan: never the caller's
+# ``__main__``, so a script without an ``if __name__ == "__main__"`` guard runs
+# once. Each worker talks to the caller over a socket pair (pickled batches in,
+# catalog frames out). While fresh interpreters still import ctframe (a second
+# or two), the caller reads batches itself, so starting the pool never makes a
+# scan slower than reading in-process; later scans find the workers ready.
 
-    Only on Linux and only while no other thread runs: fork then starts workers
-    in milliseconds and, unlike spawn or forkserver, never re-runs the user's
-    ``__main__`` (a script without an ``if __name__ == "__main__"`` guard would
-    otherwise run again in every worker). With other threads alive (a dask
-    pool, a Jupyter kernel) forking is unsafe, so headers are read in-process.
+#: Code a worker started by exec runs: take sys.path from the caller, then serve.
+_BOOT = (
+    "import sys\n"
+    "from multiprocessing.connection import Connection\n"
+    "conn = Connection(int(sys.argv[1]))\n"
+    "sys.path[:] = conn.recv()\n"
+    "from ctframe.scan import _serve\n"
+    "_serve(conn)\n"
+)
+
+
+#: Seconds a worker started by exec may take to import ctframe before the pool counts as broken.
+_BOOT_TIMEOUT_S = 120
+
+
+class _WorkerFailure(Exception):
+    """An exception from a worker process that could not be sent back as itself."""
+
+
+class _RemoteTraceback(Exception):
+    """The traceback of an exception raised in a worker process (shown as its cause)."""
+
+    def __str__(self) -> str:
+        return f'\n"""\n{self.args[0]}"""'
+
+
+def _serve(conn: Any) -> None:
+    """Worker loop: answer each batch request on `conn` until the caller closes it."""
+    import signal
+    import traceback
+
+    from ctframe.config import config_context
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the caller's to handle
+    try:
+        conn.send(("ready", os.getpid()))
+        while True:
+            try:
+                cwd, cfg, paths, salt, include_phi = conn.recv()
+            except EOFError:  # the caller closed the pool, or exited
+                return
+            try:
+                if os.getcwd() != cwd:  # relative paths are the caller's
+                    os.chdir(cwd)
+                with config_context(cfg):
+                    reply: tuple[Any, ...] = ("ok", _read_batch(paths, salt, include_phi))
+            except Exception as exc:
+                reply = ("error", exc, traceback.format_exc())
+            try:
+                conn.send(reply)
+            except Exception as exc:  # an exception pickle cannot carry: send its class and text
+                if reply[0] != "error":
+                    raise
+                error = _WorkerFailure(f"{type(reply[1]).__name__}: {reply[1]} ({type(exc).__name__} sending it back)")
+                conn.send(("error", error, reply[2]))
+    except (BrokenPipeError, ConnectionResetError):  # the caller has gone
+        return
+
+
+def _serve_forked(conn: Any, inherited: list[int]) -> None:
+    """Entry point of a forked worker: close the caller's ends of every pool connection first.
+
+    Otherwise a worker would keep another worker's connection open and neither
+    would see the caller exit.
     """
-    return sys.platform.startswith("linux") and threading.active_count() == 1
+    for fd in inherited:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _serve(conn)
 
 
-def _read_in_processes(
+class _Worker:
+    """One worker process and the caller's end of its connection."""
+
+    def __init__(self, conn: Any, process: Any, how: str) -> None:
+        self.conn, self.process, self.how = conn, process, how
+        self.pid: int | None = None  # known once the worker says it is ready
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.conn.close()  # the worker sees EOF and exits
+        process = self.process
+        if isinstance(process, subprocess.Popen):
+            try:
+                process.wait(timeout=2)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        else:
+            process.join(timeout=2)
+            if process.is_alive():
+                process.kill()
+                process.join()
+
+
+class _Pool:
+    """The header-reading worker processes of this process."""
+
+    def __init__(self) -> None:
+        self.owner = os.getpid()
+        self.workers: list[_Worker] = []
+        self.busy = threading.Lock()
+
+    def grow(self, n: int) -> None:
+        while len(self.workers) < n:
+            self.workers.append(self._start())
+
+    def _start(self) -> _Worker:
+        parent, child = multiprocessing.Pipe()
+        try:
+            if sys.platform.startswith("linux") and threading.active_count() == 1:
+                inherited = [parent.fileno()] + [w.conn.fileno() for w in self.workers if not w.conn.closed]
+                process: Any = multiprocessing.get_context("fork").Process(
+                    target=_serve_forked, args=(child, inherited), name="ctframe-scan-worker", daemon=True
+                )
+                process.start()
+                how = "fork"
+            else:
+                process = subprocess.Popen(
+                    [sys.executable, "-c", _BOOT, str(child.fileno())],
+                    pass_fds=(child.fileno(),),
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                )
+                parent.send(list(sys.path))
+                how = "exec"
+        except BaseException:
+            parent.close()
+            raise
+        finally:
+            child.close()
+        return _Worker(parent, process, how)
+
+    def close(self) -> None:
+        workers, self.workers = self.workers, []
+        for worker in workers:
+            worker.close()
+
+
+_pool: _Pool | None = None
+_pool_lock = threading.Lock()
+_warned: set[str] = set()
+
+
+def _get_pool() -> _Pool:
+    global _pool
+    with _pool_lock:
+        if _pool is None or _pool.owner != os.getpid():  # none yet, or inherited by a fork of this process
+            _pool = _Pool()
+        return _pool
+
+
+def _discard_pool(pool: _Pool) -> None:
+    global _pool
+    with _pool_lock:
+        if _pool is pool:
+            _pool = None
+    pool.close()
+
+
+@atexit.register
+def _close_pool() -> None:
+    """Stop the worker processes (at exit; tests call it to start from a cold pool)."""
+    global _pool
+    with _pool_lock:
+        pool, _pool = _pool, None
+    if pool is not None and pool.owner == os.getpid():
+        pool.close()
+
+
+def _warn_once(reason: str) -> None:
+    if reason not in _warned:
+        _warned.add(reason)
+        warnings.warn(f"ctframe.scan reads headers in this process only: {reason}", PerformanceWarning, stacklevel=4)
+
+
+def _read_in_pool(
+    pool: _Pool,
     batches: list[Sequence[str]],
     n_workers: int,
     salt: str,
@@ -156,22 +344,95 @@ def _read_in_processes(
     frames: list[pd.DataFrame],
     problems: list[dict[str, str]],
     bar: Any,
-) -> list[Sequence[str]]:
-    """Read batches in worker processes; return the batches left undone if the pool broke."""
-    done: set[int] = set()
+) -> tuple[dict[int, int], int, str | None]:
+    """Read `batches` with the pool's workers (and in this process while none is ready).
+
+    Returns the files read per worker PID, the batches this process read, and
+    why the pool broke (None if it did not). A worker that dies leaves its batch
+    to the others; an exception from ctframe's code in a worker is raised here,
+    once the batches in flight have come back (so no stale answer is left in a
+    connection), with the worker's traceback as its cause.
+    """
+    cwd, cfg = os.getcwd(), get_config()
+    todo = collections.deque(enumerate(batches))
+    lock = threading.Lock()
+    results: queue.SimpleQueue[tuple[str, Any, Any]] = queue.SimpleQueue()
+    ready = threading.Event()
+    stop = threading.Event()
+
+    def take() -> tuple[int, Sequence[str]] | None:
+        with lock:
+            return todo.popleft() if todo and not stop.is_set() else None
+
+    def serve(worker: _Worker) -> None:
+        item = None
+        deadline = time.monotonic() + _BOOT_TIMEOUT_S
+        try:
+            while worker.pid is None:  # a fresh interpreter still importing ctframe
+                if worker.conn.poll(0.02):
+                    worker.pid = worker.conn.recv()[1]
+                elif stop.is_set() or not todo:
+                    return
+                elif time.monotonic() > deadline:
+                    raise TimeoutError(f"a worker process did not start within {_BOOT_TIMEOUT_S} s")
+            ready.set()
+            while (item := take()) is not None:
+                worker.conn.send((cwd, cfg, item[1], salt, include_phi))
+                reply = worker.conn.recv()
+                results.put((reply[0], item, (worker.pid, *reply[1:])))
+                item = None
+                if reply[0] == "error":
+                    stop.set()
+        except (EOFError, OSError) as exc:  # the worker died: its batch goes back to the queue
+            if item is not None:
+                with lock:
+                    todo.appendleft(item)
+            results.put(("broken", None, f"a worker process ended ({type(exc).__name__}: {exc})"))
+
+    threads = [threading.Thread(target=serve, args=(w,), daemon=True) for w in pool.workers[:n_workers]]
+    for thread in threads:
+        thread.start()
+    per_worker: dict[int, int] = {}
+    in_caller, broken, error = 0, None, None
     try:
-        context = multiprocessing.get_context("fork")
-        with concurrent.futures.ProcessPoolExecutor(n_workers, mp_context=context) as pool:
-            futures = {pool.submit(_read_batch, b, salt, include_phi): i for i, b in enumerate(batches)}
-            for future in concurrent.futures.as_completed(futures):
-                frame, probs = future.result()
-                frames.append(frame)
-                problems.extend(probs)
-                done.add(futures[future])
-                bar.update(len(batches[futures[future]]))
-    except (concurrent.futures.process.BrokenProcessPool, OSError):
-        pass  # a worker could not start or died: go on in-process
-    return [b for i, b in enumerate(batches) if i not in done]
+        while any(t.is_alive() for t in threads) or not results.empty():
+            if not ready.is_set() and (item := take()) is not None:  # no worker ready yet: read here
+                frame, probs = _read_batch(item[1], salt, include_phi)
+                results.put(("ok", item, (os.getpid(), (frame, probs))))
+                in_caller += 1
+            try:
+                kind, item, payload = results.get(timeout=0.05)
+            except queue.Empty:
+                continue
+            if kind == "broken":
+                broken = broken or payload
+                continue
+            if kind == "error":
+                error = error or payload
+                continue
+            pid, (frame, probs) = payload
+            frames.append(frame)
+            problems.extend(probs)
+            if pid != os.getpid():
+                per_worker[pid] = per_worker.get(pid, 0) + len(item[1])
+            bar.update(len(item[1]))
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=5)
+        if any(t.is_alive() for t in threads):  # interrupted with batches in flight: answers would go stale
+            _discard_pool(pool)
+    if error is not None:
+        pid, exc, remote = error
+        exc.add_note(f"raised in scan worker process {pid}")
+        exc.__cause__ = _RemoteTraceback(remote)
+        raise exc
+    for _, batch in todo:  # every worker died: what is left is read here
+        frame, probs = _read_batch(batch, salt, include_phi)
+        frames.append(frame)
+        problems.extend(probs)
+        bar.update(len(batch))
+    return per_worker, in_caller, broken
 
 
 def _progress(total: int, enabled: bool | None, desc: str) -> Any:
@@ -181,6 +442,60 @@ def _progress(total: int, enabled: bool | None, desc: str) -> Any:
         monitor_interval = 0  # no monitor thread: it would make forking unsafe
 
     return Bar(total=total, desc=desc, unit="file", disable=(None if enabled is None else not enabled), leave=False)
+
+
+def _scan_in_processes(
+    paths: list[str],
+    n_workers: int,
+    cfg: dict[str, Any],
+    salt: str,
+    include_phi: bool,
+    frames: list[pd.DataFrame],
+    problems: list[dict[str, str]],
+    bar: Any,
+) -> tuple[str, tuple[int, ...], bool]:
+    """Read `paths` with the worker pool when it is worth it and can be had.
+
+    Returns the scan mode (``"processes:N"`` or ``"in-process: <reason>"``),
+    the PIDs of the workers that read files, and whether the files were read
+    (False: the caller reads them). A pool that cannot start or breaks is said once,
+    with its reason, as a :class:`~ctframe.errors.PerformanceWarning`.
+    """
+    threshold = cfg["min_files_for_processes"]
+    if n_workers <= 1:
+        return f"in-process: workers={n_workers}", (), False
+    if len(paths) < threshold:
+        return f"in-process: {len(paths)} files, fewer than scan.min_files_for_processes ({threshold})", (), False
+    if os.name != "posix":  # pragma: no cover - the CI runs Linux
+        reason = "worker processes need a POSIX system (socket pairs passed to a child)"
+        _warn_once(reason)
+        return f"in-process: {reason}", (), False
+    pool = _get_pool()
+    if not pool.busy.acquire(blocking=False):
+        return "in-process: the worker processes are busy with another scan in this process", (), False
+    try:
+        try:
+            pool.grow(n_workers)
+        except OSError as exc:
+            _discard_pool(pool)
+            reason = f"worker processes could not start ({type(exc).__name__}: {exc})"
+            _warn_once(reason)
+            return f"in-process: {reason}", (), False
+        batches = _batches(paths, max(16, min(256, len(paths) // (n_workers * 8) or 1)))
+        per_worker, in_caller, broken = _read_in_pool(
+            pool, batches, n_workers, salt, include_phi, frames, problems, bar
+        )
+    finally:
+        pool.busy.release()
+    if broken is not None:
+        _discard_pool(pool)  # the next scan starts a fresh pool
+        _warn_once(f"{broken}; its files were read by the others, and the next scan starts new workers")
+    if not per_worker:
+        return "in-process: the worker processes were still starting; they serve the next scans", (), True
+    mode = f"processes:{len(per_worker)}"
+    if in_caller:
+        mode += f" (and {in_caller} batch(es) in this process while they started)"
+    return mode, tuple(sorted(per_worker)), True
 
 
 def scan(
@@ -204,7 +519,10 @@ def scan(
         referring physician columns. Off by default: the catalog is safe to share.
     workers : int, optional
         Header-reading processes. Default from ``scan.workers`` (0: one per CPU);
-        small trees (``scan.min_files_for_processes``) are read in-process.
+        small trees (``scan.min_files_for_processes``) are read in-process. The
+        worker processes are started by the first large scan and kept for the
+        next ones; they are safe beside threads (a notebook kernel, dask) and
+        never re-run the caller's ``__main__``.
     progress : bool, optional
         Show a progress bar; the default shows one on a terminal for large trees.
 
@@ -217,17 +535,26 @@ def scan(
         (see :func:`assign_stacks`), sorted by stack and slice position.
         The files that are not DICOM images or could not be read are kept in
         ``catalog.attrs["problems"]``; :func:`problems_table` turns them into a
-        DataFrame (path, reason).
+        DataFrame (path, reason). ``catalog.attrs["scan_mode"]`` says how the
+        headers were read (``"processes:N"``, or ``"in-process: <reason>"``) and
+        ``catalog.attrs["scan_worker_pids"]`` which worker processes read them.
 
     Raises
     ------
     NoSeriesError
         `root` does not exist.
+    Exception
+        Any exception other than a :class:`~ctframe.errors.CTFrameError` while
+        reading a header is a bug in ctframe: the scan stops and re-raises it,
+        with a note naming the file (a bad file is a problem row, never this).
 
     Warns
     -----
     ScanWarning
         Some files were skipped; see :func:`problems_table`.
+    PerformanceWarning
+        Once per reason: the worker processes could not start or one of them
+        ended, so headers were read in this process.
 
     Notes
     -----
@@ -253,10 +580,10 @@ def scan(
     show = progress if progress is not None else (None if len(paths) >= 2000 else False)
     with _progress(len(paths), show, "scanning headers") as bar:
         batches = _batches(paths, 256)  # a catalog frame per 256 files: few frames, flat memory
-        if n_workers > 1 and len(paths) >= cfg["min_files_for_processes"] and _can_fork():
-            batches = _batches(paths, max(16, min(256, len(paths) // (n_workers * 8) or 1)))
-            batches = _read_in_processes(batches, n_workers, salt, include_phi, frames, problems, bar)
-        for b in batches:  # in this process: small trees, or what a broken pool left
+        mode, pids, done = _scan_in_processes(paths, n_workers, cfg, salt, include_phi, frames, problems, bar)
+        if done:
+            batches = []
+        for b in batches:  # in this process: small trees, workers=1, or no pool to be had
             frame, probs = _read_batch(b, salt, include_phi)
             frames.append(frame)
             problems.extend(probs)
@@ -268,6 +595,8 @@ def scan(
     catalog = assign_stacks(catalog)
     # attrs hold plain tuples (pandas compares and copies attrs on every operation)
     catalog.attrs["problems"] = tuple(sorted((p["path"], p["reason"]) for p in problems))
+    catalog.attrs["scan_mode"] = mode
+    catalog.attrs["scan_worker_pids"] = pids
     problems_df = problems_table(catalog)
     if len(problems_df):
         counts = problems_df["reason"].str.split(r"[;(]", n=1, regex=True).str[0].str.strip().value_counts()

@@ -682,8 +682,9 @@ def test_contract__a_foreign_exception_fails_it(base, tmp_path: Path, monkeypatc
     monkeypatch.setattr(dicom, "_read_native_into", broken)  # the uncompressed stack's direct read
     with pytest.raises(KeyError, match="not a ctframe error"):
         check_api(folder)
-    code = check_cli(["export", str(folder), "-o", str(tmp_path / "v.nii")], ok_codes=(3,))[0]
-    assert code == 3  # the CLI's "unexpected internal error" status, which every test above rules out
+    code, output = check_cli(["export", str(folder), "-o", str(tmp_path / "v.nii")], ok_codes=(1,))
+    assert code == 1  # the CLI's "a bug" status, which every test above rules out
+    assert "internal error in ctframe (a bug, please report it): KeyError" in output
 
 
 def test_bad_input__header_shape_larger_than_the_frame_allocates_nothing(edge_cases: Path, tmp_path: Path) -> None:
@@ -752,3 +753,30 @@ def test_cli__closed_stdout_pipe_stops_quietly(edge_cases: Path) -> None:
         os.close(write_end)
     assert result.returncode == 141, result.stderr
     assert result.stderr == ""
+
+
+@pytest.mark.parametrize(
+    ("source", "change"),
+    [
+        ("lidc", "truncate"),  # native: read at the offset the scan found
+        ("lidc", "grow"),
+        ("rle", "truncate"),  # encapsulated: the items read at their offset, then decoded
+    ],
+)
+def test_bad_input__file_changed_after_the_scan_is_named_once(
+    lidc_dir: Path, edge_cases: Path, tmp_path: Path, source: str, change: str
+) -> None:
+    """The issue's 'IM30: cannot read pixel data (IM30: file changed ...)': one message, the path once."""
+    src = sorted(lidc_dir.glob("*.dcm"))[30] if source == "lidc" else edge_cases / "wg04-robyoung" / "CT1_RLE.dcm"
+    path = tmp_path / "IM30"
+    shutil.copy(src, path)
+    volume = ctframe.open_series(path)
+    data = path.read_bytes()
+    path.write_bytes(data[:-1000] if change == "truncate" else data + b"\0" * 16)
+    with pytest.raises(DicomReadError) as info:
+        volume.compute(scheduler="synchronous")
+    message = str(info.value)
+    assert message.startswith(f"{path}: file changed since it was scanned"), message
+    assert message.count(str(path)) == 1, message
+    assert "cannot read pixel data" not in message and "cannot decode" not in message
+    assert not isinstance(info.value, OSError)  # ctframe's `except OSError` around a read cannot catch it again
