@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import warnings
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pydicom
 import pytest
+from _read_paths import READ_PATHS, install_path_spies, natural_path
 from pydicom.dataelem import convert_raw_data_element
 
 import ctframe
@@ -36,42 +38,62 @@ def shared_catalog(shared_data: Path):
         return ctframe.scan(shared_data)
 
 
-def _pydicom_frame(path: str, frame: int, n_frames: int) -> np.ndarray:
-    ds = pydicom.dcmread(path)
-    array = ds.pixel_array
-    return array[frame] if n_frames > 1 else array
+@functools.lru_cache(maxsize=4)  # rows come sorted by file: a multi-frame file is decoded once
+def _pixel_array(path: str) -> np.ndarray | str:
+    """pydicom's ``pixel_array`` of `path`, or the error pydicom raises (then there is no reference)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return pydicom.dcmread(path).pixel_array
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
 
 
-def test_read_frames__fast_path_equals_pydicom_on_every_native_file(shared_catalog, monkeypatch) -> None:
-    native = shared_catalog[
-        (shared_catalog["pixel_data_offset"] >= 0)
-        & shared_catalog["transfer_syntax_uid"].isin(dicom.NATIVE_LITTLE_ENDIAN)
-        & (shared_catalog["samples_per_pixel"] == 1)
-        & shared_catalog["bits_allocated"].isin([8, 16, 32])
-    ]
-    assert len(native) > 300  # LIDC, dcm_qa_ct, covid slices, edge cases
-    # prove the fast path is what runs: pydicom's decoder must not be called
-    monkeypatch.setattr(dicom, "_read_with_pydicom", lambda *a, **k: pytest.fail("fallback used"))
-    checked, pydicom_failed = 0, set()
-    for ref in _refs(native):
-        if ref.path.endswith("MR_truncated.dcm"):
+#: Files whose pixels pydicom cannot decode, so there is nothing to compare: NumberOfFrames '1A' (badVR),
+#: pixel data cut short (MR_truncated).
+NO_REFERENCE = {"badVR.dcm", "MR_truncated.dcm"}
+
+
+@pytest.fixture
+def force_path(monkeypatch):
+    return install_path_spies(monkeypatch)
+
+
+@pytest.mark.parametrize("path", READ_PATHS)
+def test_read_frames__every_shared_file_equals_pixel_array_on_each_path(shared_catalog, force_path, path: str) -> None:
+    """Every frame of ../shared/data that pydicom decodes: ctframe's stored values equal ``pixel_array``.
+
+    Each path takes every frame it can: the native fast path and imagecodecs
+    the frames ctframe sends them, pydicom's every frame (forced). Colour
+    frames must be refused with a clear error.
+    """
+    refs = sorted(_refs(shared_catalog), key=lambda r: (r.path, r.frame))
+    if path != "pydicom":
+        refs = [r for r in refs if natural_path(r) == path]
+    refs = [r for r in refs if r.samples_per_pixel == 1 or r.frame == 0]  # colour: one frame shows the refusal
+    ran = force_path(path)
+    checked, no_reference, refused = 0, set(), set()
+    for ref in refs:
+        dtype = dicom.stored_dtype([ref.bits_allocated], [ref.pixel_representation])
+        if ref.samples_per_pixel > 1:  # colour: refused (CT volumes hold one sample per pixel), never misread
+            with pytest.raises(DicomReadError, match=r"decoded frame has shape \(\d+, \d+, \d+\)"):
+                read_frames([ref], dtype=dtype)
+            refused.add(Path(ref.path).name)
             continue
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                reference = _pydicom_frame(ref.path, ref.frame, ref.number_of_frames)
-        except ValueError:
-            pydicom_failed.add(Path(ref.path).name)
+        reference = _pixel_array(ref.path)
+        if isinstance(reference, str):
+            no_reference.add(Path(ref.path).name)
             continue
-        ours = read_frames(
-            [ref], dtype=np.dtype(f"{'i' if ref.pixel_representation else 'u'}{ref.bits_allocated // 8}")
-        )[0]
-        assert ours.dtype == reference.dtype, ref.path
-        np.testing.assert_array_equal(ours, reference, err_msg=ref.path)
+        if ref.number_of_frames > 1:
+            reference = reference[ref.frame]
+        ours = read_frames([ref], dtype=dtype)[0]
+        assert np.can_cast(reference.dtype, ours.dtype), ref.path
+        np.testing.assert_array_equal(ours, reference, err_msg=f"{ref.path} frame {ref.frame} on the {path} path")
         checked += 1
-    # badVR.dcm has NumberOfFrames '1A': pydicom cannot decode it, so there is no reference
-    assert pydicom_failed == {"badVR.dcm"}
-    assert checked == len(native) - 2
+    assert set(ran) == {path}, sorted(set(ran))
+    assert no_reference <= NO_REFERENCE
+    minimum = {"native": 450, "imagecodecs": 12, "pydicom": 450}[path]
+    assert checked >= minimum, (checked, sorted(refused), sorted(no_reference))
 
 
 def test_read_frames__truncated_pixel_data_is_a_clear_error(edge_cases: Path) -> None:
@@ -105,24 +127,6 @@ def test_read_frames__jpeg_lossless_uses_imagecodecs_and_matches_pydicom(edge_ca
     monkeypatch.setattr(dicom, "_read_with_pydicom", lambda *a, **k: pytest.fail("fallback used"))
     ours = read_frames(_refs(ctframe.scan(path)), dtype=np.dtype("int16"))[0]
     np.testing.assert_array_equal(ours, pydicom.dcmread(path).pixel_array)
-
-
-def test_read_frames__every_compressed_real_file_matches_pydicom(shared_catalog) -> None:
-    compressed = shared_catalog[shared_catalog["is_compressed"] & (shared_catalog["samples_per_pixel"] == 1)]
-    assert len(compressed) >= 12
-    checked = 0
-    for ref in _refs(compressed):
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                reference = _pydicom_frame(ref.path, ref.frame, ref.number_of_frames)
-        except Exception:  # no reference: pydicom itself cannot decode it
-            continue
-        dtype = np.dtype(f"{'i' if ref.pixel_representation else 'u'}{max(ref.bits_allocated, 8) // 8}")
-        ours = read_frames([ref], dtype=dtype)[0]
-        np.testing.assert_array_equal(ours, reference, err_msg=ref.path)
-        checked += 1
-    assert checked >= 12
 
 
 @pytest.mark.parametrize("name", ["CT1_JLSL", "CT1_J2KR", "CT1_JLSN", "CT1_J2KI", "CT1_RLE"])

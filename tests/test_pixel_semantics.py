@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 import pydicom
 import pytest
+from _read_paths import install_path_spies
 from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
 from pydicom.pixels import apply_modality_lut
@@ -36,7 +37,6 @@ from pydicom.uid import (
 )
 
 import ctframe
-from ctframe import dicom
 from ctframe.config import get_config
 from ctframe.dicom import SliceRef, read_frames, stored_dtype
 
@@ -298,39 +298,8 @@ def _positions(volume) -> list[tuple[float, float, float]]:
 
 @pytest.fixture
 def force_path(monkeypatch):
-    """``force_path(name)`` makes every frame take read path `name`; returns the paths that ran."""
-    ran: list[str] = []
-    native, imagecodecs, fallback = dicom._read_native_into, dicom._read_with_imagecodecs, dicom._read_with_pydicom
-
-    def spy_native(*args, **kwargs):
-        ran.append("native")
-        return native(*args, **kwargs)
-
-    def spy_imagecodecs(*args, **kwargs):
-        arrays = imagecodecs(*args, **kwargs)
-        ran.append("imagecodecs" if arrays is not None else "imagecodecs declined")
-        return arrays
-
-    def spy_pydicom(*args, **kwargs):
-        ran.append("pydicom")
-        return fallback(*args, **kwargs)
-
-    monkeypatch.setattr(dicom, "_read_native_into", spy_native)
-    monkeypatch.setattr(dicom, "_read_with_imagecodecs", spy_imagecodecs)
-    monkeypatch.setattr(dicom, "_read_with_pydicom", spy_pydicom)
-
-    def force(name: str) -> list[str]:
-        chooser = dicom._read_path
-
-        def forced(ref: SliceRef) -> str:
-            natural = chooser(ref)
-            assert name == "pydicom" or natural == name, f"{ref.path} cannot take the {name} path ({natural})"
-            return name
-
-        monkeypatch.setattr(dicom, "_read_path", forced)
-        return ran
-
-    return force
+    """``force_path(name)`` sends every frame down read path `name`; returns the paths that ran."""
+    return install_path_spies(monkeypatch)
 
 
 def _refs(catalog) -> list[SliceRef]:
