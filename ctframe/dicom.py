@@ -1066,6 +1066,11 @@ def read_frames(refs: Sequence[SliceRef], *, dtype: np.dtype) -> np.ndarray:
         for i, arr in zip(positions, arrays, strict=True):
             if arr.shape != shape:
                 raise DicomReadError(f"{path}: decoded frame has shape {arr.shape}, expected {shape} from the header")
+            if not np.can_cast(arr.dtype, dtype):  # e.g. Float Pixel Data: no integer stored values to give
+                raise DicomReadError(
+                    f"{path}: pixel data decodes as {arr.dtype}, which the stack's {dtype} cannot hold exactly; "
+                    "float pixel data is not supported"
+                )
             if out is None:
                 out = np.empty((len(refs), *shape), dtype=dtype)
             out[i] = arr

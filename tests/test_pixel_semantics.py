@@ -375,3 +375,76 @@ def test_write_variant__junk_really_is_in_the_unused_bits(shared_data: Path, tmp
             assert (raw != ds.pixel_array).mean() > 0.9  # the junk changes nearly every word
         if variant.encoding == "UN":
             assert path.read_bytes().count(b"\xe0\x7f\x10\x00UN\x00\x00") == 1  # Pixel Data written with VR UN
+
+
+def _mixed_stack(variants, tmp_path: Path, kinds: list[Variant]) -> Path:
+    """One stack whose three LIDC slices are written as `kinds[0]`, `kinds[1]` and `kinds[2]`."""
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    for k, variant in enumerate(kinds):
+        source = sorted(variants(variant).folder.glob("*.dcm"))[k]
+        (folder / f"{k:03d}.dcm").write_bytes(source.read_bytes())
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("kinds", "dtype"),
+    [
+        # signed 12-bit, unsigned 12-bit and signed 16-bit slices: int16 and uint16 meet in int32
+        ([Variant("OB", 16, 12, True), Variant("rle", 16, 12, False), Variant("implicit", 16, 16, True)], np.int32),
+        # one dtype, BitsStored 10, 12 and 16 slice by slice: the fast path keeps each slice's own bits
+        ([Variant("UN", 16, 10, True), Variant("OB", 16, 12, True), Variant("OB", 16, 16, True)], np.int16),
+        # 8 and 16 bits allocated, both unsigned
+        ([Variant("OB", 8, 6, False), Variant("OB", 16, 12, False), Variant("OB", 16, 16, False)], np.uint16),
+    ],
+    ids=["signedness", "bits-stored", "bits-allocated"],
+)
+def test_open_series__stack_of_mixed_encodings_equals_pixel_array(variants, tmp_path: Path, kinds, dtype) -> None:
+    folder = _mixed_stack(variants, tmp_path, kinds)
+    stored, _ = _reference(folder)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ctframe.errors.QCWarning)
+        volume = ctframe.open_series(folder)
+    assert volume.dtype == dtype
+    values = volume.values
+    for k, key in enumerate(_positions(volume)):
+        np.testing.assert_array_equal(values[k], stored[key], err_msg=f"slice {k}")
+
+
+def test_stored_dtype__fits_every_stored_value_pydicom_gives() -> None:
+    # pydicom's dtype for a frame (BitsAllocated, PixelRepresentation), whatever BitsStored is
+    assert stored_dtype([16], [1]) == np.int16  # signed 12 bits in 16: int16 holds -2048..2047
+    assert stored_dtype([16], [0]) == np.uint16  # unsigned 16 of 16 bits: uint16, not int16
+    assert stored_dtype([8], [1]) == np.int8
+    assert stored_dtype([16, 16], [0, 1]) == np.int32  # a stack mixing them: both fit
+    assert stored_dtype([8, 16], [0, 1]) == np.int16
+    assert stored_dtype([32, 16], [0, 1]) == np.int64
+
+
+@pytest.mark.parametrize("bits_stored", [0, 17])
+def test_read_frames__bits_stored_outside_bits_allocated_is_an_error(
+    lidc_dir: Path, tmp_path: Path, bits_stored: int
+) -> None:
+    ds = pydicom.dcmread(sorted(lidc_dir.glob("*.dcm"))[0])
+    ds.BitsStored = bits_stored
+    ds.save_as(tmp_path / "ct.dcm")
+    with pytest.raises(ValueError, match="Bits Stored"):  # pydicom refuses it too
+        pydicom.dcmread(tmp_path / "ct.dcm").pixel_array  # noqa: B018
+    volume = ctframe.open_series(tmp_path)
+    with pytest.raises(ctframe.errors.DicomReadError, match=rf"ct\.dcm: BitsStored {bits_stored} is not between 1 and"):
+        volume.values  # noqa: B018
+
+
+def test_read_frames__float_pixel_data_is_refused_not_cast(lidc_dir: Path, tmp_path: Path) -> None:
+    """Float Pixel Data goes to pydicom, which gives float32: never cast silently into an integer stack."""
+    ds = pydicom.dcmread(sorted(lidc_dir.glob("*.dcm"))[0])
+    floats = ds.pixel_array.astype(np.float32) + 0.5
+    del ds.PixelData
+    ds.FloatPixelData = floats.tobytes()
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 32, 32, 31
+    ds.save_as(tmp_path / "ct.dcm")
+    np.testing.assert_array_equal(pydicom.dcmread(tmp_path / "ct.dcm").pixel_array, floats)
+    catalog = ctframe.scan(tmp_path)
+    assert catalog["pixel_data_offset"].tolist() == [-1]  # no fast path for Float Pixel Data
+    with pytest.raises(ctframe.errors.DicomReadError, match=r"ct\.dcm: pixel data decodes as float32"):
+        read_frames(_refs(catalog), dtype=stored_dtype(catalog["bits_allocated"], catalog["pixel_representation"]))
