@@ -35,6 +35,7 @@ from scipy import ndimage
 
 from ctframe.config import RANGES, get_config
 from ctframe.errors import NotHUCalibratedError, ParameterError
+from ctframe.geometry import voxel_spacing
 
 __all__ = [
     "CODE_AIR",
@@ -191,10 +192,7 @@ def _geometry(volume: xr.DataArray, function: str) -> _Geometry:
     coordinate is taken to increase towards the head.
     """
     attrs = volume.attrs
-    pixel = attrs.get("pixel_spacing_mm") or [None, None]
-    dz = _step(volume, "slice", attrs.get("slice_spacing_mm", attrs.get("slice_thickness_mm")))
-    dy = _step(volume, "row", pixel[0])
-    dx = _step(volume, "col", pixel[1])
+    dz, dy, dx = voxel_spacing(volume)  # ctframe.geometry: coordinates, else the spacing attrs
     orientation = np.asarray(attrs.get("orientation", [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]), float)
     if orientation.shape != (6,) or not np.isfinite(orientation).all():
         raise ParameterError(f"series {_series_name(volume)}: orientation attr must hold 6 direction cosines")
