@@ -116,6 +116,8 @@ def _variants() -> list[Variant]:
         for signed in (False, True)
     ]
     out += [Variant(encoding, 16, 13, True) for encoding in ("jpeg-ls", "j2k", "jpeg-ls-16", "j2k-16")]
+    # 8-bit codestreams in 16-bit words: pydicom returns them in 8-bit containers
+    out += [Variant(encoding, 16, 8, signed) for encoding in ("jpeg-ls", "j2k") for signed in (False, True)]
     out += [Variant("OB", 16, 12, True, high_bit=15), Variant("rle", 16, 12, False, high_bit=15)]  # HighBit ignored
     out += [
         Variant(encoding, 16, 12, signed, source=source)
