@@ -450,3 +450,26 @@ def test_read_frames__float_pixel_data_is_refused_not_cast(lidc_dir: Path, tmp_p
     assert catalog["pixel_data_offset"].tolist() == [-1]  # no fast path for Float Pixel Data
     with pytest.raises(ctframe.errors.DicomReadError, match=r"ct\.dcm: pixel data decodes as float32"):
         read_frames(_refs(catalog), dtype=stored_dtype(catalog["bits_allocated"], catalog["pixel_representation"]))
+
+
+@pytest.mark.parametrize("vr", ["OB", "UN"])
+def test_read_frames__explicit_dataset_under_an_implicit_syntax(lidc_dir: Path, tmp_path: Path, vr: str) -> None:
+    """Meta says implicit VR, the dataset is explicit: pydicom reads it as written, and so does ctframe."""
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_file_meta_info
+
+    ds = pydicom.dcmread(sorted(lidc_dir.glob("*.dcm"))[0])
+    ds["PixelData"].VR = vr
+    ds.save_as(tmp_path / "explicit.dcm", implicit_vr=False, little_endian=True)
+    data = (tmp_path / "explicit.dcm").read_bytes()
+    body = data[144 + int.from_bytes(data[140:144], "little") :]  # after the preamble and the file meta group
+    ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    meta = DicomBytesIO()
+    write_file_meta_info(meta, ds.file_meta, enforce_standard=True)
+    folder = tmp_path / "switched"
+    folder.mkdir()
+    (folder / "ct.dcm").write_bytes(b"\0" * 128 + b"DICM" + meta.getvalue() + body)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns that it found explicit VR
+        reference = pydicom.dcmread(folder / "ct.dcm").pixel_array
+    np.testing.assert_array_equal(ctframe.open_series(folder).values[0], reference)
