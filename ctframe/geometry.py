@@ -196,6 +196,11 @@ class StackGeometry:
         return self.spacing_median_mm
 
 
+def _columns(rows: pd.DataFrame, names: Sequence[str]) -> np.ndarray:
+    """Catalog columns as one float array (n, len(names)); column by column, which pandas does fastest."""
+    return np.column_stack([rows[name].to_numpy(float) for name in names]).reshape(len(rows), len(names))
+
+
 def _counts(values: Sequence[str]) -> str:
     series = pd.Series(list(values)).value_counts(sort=True)
     return ", ".join(f"{value} on {n} slice{'s' if n > 1 else ''}" for value, n in series.items())
@@ -245,7 +250,7 @@ def stack_geometry(rows: pd.DataFrame, *, qc: Mapping[str, Any] | None = None) -
     culprits: dict[str, int] = {}
 
     # orientation: one stack, one orientation (within the tolerance)
-    orient = rows[list(ORIENTATION_COLUMNS)].to_numpy(float)
+    orient = _columns(rows, ORIENTATION_COLUMNS)
     finite = np.isfinite(orient).all(axis=1)
     if finite.any():
         distinct, counts = np.unique(orient[finite], axis=0, return_counts=True)
@@ -263,11 +268,11 @@ def stack_geometry(rows: pd.DataFrame, *, qc: Mapping[str, Any] | None = None) -
     normal = _normal(reference)
 
     # size: exactly one
-    sizes = rows[["rows", "columns"]].to_numpy()
+    sizes = np.column_stack([rows["rows"].to_numpy(), rows["columns"].to_numpy()])
     n_rows = n_cols = None
     if len(rows):
-        size_text = [f"{r}x{c}" for r, c in sizes]
-        if len(set(size_text)) > 1:
+        if len(np.unique(sizes, axis=0)) > 1:
+            size_text = [f"{r}x{c}" for r, c in sizes]
             common = pd.Series(size_text).value_counts().index[0]
             culprits["inconsistent_shape"] = next(i for i, t in enumerate(size_text) if t != common)
             problems["inconsistent_shape"] = f"slices differ in size ({_counts(size_text)})"
@@ -275,7 +280,7 @@ def stack_geometry(rows: pd.DataFrame, *, qc: Mapping[str, Any] | None = None) -
             n_rows, n_cols = int(sizes[0][0]), int(sizes[0][1])
 
     # pixel spacing: one, to a relative tolerance
-    spacing = rows[list(PIXEL_SPACING_COLUMNS)].to_numpy(float)
+    spacing = _columns(rows, PIXEL_SPACING_COLUMNS)
     pixel = (math.nan, math.nan)
     known = np.isfinite(spacing).all(axis=1)
     if known.any():
@@ -291,8 +296,8 @@ def stack_geometry(rows: pd.DataFrame, *, qc: Mapping[str, Any] | None = None) -
             pixel = (float(np.median(values[:, 0])), float(np.median(values[:, 1])))
 
     # missing geometry: a slice that cannot be placed in space
-    geometry_cols = [*POSITION_COLUMNS, *ORIENTATION_COLUMNS, *PIXEL_SPACING_COLUMNS]
-    missing = rows[geometry_cols].isna().any(axis=1).to_numpy()
+    ipp = _columns(rows, POSITION_COLUMNS)
+    missing = np.isnan(np.column_stack([ipp, orient, spacing])).any(axis=1)
     if missing.any():
         culprits["missing_geometry"] = int(np.flatnonzero(missing)[0])
         problems["missing_geometry"] = (
@@ -311,7 +316,6 @@ def stack_geometry(rows: pd.DataFrame, *, qc: Mapping[str, Any] | None = None) -
     spread = (real_steps.max() - real_steps.min()) / median if real_steps.size > 1 and median > 0 else 0.0
 
     # tilt: the angle between the normal and the direction the slices advance
-    ipp = rows[list(POSITION_COLUMNS)].to_numpy(float)
     tilt = math.nan
     if len(ipp) > 1 and np.isfinite(ipp).all():
         with np.errstate(all="ignore"):  # positions near the float limit from a corrupt header
