@@ -456,7 +456,8 @@ def _scan_in_processes(
 ) -> tuple[str, tuple[int, ...], bool]:
     """Read `paths` with the worker pool when it is worth it and can be had.
 
-    Returns the scan mode (``"processes:N"`` or ``"in-process: <reason>"``),
+    Returns the scan mode (``"processes:N (fork)"``, ``"processes:N (exec)"`` or
+    ``"in-process: <reason>"``),
     the PIDs of the workers that read files, and whether the files were read
     (False: the caller reads them). A pool that cannot start or breaks is said once,
     with its reason, as a :class:`~ctframe.errors.PerformanceWarning`.
@@ -485,6 +486,7 @@ def _scan_in_processes(
         per_worker, in_caller, broken = _read_in_pool(
             pool, batches, n_workers, salt, include_phi, frames, problems, bar
         )
+        started_by = sorted({w.how for w in pool.workers if w.pid in per_worker})
     finally:
         pool.busy.release()
     if broken is not None:
@@ -492,7 +494,7 @@ def _scan_in_processes(
         _warn_once(f"{broken}; its files were read by the others, and the next scan starts new workers")
     if not per_worker:
         return "in-process: the worker processes were still starting; they serve the next scans", (), True
-    mode = f"processes:{len(per_worker)}"
+    mode = f"processes:{len(per_worker)} ({', '.join(started_by)})"
     if in_caller:
         mode += f" (and {in_caller} batch(es) in this process while they started)"
     return mode, tuple(sorted(per_worker)), True
@@ -536,7 +538,9 @@ def scan(
         The files that are not DICOM images or could not be read are kept in
         ``catalog.attrs["problems"]``; :func:`problems_table` turns them into a
         DataFrame (path, reason). ``catalog.attrs["scan_mode"]`` says how the
-        headers were read (``"processes:N"``, or ``"in-process: <reason>"``) and
+        headers were read (``"processes:N (fork)"`` or ``"processes:N (exec)"``:
+        N worker processes, started by fork or as fresh interpreters; or
+        ``"in-process: <reason>"``) and
         ``catalog.attrs["scan_worker_pids"]`` which worker processes read them.
 
     Raises

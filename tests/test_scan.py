@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -11,14 +19,14 @@ import pandas as pd
 import pytest
 
 import ctframe
-from ctframe.errors import NoSeriesError, ScanWarning
+from ctframe.errors import NoSeriesError, PerformanceWarning, ScanWarning
 from ctframe.scan import CATALOG_COLUMNS, PHI_COLUMNS, assign_stacks, iter_files
 from ctframe.testing import write_phantom_series
 
+SCAN = sys.modules["ctframe.scan"]  # the module (ctframe.scan is the function)
+
 
 def _scan_quiet(root, **kwargs) -> pd.DataFrame:
-    import warnings
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ScanWarning)
         return ctframe.scan(root, **kwargs)
@@ -216,12 +224,18 @@ def test_scan__symlink_loop_terminates(tmp_path: Path) -> None:
     assert len(catalog) == 3
 
 
-def test_scan__process_pool_equals_serial(tmp_path: Path) -> None:
-    write_phantom_series(tmp_path, shape=(40, 16, 16), spacing_mm=(3.0, 16.0, 16.0))
-    serial = ctframe.scan(tmp_path, workers=1)
+def test_scan__process_pool_equals_serial(lidc_dir: Path) -> None:
+    """The pool really ran (its mode and the PIDs of its workers say so) and gives the in-process catalog."""
+    serial = _scan_quiet(lidc_dir, workers=1)
+    assert serial.attrs["scan_mode"] == "in-process: workers=1" and serial.attrs["scan_worker_pids"] == ()
     with ctframe.config_context(scan={"min_files_for_processes": 1}):
-        parallel = ctframe.scan(tmp_path, workers=2)
+        parallel = _scan_until_workers_serve(lidc_dir, workers=2)
+    assert parallel.attrs["scan_mode"].startswith("processes:"), parallel.attrs["scan_mode"]
+    _assert_children(parallel.attrs["scan_worker_pids"])
     pd.testing.assert_frame_equal(serial, parallel)
+    assert parallel.attrs["problems"] == serial.attrs["problems"]  # 069.xml and PROVENANCE.md
+    small = _scan_quiet(lidc_dir, workers=2)  # 135 files: below the default threshold
+    assert small.attrs["scan_mode"] == "in-process: 135 files, fewer than scan.min_files_for_processes (512)"
 
 
 def test_scan__missing_root_raises() -> None:
@@ -296,3 +310,224 @@ def test_assign_stacks__noise_across_a_rounding_boundary_is_one_stack(lidc_dir: 
     assert ctframe.series_table(catalog).iloc[0]["usable"]
     with ctframe.config_context(qc={"orientation_tolerance": 0.0}):  # the tolerance is what joins them
         assert assign_stacks(catalog)["stack_key"].nunique() == 2
+
+
+# --------------------------------------------------------------------------- worker processes
+
+
+def _scan_until_workers_serve(root, *, timeout_s: float = 180.0, **kwargs) -> pd.DataFrame:
+    """Scan until the pool's workers read the files.
+
+    The first scan of a cold pool started as fresh interpreters reads in this
+    process while they import ctframe; the next ones find them ready. A pool
+    that never serves ends in the last in-process catalog, which the caller's
+    assertions reject.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        catalog = _scan_quiet(root, **kwargs)
+        if catalog.attrs["scan_mode"].startswith("processes:") or time.monotonic() > deadline:
+            return catalog
+        time.sleep(0.2)
+
+
+def _parent_of(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("PPid:")))
+
+
+def _assert_children(pids: tuple[int, ...]) -> None:
+    """Evidence from the workers themselves: other processes, children of this one, that read files."""
+    assert pids, "no worker process read a file"
+    assert os.getpid() not in pids
+    if sys.platform.startswith("linux"):
+        assert all(_parent_of(pid) == os.getpid() for pid in pids), pids
+
+
+def test_scan__worker_processes_after_a_dask_compute_and_beside_a_thread(shared_data: Path) -> None:
+    """A notebook kernel (an extra thread) after a dask compute (its pool threads): still parallel.
+
+    All of ../shared/data (526 files: at the default threshold of 512, problems included), no setting changed.
+    """
+    import dask.array as da
+
+    SCAN._close_pool()  # cold: the pool must start beside the threads, by exec
+    assert int(da.ones(64, chunks=8).sum().compute(scheduler="threads")) == 64
+    stop = threading.Event()
+    kernel = threading.Thread(target=stop.wait, daemon=True)
+    kernel.start()
+    try:
+        assert threading.active_count() > 2
+        assert len(list(iter_files(shared_data))) >= ctframe.get_config()["scan"]["min_files_for_processes"]
+        serial = _scan_quiet(shared_data, workers=1)
+        parallel = _scan_until_workers_serve(shared_data, workers=2)
+        assert threading.active_count() > 2
+    finally:
+        stop.set()
+    mode = parallel.attrs["scan_mode"]
+    assert mode.startswith("processes:") and "(exec)" in mode, mode  # started beside threads: never by fork
+    _assert_children(parallel.attrs["scan_worker_pids"])
+    pd.testing.assert_frame_equal(serial, parallel)
+    assert parallel.attrs["problems"] == serial.attrs["problems"] and len(serial.attrs["problems"]) > 10
+
+
+UNGUARDED_SCRIPT = textwrap.dedent(
+    """
+    import sys, threading, time, warnings
+    import ctframe
+
+    print("the script's top level ran", flush=True)
+    if sys.argv[2] == "thread":  # as in a notebook kernel: fork is unsafe, workers start as fresh interpreters
+        threading.Thread(target=threading.Event().wait, daemon=True).start()
+    warnings.simplefilter("ignore")
+    deadline = time.monotonic() + 180
+    while True:
+        catalog = ctframe.scan(sys.argv[1], workers=2)
+        if catalog.attrs["scan_mode"].startswith("processes:") or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    print(catalog.attrs["scan_mode"], len(catalog), len(catalog.attrs["scan_worker_pids"]), flush=True)
+    """
+)
+
+
+@pytest.mark.parametrize(("threads", "started_by"), [("none", "fork"), ("thread", "exec")])
+def test_scan__script_without_main_guard_runs_once(
+    shared_data: Path, tmp_path: Path, threads: str, started_by: str
+) -> None:
+    script = tmp_path / "unguarded.py"  # no `if __name__ == "__main__":`
+    script.write_text(UNGUARDED_SCRIPT)
+    result = subprocess.run(
+        [sys.executable, str(script), str(shared_data), threads], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines.count("the script's top level ran") == 1, result.stdout
+    assert lines[-1].startswith(f"processes:2 ({started_by})"), result.stdout
+    assert lines[-1].endswith(f" {len(_scan_quiet(shared_data, workers=1))} 2"), result.stdout  # rows, workers
+    assert "Traceback" not in result.stderr
+
+
+def test_scan__a_bug_stops_the_scan_naming_the_file_a_bad_file_does_not(
+    lidc_dir: Path, edge_cases: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ctframe import dicom
+
+    sources = sorted(lidc_dir.glob("*.dcm"))[:4]
+    for src in sources:
+        shutil.copy(src, tmp_path / src.name)
+    shutil.copy(edge_cases / "pydicom-3.0.2" / "rtplan_truncated.dcm", tmp_path / "rtplan.dcm")
+    shutil.copy(edge_cases / "pydicom-3.0.2" / "zipMR.gz", tmp_path / "zipMR.gz")
+    (tmp_path / "cut.dcm").write_bytes(sources[0].read_bytes()[:700])  # a real header cut short
+    catalog = _scan_quiet(tmp_path)
+    assert len(catalog) == 4
+    assert sorted(Path(p).name for p in ctframe.problems_table(catalog)["path"]) == [
+        "cut.dcm",
+        "rtplan.dcm",
+        "zipMR.gz",
+    ]
+
+    victim = str(tmp_path / sources[2].name)
+    real = dicom._check_frames_fit
+
+    def buggy(path, *args):
+        if path == victim:
+            raise TypeError("unsupported operand type(s) for *: 'int' and 'NoneType'")
+        return real(path, *args)
+
+    monkeypatch.setattr(dicom, "_check_frames_fit", buggy)
+    with pytest.raises(TypeError, match="unsupported operand") as info:
+        _scan_quiet(tmp_path)
+    assert info.value.__notes__ == [f"while ctframe.scan read the header of {victim}"]
+
+
+def test_scan__pydicoms_own_exception_on_a_header_is_a_problem(lidc_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An exception that comes out of pydicom's code (here: its UID lookup) is a bad file, not a bug."""
+    import pydicom.uid
+
+    class Corrupt(dict):
+        def __contains__(self, key: object) -> bool:
+            raise KeyError("corrupt value")
+
+    monkeypatch.setattr(pydicom.uid, "UID_dictionary", Corrupt())
+    catalog = _scan_quiet(lidc_dir)
+    problems = ctframe.problems_table(catalog)
+    assert catalog.empty and len(problems) == len(list(iter_files(lidc_dir)))
+    dicom_files = problems[problems["path"].str.endswith(".dcm")]
+    assert dicom_files["reason"].str.startswith("unreadable DICOM header (KeyError: ").all(), dicom_files["reason"]
+
+
+def test_scan__pool_that_cannot_start_is_said_once(lidc_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def cannot_start(self):
+        raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
+
+    SCAN._close_pool()
+    monkeypatch.setattr(SCAN._Pool, "_start", cannot_start)
+    monkeypatch.setattr(SCAN, "_warned", set())
+    serial = _scan_quiet(lidc_dir, workers=1)
+    with ctframe.config_context(scan={"min_files_for_processes": 1}):
+        with pytest.warns(PerformanceWarning, match=r"could not start \(BlockingIOError: \[Errno 11\] Resource"):
+            first = _scan_quiet(lidc_dir, workers=2)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", PerformanceWarning)  # said once, not on every scan
+            second = _scan_quiet(lidc_dir, workers=2)
+    for catalog in (first, second):
+        assert catalog.attrs["scan_mode"].startswith("in-process: worker processes could not start (BlockingIOError")
+        pd.testing.assert_frame_equal(serial, catalog)
+
+
+def test_scan__a_worker_that_dies_costs_nothing_but_a_warning(lidc_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(SCAN, "_warned", set())
+    serial = _scan_quiet(lidc_dir, workers=1)
+    with ctframe.config_context(scan={"min_files_for_processes": 1}):
+        warm = _scan_until_workers_serve(lidc_dir, workers=2)
+        assert warm.attrs["scan_mode"].startswith("processes:")
+        victim = next(w for w in SCAN._pool.workers if w.pid in warm.attrs["scan_worker_pids"])
+        os.kill(victim.pid, signal.SIGKILL)
+        victim.process.wait() if isinstance(victim.process, subprocess.Popen) else victim.process.join()
+        with pytest.warns(PerformanceWarning, match="a worker process ended"):
+            catalog = _scan_quiet(lidc_dir, workers=2)
+        pd.testing.assert_frame_equal(serial, catalog)
+        assert victim.pid not in catalog.attrs["scan_worker_pids"]
+        again = _scan_until_workers_serve(lidc_dir, workers=2)  # a fresh pool
+    pd.testing.assert_frame_equal(serial, again)
+    _assert_children(again.attrs["scan_worker_pids"])
+    assert victim.pid not in again.attrs["scan_worker_pids"]
+
+
+WORKER_BUG_SCRIPT = textwrap.dedent(
+    """
+    import sys, warnings
+    import ctframe
+    from ctframe import dicom
+
+    real = dicom._check_frames_fit
+
+    def buggy(path, *args):
+        if path.endswith(sys.argv[2]):
+            raise ZeroDivisionError("injected bug")
+        return real(path, *args)
+
+    dicom._check_frames_fit = buggy  # before the pool forks: its workers run this code too
+    warnings.simplefilter("ignore")
+    try:
+        ctframe.scan(sys.argv[1], workers=2)
+    except ZeroDivisionError as exc:
+        print(type(exc.__cause__).__name__, "|", " | ".join(exc.__notes__))
+        print("buggy" in str(exc.__cause__))
+    """
+)
+
+
+def test_scan__a_bug_in_a_worker_process_reaches_the_caller(shared_data: Path) -> None:
+    """Raised in the caller with the file and the worker named, the worker's traceback as its cause."""
+    victim = "lidc-idri-0001/1-050.dcm"
+    result = subprocess.run(
+        [sys.executable, "-c", WORKER_BUG_SCRIPT, str(shared_data), victim], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    cause, read, worker = result.stdout.splitlines()[0].split(" | ")
+    assert cause == "_RemoteTraceback"
+    assert read == f"while ctframe.scan read the header of {shared_data / victim}"
+    assert worker.startswith("raised in scan worker process ")
+    assert result.stdout.splitlines()[1] == "True"  # the worker's frames are in the cause
