@@ -81,12 +81,13 @@ class Variant:
     source: str = "lidc"
     high_bit: int | None = None  # None: BitsStored - 1
     frames_per_file: int = 1  # > 1: one multi-frame file of every slice
+    padding: bool = False  # PixelPaddingValue = the smallest value (the scan-circle fill), at -1000 HU
 
     def __str__(self) -> str:
         text = f"{self.source}-{self.encoding}-{self.bits_allocated}-{self.bits_stored}-{'s' if self.signed else 'u'}"
         if self.high_bit is not None:
             text += f"-hb{self.high_bit}"
-        return text + ("-multiframe" if self.frames_per_file > 1 else "")
+        return text + ("-multiframe" if self.frames_per_file > 1 else "") + ("-padding" if self.padding else "")
 
     @property
     def paths(self) -> tuple[str, ...]:
@@ -119,6 +120,9 @@ def _variants() -> list[Variant]:
     # 8-bit codestreams in 16-bit words: pydicom returns them in 8-bit containers
     out += [Variant(encoding, 16, 8, signed) for encoding in ("jpeg-ls", "j2k") for signed in (False, True)]
     out += [Variant("OB", 16, 12, True, high_bit=15), Variant("rle", 16, 12, False, high_bit=15)]  # HighBit ignored
+    # padding compared in the stored domain: only the kept bits say whether a voxel is padding
+    out += [Variant(encoding, 16, 12, signed, padding=True) for encoding in ("OB", "rle") for signed in (False, True)]
+    out += [Variant("UN", 16, 14, False, padding=True)]
     out += [
         Variant(encoding, 16, 12, signed, source=source)
         for source in ("nsclc", "lungpet")
@@ -162,7 +166,7 @@ def _encode(words: np.ndarray, values: np.ndarray, ds: Dataset, variant: Variant
         ds.PixelData = words.tobytes()
         ds["PixelData"].VR = {"OB": "OB", "OW": "OW", "UN": "UN", "implicit": "OW"}[variant.encoding]
         return
-    if variant.encoding == "jpeg-lossless":  # pydicom has no JPEG Lossless encoder; imagecodecs writes SV1
+    if variant.encoding == "jpeg-lossless":  # pydicom has no JPEG Lossless encoder; imagecodecs writes one
         import imagecodecs
 
         unsigned = words.view(np.dtype(f"u{variant.bits_allocated // 8}"))
@@ -211,6 +215,9 @@ def write_variant(shared_data: Path, folder: Path, variant: Variant) -> Path:
         ds.BitsAllocated, ds.BitsStored = variant.bits_allocated, variant.bits_stored
         ds.HighBit = variant.bits_stored - 1 if variant.high_bit is None else variant.high_bit
         ds.PixelRepresentation = int(variant.signed)
+        if variant.padding:
+            ds.add_new("PixelPaddingValue", "SS" if variant.signed else "US", int(values.min()))
+            ds.RescaleIntercept = -1000 - int(values.min())  # the padding at -1000 HU: not fill by HU alone
         if len(group) > 1:
             _make_multiframe(ds, [sources[i] for i in group])
         _encode(words[group], values[group], ds, variant)
@@ -339,7 +346,7 @@ def test_read_frames__variant_equals_pixel_array_on_each_path(
     values = volume.values
     assert values.dtype == dtype
     keys = _positions(volume)
-    expected = np.stack([written.stored[k] for k in keys])
+    expected = np.stack([written.stored[k] for k in keys])  # pydicom's stored values
     np.testing.assert_array_equal(values, expected, err_msg=f"{variant} via open_series")
     assert set(ran) == {name}, f"{variant}: expected only the {name} path, ran {sorted(set(ran))}"
 
@@ -348,9 +355,15 @@ def test_read_frames__variant_equals_pixel_array_on_each_path(
             warnings.simplefilter("ignore", ctframe.errors.QCWarning)
             ours = ctframe.to_hu(volume).values
         reference_hu = np.stack([written.hu[k] for k in keys])
-        # ctframe's documented rule: HU below hu.fill_below_hu (the scan-circle fill) are NaN; no padding here
-        fill_below = float(get_config()["hu"]["fill_below_hu"])
-        expected_hu = np.where(reference_hu >= fill_below, reference_hu, np.nan).astype(np.float32)
+        # ctframe's documented rule: padding (PixelPaddingValue, compared with pydicom's stored values) and
+        # HU below hu.fill_below_hu (the scan-circle fill) are NaN
+        not_tissue = reference_hu < float(get_config()["hu"]["fill_below_hu"])
+        if variant.padding:
+            padding = pydicom.dcmread(next(written.folder.glob("*.dcm"))).PixelPaddingValue
+            is_padding = expected == padding
+            assert is_padding.any() and (is_padding & ~not_tissue).any()  # padding that is not fill, too
+            not_tissue |= is_padding
+        expected_hu = np.where(not_tissue, np.nan, reference_hu).astype(np.float32)
         np.testing.assert_array_equal(ours, expected_hu, err_msg=f"{variant}: HU")
 
 
