@@ -242,6 +242,7 @@ def _parse(reader: _Reader) -> RawHeader:
     syntax_entry = meta.get(0x00020010)
     if not isinstance(syntax_entry, tuple) or position < 0:
         raise _Decline  # no transfer syntax, or nothing after the file meta
+    _convert_meta_as_pydicom(meta)
     syntax = str(convert_raw_data_element(_raw_element(0x00020010, syntax_entry)).value)
     if syntax in _DECLINED_SYNTAXES or not syntax.startswith("1.2.840.10008.1.2"):
         raise _Decline  # big endian, deflated, private or unknown syntaxes
@@ -261,10 +262,12 @@ def _parse(reader: _Reader) -> RawHeader:
         file_meta.set_original_encoding(
             is_implicit_vr=False, is_little_endian=True, character_encoding=default_encoding
         )
-        file_meta.get(next(iter(file_meta.keys())))  # converts (and stores) the first element, as pydicom does
-        file_meta.get("TransferSyntaxUID")
+        # converts (and stores) what pydicom's reader converts: the empty elements (listing them does),
+        # the element with the lowest tag, the group length and the transfer syntax
+        file_meta[list(file_meta.elements())[0].tag]  # noqa: RUF015 - the whole list, as pydicom makes it
         if "FileMetaInformationGroupLength" in file_meta:
             file_meta.get("FileMetaInformationGroupLength")
+        file_meta.get("TransferSyntaxUID")
         return file_meta
 
     meta_header = RawHeader(meta, is_implicit_VR=False, original_character_set=default_encoding, build=build_meta)
@@ -288,6 +291,23 @@ def _parse(reader: _Reader) -> RawHeader:
         elements, is_implicit_VR=implicit, original_character_set=encoding, build=build, file_meta=meta_header,
         pixel_element_offset=pixel_offset,
     )  # fmt: skip
+
+
+def _convert_meta_as_pydicom(meta: dict[int, _Entry]) -> None:
+    """Convert the file meta elements pydicom's reader converts; it raises on a bad one, and then so does this.
+
+    pydicom converts the elements ``Dataset.elements`` reads again (empty
+    ones), the element with the lowest tag (on ``NotImplementedError`` it
+    re-reads the file meta as implicit VR), the group length and the transfer
+    syntax. A value it cannot convert (a group length of 3 bytes, say) makes
+    ``dcmread`` raise: the fast path declines, so the caller sees pydicom's error.
+    """
+    tags = sorted(meta)
+    wanted = {tags[0], 0x00020000} | {tag for tag in tags if isinstance(meta[tag], tuple) and meta[tag][2] is None}
+    for tag in sorted(wanted & meta.keys()):
+        entry = meta[tag]
+        if isinstance(entry, tuple):
+            convert_raw_data_element(_raw_element(tag, entry), encoding=default_encoding)
 
 
 def _read_elements(

@@ -36,7 +36,7 @@ import shutil
 import struct
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,6 +50,10 @@ from ctframe import dicom
 from ctframe.errors import CTFrameError
 
 SHORT_RUN = 300
+#: Examples of the long run that found differences (fixed since): the short run replays them.
+#: 816, 5514, 6258, 8870: a file meta group length of 1-3 bytes (pydicom raises while reading; the fast
+#: path read on); 8253: an empty (0002,0001), which pydicom's reader converts and the fast path left raw.
+FOUND_BY_LONG_RUNS = (816, 5514, 6258, 8253, 8870)
 LONG_RUN = int(os.environ.get("CTFRAME_HEADER_FUZZ_FILES", "10000"))
 #: Files that are not DICOM at all (a gzip, tables, text, NIfTI) make no interesting seeds.
 _NOT_SEEDS = (".md", ".csv", ".xml", ".gz", ".txt", ".json")
@@ -418,7 +422,7 @@ def compare(path: Path) -> tuple[list[str], bool, str]:
     return problems, taken, fast[0] if fast[0] != "error" else f"{fast[1]}"
 
 
-def run_fuzz(indices: range, seeds: dict[str, list[Seed]], folder: Path, output: Path) -> dict[str, Any]:
+def run_fuzz(indices: Sequence[int], seeds: dict[str, list[Seed]], folder: Path, output: Path) -> dict[str, Any]:
     """Run examples `indices`; return counts, and the failures (mutated files kept under `output`)."""
     path = folder / "mutated.dcm"
     failures, outcomes, taken, by_group = [], collections.Counter(), 0, collections.Counter()
@@ -457,7 +461,7 @@ def _scratch(tmp_path: Path) -> Iterator[Path]:
 
 def test_header_fuzz__short_run_same_catalog(seeds, tmp_path: Path, test_output: Path) -> None:
     with _scratch(tmp_path) as folder:
-        _check(run_fuzz(range(SHORT_RUN), seeds, folder, test_output / "header-fuzz"))
+        _check(run_fuzz([*range(SHORT_RUN), *FOUND_BY_LONG_RUNS], seeds, folder, test_output / "header-fuzz"))
 
 
 def _long_run_selected(config: pytest.Config) -> bool:
