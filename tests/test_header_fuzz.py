@@ -55,6 +55,8 @@ SHORT_RUN = 300
 #: path read on); 8253: an empty (0002,0001), which pydicom's reader converts and the fast path left raw.
 FOUND_BY_LONG_RUNS = (816, 5514, 6258, 8253, 8870)
 LONG_RUN = int(os.environ.get("CTFRAME_HEADER_FUZZ_FILES", "10000"))
+#: First example of the long run (another start gives other examples).
+LONG_RUN_START = int(os.environ.get("CTFRAME_HEADER_FUZZ_START", "0"))
 #: Files that are not DICOM at all (a gzip, tables, text, NIfTI) make no interesting seeds.
 _NOT_SEEDS = (".md", ".csv", ".xml", ".gz", ".txt", ".json")
 
@@ -474,7 +476,7 @@ def test_header_fuzz__long_run_same_catalog(seeds, tmp_path: Path, test_output: 
     if not _long_run_selected(request.config):
         pytest.skip("long fuzz: select it with -m slow or CTFRAME_HEADER_FUZZ_FILES=<examples>")
     with _scratch(tmp_path) as folder:
-        _check(run_fuzz(range(LONG_RUN), seeds, folder, test_output / "header-fuzz"))
+        _check(run_fuzz(range(LONG_RUN_START, LONG_RUN_START + LONG_RUN), seeds, folder, test_output / "header-fuzz"))
 
 
 SWAPPED_SYNTAXES = (b"1.2.840.10008.1.2\x00", b"1.2.840.10008.1.2.1\x00", b"1.2.840.10008.1.2.2\x00",
