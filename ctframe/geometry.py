@@ -420,7 +420,8 @@ def affine(volume: xr.DataArray) -> np.ndarray:
     step where slices are irregular, as SimpleITK's series reader takes it),
     ColumnDirection times the row spacing, RowDirection times the column
     spacing, and the position of voxel (0, 0, 0). A single slice steps along
-    the normal by the ``slice_spacing_mm`` attr (else ``slice_thickness_mm``).
+    the normal by the ``slice_spacing_mm`` attr (else ``slice_thickness_mm``,
+    else 1 mm: the step then places no voxel).
 
     Parameters
     ----------
@@ -439,8 +440,8 @@ def affine(volume: xr.DataArray) -> np.ndarray:
     Raises
     ------
     ParameterError
-        Other dims, no orientation attr or position coordinates, unevenly
-        spaced rows or columns, or a single slice of unknown thickness.
+        Other dims, no orientation attr or position coordinates, or unevenly
+        spaced rows or columns.
 
     Notes
     -----
@@ -483,13 +484,9 @@ def affine(volume: xr.DataArray) -> np.ndarray:
     if n > 1:
         step = (positions[-1] - positions[0]) / (n - 1)
     else:
-        thickness = _slice_spacing_fallback(volume)
-        if thickness is None:
-            raise ParameterError(
-                f"series {_series_name(volume)} has one slice and no slice spacing or thickness; "
-                "an affine needs its extent along the normal"
-            )
-        step = _normal(orientation) * thickness
+        # one slice of unknown thickness: a 1 mm step (SimpleITK's and NIfTI's default). It places no voxel
+        # (there is no slice k = 1) and measures nothing: voxel_spacing still refuses the unknown spacing
+        step = _normal(orientation) * (_slice_spacing_fallback(volume) or 1.0)
     out = np.eye(4)
     out[:3, 0] = step
     out[:3, 1] = col_dir * steps[0]

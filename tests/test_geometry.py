@@ -277,9 +277,12 @@ def test_affine__errors(lidc_dir: Path) -> None:
         affine(volume.assign_attrs(orientation=None))
     with pytest.raises(ParameterError, match=r"no DICOM geometry.*position_x_mm"):
         affine(volume.drop_vars("position_x_mm"))
+    # one slice of unknown thickness: every voxel still lands on its position; the step (1 mm) places none
     bare = volume.isel(slice=[0]).assign_attrs(slice_spacing_mm=None, slice_thickness_mm=None)
-    with pytest.raises(ParameterError, match="one slice and no slice spacing or thickness"):
-        affine(bare)
+    np.testing.assert_array_equal(affine(bare)[:, 1:], volume.ct.affine[:, 1:])
+    np.testing.assert_array_equal(affine(bare)[:3, 0], [0, 0, 1.0])
+    with pytest.raises(ParameterError, match="spacing along 'slice' is unknown"):
+        voxel_spacing(bare)
 
 
 def test_affine__every_cohort_volume(shared_data: Path) -> None:
