@@ -35,7 +35,7 @@ import pandas as pd
 import xarray as xr
 
 from ctframe.errors import ParameterError
-from ctframe.geometry import pixel_spacing, slice_normal
+from ctframe.geometry import POSITION_COLUMNS, pixel_spacing, slice_normal
 
 __all__ = [
     "browse",
@@ -108,6 +108,122 @@ def _check_table(table: Any, name: str, columns: Sequence[str]) -> None:
         )
 
 
+#: Patient direction letters of LPS +x, +y, +z and of their opposites (DICOM PS3.3 C.7.6.1.1.1).
+_LETTERS = (("L", "R"), ("P", "A"), ("S", "I"))
+#: A direction cosine of at least this size adds its letter (about 15 degrees off the main axis).
+_SECONDARY = 0.25
+
+
+def _direction_letters(direction: np.ndarray) -> str:
+    """Patient direction of an LPS vector as DICOM letters, largest component first (``L``, ``PS``...)."""
+    order = np.argsort(-np.abs(direction), kind="stable")
+    letters = [
+        _LETTERS[axis][0 if direction[axis] > 0 else 1]
+        for rank, axis in enumerate(order)
+        if rank == 0 or abs(direction[axis]) >= _SECONDARY
+    ]
+    return "".join(letters)
+
+
+def _dim_directions(image: xr.DataArray) -> dict[str, np.ndarray] | None:
+    """The LPS unit vector along which each dim's coordinate increases; None without DICOM orientation.
+
+    ``col`` runs along the row direction cosines of ImageOrientationPatient, ``row`` along the column
+    direction cosines and ``slice`` (the position along the normal) along their cross product
+    (:func:`ctframe.geometry.slice_normal`).
+    """
+    value = image.attrs.get("orientation")
+    if value is None:
+        return None
+    try:
+        orientation = np.asarray(value, float).ravel()
+    except (TypeError, ValueError):
+        return None
+    if orientation.shape != (6,) or not np.isfinite(orientation).all():
+        return None
+    vectors = {"col": orientation[:3], "row": orientation[3:], "slice": _slice_direction(image)}
+    out = {}
+    for dim, vector in vectors.items():
+        norm = float(np.linalg.norm(vector))
+        if not norm > 0:
+            return None
+        out[dim] = vector / norm
+    return out
+
+
+def _slice_direction(image: xr.DataArray) -> np.ndarray:
+    """LPS direction in which the ``slice`` coordinate increases, as the slices are laid out.
+
+    From the first to the last ImagePositionPatient (the step of :func:`ctframe.geometry.affine`), oriented
+    so the ``slice`` coordinate grows along it: on a gantry-tilted stack the slices step along the table,
+    not along the tilted normal, and that is what a reformatted plane shows. One slice (or no positions):
+    the normal (:func:`ctframe.geometry.slice_normal`).
+    """
+    normal = slice_normal(image)
+    if "slice" not in image.dims or image.sizes["slice"] < 2 or not all(c in image.coords for c in POSITION_COLUMNS):
+        return normal
+    positions = np.stack([np.asarray(image[c].values, float) for c in POSITION_COLUMNS], axis=1)
+    step = positions[-1] - positions[0]
+    if not (np.isfinite(step).all() and np.linalg.norm(step) > 0):
+        return normal
+    along = _coord(image, "slice")
+    sign = np.sign(along[-1] - along[0]) if "slice" in image.coords else np.sign(float(step @ normal))
+    return step * (sign if sign != 0 else 1.0)
+
+
+def _edge_letters(image: xr.DataArray, *, x_increases_right: bool, y_increases_up: bool) -> dict[str, str] | None:
+    """Patient direction letters at the ``left``, ``right``, ``top`` and ``bottom`` edges of a drawn 2-D image."""
+    directions = _dim_directions(image)
+    if directions is None:
+        return None
+    ydim, xdim = (str(d) for d in image.dims)
+    x, y = directions[xdim], directions[ydim]
+    x_right = x if x_increases_right else -x
+    y_top = y if y_increases_up else -y
+    return {
+        "left": _direction_letters(-x_right),
+        "right": _direction_letters(x_right),
+        "top": _direction_letters(y_top),
+        "bottom": _direction_letters(-y_top),
+    }
+
+
+def _axis_labels(image: xr.DataArray, edges: dict[str, str] | None) -> tuple[str, str]:
+    """Axis labels (x, y): the dim in mm and the patient directions from one end to the other."""
+    ydim, xdim = image.dims
+    if edges is None:
+        unknown = "patient direction unknown (no DICOM orientation)"
+        return f"{xdim} (mm), {unknown}", f"{ydim} (mm)"
+    return (
+        f"{xdim} (mm), {edges['left']} \u2190 \u2192 {edges['right']}",
+        f"{ydim} (mm), {edges['bottom']} \u2190 \u2192 {edges['top']}",
+    )
+
+
+def _label_directions(ax: Any, image: xr.DataArray) -> dict[str, str] | None:
+    """Write the patient directions of a drawn image on its axes: the axis labels and a letter at each edge.
+
+    The screen direction of each axis is read from the drawn axes (their limits), so an inverted or
+    flipped axis gets the letters of what is shown; the patient direction of each dim comes from the
+    DICOM orientation (:func:`_dim_directions`). The edge letters are text artists with ``gid``
+    ``direction-left``, ``-right``, ``-top``, ``-bottom``.
+    """
+    x0, x1 = ax.get_xlim()
+    y0, y1 = ax.get_ylim()
+    edges = _edge_letters(image, x_increases_right=x1 > x0, y_increases_up=y1 > y0)
+    xlabel, ylabel = _axis_labels(image, edges)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if edges is None:
+        return None
+    style = {"transform": ax.transAxes, "color": "#ffd21f", "fontsize": 10, "fontweight": "bold", "clip_on": True}
+    ax.text(0.015, 0.5, edges["left"], ha="left", va="center", gid="direction-left", **style)
+    ax.text(0.985, 0.5, edges["right"], ha="right", va="center", gid="direction-right", **style)
+    ax.text(0.5, 0.985, edges["top"], ha="center", va="top", gid="direction-top", **style)
+    ax.text(0.5, 0.015, edges["bottom"], ha="center", va="bottom", gid="direction-bottom", **style)
+    return edges
+
+
 def _head_up(image: xr.DataArray) -> bool:
     """Whether larger ``slice`` coordinates are further toward the head (LPS +z)."""
     if image.attrs.get("orientation") is None:
@@ -173,9 +289,7 @@ def _show(ax: Any, image: xr.DataArray, *, cmap: Any, vmin: float, vmax: float, 
         aspect="equal",
         interpolation="nearest",
     )
-    ydim, xdim = image.dims
-    ax.set_xlabel(f"{xdim} (mm)")
-    ax.set_ylabel(f"{ydim} (mm)")
+    _label_directions(ax, image)
     if label is not None:
         ax.set_label(label)
     return artist
@@ -335,9 +449,10 @@ def browse(
         ydim, xdim = shown.dims
         flip = not (ydim == "slice" and _head_up(volume))
         title = f"{name} {plane} {dim}[{index}] = {positions[index]:.1f} mm, {_window_text(shown)}".strip()
+        xlabel, ylabel = _axis_labels(shown, _edge_letters(shown, x_increases_right=True, y_increases_up=not flip))
         picture = shown.hvplot.image(
             x=xdim, y=ydim, cmap="gray", clim=(0.0, 1.0), data_aspect=1, flip_yaxis=flip, frame_width=width,
-            colorbar=False, title=title,
+            colorbar=False, title=title, xlabel=xlabel, ylabel=ylabel,
         )  # fmt: skip
         if mask is None:
             return picture
@@ -639,7 +754,7 @@ def plot_axial_slice(
     titles = ["as stored", "Hounsfield units", f"windowed ({_window_text(shown2)})"]
     for ax, (image, cmap, lo, hi, label, bar), title in zip(axes, panels, titles, strict=True):
         artist = _show(ax, image, cmap=cmap, vmin=lo, vmax=hi if hi > lo else lo + 1, label=label)
-        ax.set_title(title)
+        ax.set_title(title, fontsize=10)
         fig.colorbar(artist, ax=ax, shrink=0.8, label=bar)
     position = float(stored2["slice"]) if "slice" in stored2.coords else float(i)
     who = volume.attrs.get("patient_key", "")
@@ -719,12 +834,39 @@ def _describe_image(image: xr.DataArray) -> str:
         where = f" at {float(image[fixed]):.1f} mm" if fixed is not None else ""
         parts.append(f"{image.attrs['plane']}{where}")
     if "projection" in image.attrs:
-        start, stop = image.attrs["slab_indices"]
-        parts.append(f"{image.attrs['projection'].upper()} over {image.attrs['projection_dim']} [{start}, {stop})")
+        parts.append(_slab_text(image))
     window = _window_text(image)
     if window:
         parts.append(window)
     return ", ".join(parts)
+
+
+def _slab_mm(image: xr.DataArray) -> float:
+    """Thickness (mm) of the slab a projection was taken over: its samples times their spacing; NaN if unknown."""
+    start, stop = (int(v) for v in image.attrs["slab_indices"])
+    count = stop - start
+    ends = image.attrs.get("slab_range_mm")
+    if ends is not None and count > 1:
+        return count * abs(float(ends[1]) - float(ends[0])) / (count - 1)
+    dim = image.attrs.get("projection_dim")
+    if dim == "slice":
+        fallback = image.attrs.get("slice_spacing_mm") or image.attrs.get("slice_thickness_mm")
+    else:
+        pixel = image.attrs.get("pixel_spacing_mm") or (None, None)
+        fallback = pixel[0] if dim == "row" else pixel[1] if dim == "col" else None
+    return count * float(fallback) if fallback is not None else math.nan
+
+
+def _slab_text(image: xr.DataArray) -> str:
+    """``MIP of a 28.1 mm slab, row 75.2 to 102.6 mm``: the slab in mm, never in indices."""
+    kind = str(image.attrs["projection"]).upper().replace("MINIP", "MinIP").replace("MEAN", "mean")
+    thickness = _slab_mm(image)
+    text = f"{kind} of a {thickness:.1f} mm slab" if math.isfinite(thickness) else f"{kind} (slab thickness unknown)"
+    ends = image.attrs.get("slab_range_mm")
+    if ends is not None:
+        what = "position" if image.attrs.get("projection_dim") == "slice" else str(image.attrs.get("projection_dim"))
+        text += f", {what} {float(ends[0]):.1f} to {float(ends[1]):.1f} mm"
+    return text
 
 
 def plot_planes(
@@ -801,14 +943,17 @@ def plot_mip(
         Plane of the projection; the slab runs along the dim
         :func:`ctframe.plane_dim` holds fixed for it.
     slab, slab_mm : int or float, optional
-        Slab thickness in samples or mm (default: the whole dim).
+        Slab thickness in samples or in mm (default: the whole dim). Either
+        way, titles state the slab in mm: its samples times their spacing,
+        and where along the dim it lies.
     preset : str
         Window preset.
 
     Returns
     -------
     matplotlib.figure.Figure
-        One panel per volume; titles give the slab's index range.
+        One panel per volume; titles give the slab's thickness and place in
+        mm; image axes carry patient directions.
 
     Raises
     ------
@@ -829,7 +974,7 @@ def plot_mip(
     >>> _ = write_phantom_series(folder, shape=(8, 32, 32), spacing_mm=(10.0, 10.0, 10.0))
     >>> fig = plot_mip({"A": ctframe.open_series(folder)}, plane="axial", slab=4)
     >>> fig.axes[0].get_title().splitlines()[1]
-    'MIP over slice [2, 6), lung W1500/L-600'
+    'MIP of a 40.0 mm slab, position -60.0 to -30.0 mm, lung W1500/L-600'
     """
     from ctframe.projection import mip, plane_dim
 
@@ -839,8 +984,14 @@ def plot_mip(
         _check_volume(volume, f"volumes[{label!r}]")
         dim = plane_dim(volume, plane)
         projections[label] = mip(_as_hu(volume), dim=dim, slab=slab, slab_mm=slab_mm)
-    thickness = f"{slab} planes" if slab is not None else (f"{slab_mm:g} mm" if slab_mm is not None else "all planes")
-    return plot_images(projections, preset=preset, title=f"{plane} MIP, middle {thickness}")
+    thicknesses = {round(_slab_mm(p), 1) for p in projections.values()}
+    if slab is None and slab_mm is None:
+        thickness = "the whole volume"
+    elif len(thicknesses) == 1 and all(math.isfinite(t) for t in thicknesses):
+        thickness = f"the middle {thicknesses.pop():.1f} mm"
+    else:
+        thickness = "the middle slab (thickness per panel)"
+    return plot_images(projections, preset=preset, title=f"{plane} MIP over {thickness}")
 
 
 def _centers(rows: pd.DataFrame) -> np.ndarray:
