@@ -34,20 +34,30 @@ import xarray as xr
 from scipy import ndimage
 
 from ctframe.config import RANGES, get_config
-from ctframe.errors import NotHUCalibratedError, ParameterError
+from ctframe.errors import CTFrameError, NotHUCalibratedError, ParameterError
 from ctframe.geometry import voxel_spacing
 
 __all__ = [
     "CODE_AIR",
+    "CODE_BONE",
     "CODE_DENSE",
     "CODE_GAS",
     "CODE_LOW",
+    "CODE_TRACK",
     "CODE_VALID",
     "LUNG_LABELS",
+    "ShortStackError",
     "body_mask",
+    "can_segment",
     "encode_block",
     "lung_mask",
+    "lung_qc",
 ]
+
+
+class ShortStackError(CTFrameError, ValueError):
+    """The stack is too short along the head-foot axis for lung segmentation (lung values: NaN with this reason)."""
+
 
 #: Label values of :func:`lung_mask`.
 LUNG_LABELS = {"background": 0, "right_lung": 1, "left_lung": 2, "airway": 3}
@@ -60,8 +70,12 @@ CODE_DENSE = 2
 CODE_LOW = 4
 #: HU < gas threshold (bowel gas evidence).
 CODE_GAS = 8
-#: HU < airway threshold, and one and two steps lower (airway growth, leak fallbacks).
-CODE_AIR = (16, 32, 64)
+#: HU < airway threshold, and one step lower (airway growth, leak fallback).
+CODE_AIR = (16, 32)
+#: HU < airway tracking threshold (the trachea followed slice by slice).
+CODE_TRACK = 64
+#: HU >= bone threshold (ribs, spine: the lung envelope never grows into them).
+CODE_BONE = 128
 
 _FACES_3D = ndimage.generate_binary_structure(3, 1)  # 6-connectivity
 _FACES_2D = ndimage.generate_binary_structure(2, 1)  # 4-connectivity
@@ -232,6 +246,8 @@ def encode_block(
     gas_hu: float,
     airway_hu: float,
     airway_step_hu: float,
+    bone_hu: float | None = None,
+    airway_track_hu: float | None = None,
 ) -> np.ndarray:
     """Pack the thresholds of the segmentation into one ``uint8`` per voxel.
 
@@ -241,13 +257,18 @@ def encode_block(
         HU (float), NaN for padding and fill.
     body_threshold_hu, threshold_hu, gas_hu, airway_hu, airway_step_hu : float
         See the ``segmentation`` configuration.
+    bone_hu : float, optional
+        Sets ``CODE_BONE`` at or above it (none when not given).
+    airway_track_hu : float, optional
+        Sets ``CODE_TRACK`` below it (none when not given).
 
     Returns
     -------
     ndarray of uint8
         Bit flags: ``CODE_VALID`` (not NaN), ``CODE_DENSE`` (>= body threshold),
         ``CODE_LOW`` (< lung threshold), ``CODE_GAS`` (< gas threshold) and
-        ``CODE_AIR`` (< airway threshold, one and two steps lower). NaN sets none.
+        ``CODE_AIR`` (< airway threshold, one step lower), ``CODE_TRACK``
+        (< `airway_track_hu`), ``CODE_BONE`` (>= `bone_hu`). NaN sets none.
 
     Notes
     -----
@@ -255,10 +276,11 @@ def encode_block(
 
     Examples
     --------
-    >>> code = encode_block(np.array([np.nan, -1000.0, -600.0, 40.0]), body_threshold_hu=-500,
-    ...                     threshold_hu=-320, gas_hu=-940, airway_hu=-950, airway_step_hu=25)
+    >>> code = encode_block(np.array([np.nan, -1000.0, -600.0, 40.0, 500.0]), body_threshold_hu=-500,
+    ...                     threshold_hu=-320, gas_hu=-940, airway_hu=-950, airway_step_hu=25,
+    ...                     bone_hu=300, airway_track_hu=-900)
     >>> code.tolist()
-    [0, 61, 5, 3]
+    [0, 125, 5, 3, 131]
     """
     hu = np.asarray(hu)
     code = np.zeros(hu.shape, np.uint8)
@@ -270,9 +292,12 @@ def encode_block(
             (CODE_GAS, hu < gas_hu),
             (CODE_AIR[0], hu < airway_hu),
             (CODE_AIR[1], hu < airway_hu - airway_step_hu),
-            (CODE_AIR[2], hu < airway_hu - 2 * airway_step_hu),
         ):
             code |= test.view(np.uint8) * np.uint8(bit)
+        if bone_hu is not None:
+            code |= (hu >= bone_hu).view(np.uint8) * np.uint8(CODE_BONE)
+        if airway_track_hu is not None:
+            code |= (hu < airway_track_hu).view(np.uint8) * np.uint8(CODE_TRACK)
     return code
 
 
@@ -428,10 +453,60 @@ def _trachea_seed(
     return None if best is None else (best[1], best[2])
 
 
+def _track_airway(air: np.ndarray, k0: int, seed_2d: np.ndarray, geometry: _Geometry, settings: Mapping[str, float]
+                  ) -> np.ndarray:  # fmt: skip
+    """Trachea and main bronchi followed slice by slice from the seed towards the feet (head-last arrays).
+
+    In each slice the 2-D air components that overlap (within one pixel) what
+    was followed in the slice above continue the airway, as long as each is no
+    wider than ``airway_track_growth`` times the component above it and than
+    ``trachea_max_area_mm2``: at the carina the lumen parts in two and both
+    are followed; a bronchus that opens into the lung (a component much wider
+    than the lumen above) ends there. Unlike 3-D growth this cannot leak into
+    the lungs through partial volume, so it holds where growth had to give up
+    (thick slices, emphysema, a lumen that reads -900 HU).
+    """
+    _, dy, dx = geometry.spacing_mm
+    max_area = settings["trachea_max_area_mm2"] / (dy * dx)
+    growth = settings["airway_track_growth"]
+    out = np.zeros(air.shape, bool)
+    out[k0] = seed_2d
+    previous = seed_2d
+    for k in range(k0 - 1, -1, -1):
+        labels, count = ndimage.label(air[k], structure=_FACES_2D)
+        if count == 0:
+            break
+        reach = ndimage.binary_dilation(previous, structure=_FACES_2D)
+        area = np.bincount(labels.ravel(), minlength=count + 1)
+        prev_labels, n_prev = ndimage.label(previous, structure=_FACES_2D)
+        prev_area = np.bincount(prev_labels.ravel(), minlength=n_prev + 1)
+        # the widest component above that each component here touches
+        touching = reach & (labels > 0)
+        grown_prev = ndimage.grey_dilation(prev_labels, footprint=_FACES_2D)
+        limit = np.zeros(count + 1)
+        np.maximum.at(limit, labels[touching], prev_area[grown_prev[touching]])
+        keep = (limit > 0) & (area <= growth * limit) & (area <= max_area)
+        keep[0] = False
+        if not keep.any():
+            break
+        previous = keep[labels]
+        out[k] = previous
+    return out
+
+
 def _airways(code: np.ndarray, body: np.ndarray, geometry: _Geometry, settings: Mapping[str, float]) -> np.ndarray:
-    """Trachea and bronchi grown from the trachea near the head end (head-last arrays)."""
+    """Trachea and bronchi from the trachea near the head end (head-last arrays).
+
+    3-D growth through air finds the bronchial tree where it does not leak;
+    slice-by-slice tracking (:func:`_track_airway`) always adds the trachea and
+    main bronchi, so a leak (growth above ``airway_max_ml`` at every
+    threshold) still leaves them out of the lungs.
+    """
     limit = settings["airway_max_ml"] / geometry.voxel_ml
-    grown = np.zeros(code.shape, bool)
+    loose = _flag(code, CODE_TRACK) & body
+    found = _trachea_seed(loose, body, geometry, settings)
+    tracked = np.zeros(code.shape, bool) if found is None else _track_airway(loose, *found, geometry, settings)
+    del loose
     for bit in CODE_AIR:
         air = _flag(code, bit) & body
         found = _trachea_seed(air, body, geometry, settings)
@@ -442,18 +517,8 @@ def _airways(code: np.ndarray, body: np.ndarray, geometry: _Geometry, settings: 
         seed[k] = seed_2d
         grown = ndimage.binary_propagation(seed, structure=_FACES_3D, mask=air)
         if grown.sum() <= limit:
-            return grown
-    if not grown.any():
-        return grown
-    # every threshold leaked: keep the trachea above the first slice (from the
-    # head end) where the growth is wider than a trachea
-    _, dy, dx = geometry.spacing_mm
-    areas = grown.sum(axis=(1, 2)) * dy * dx
-    wide = np.flatnonzero(areas[::-1] > settings["trachea_max_area_mm2"])
-    if wide.size:
-        stop = grown.shape[0] - wide[0]
-        grown[:stop] = False
-    return grown
+            return grown | tracked
+    return tracked
 
 
 # --------------------------------------------------------------------------- lungs
@@ -489,7 +554,6 @@ def _side_pieces(fields: np.ndarray, gas: np.ndarray, core: int, thin_radius: in
             if count == 0:
                 break
             flat = labels.ravel()
-            area = np.bincount(flat, minlength=count + 1)
             touching = previous & (labels > 0)
             previous_labels, n_previous = ndimage.label(previous, structure=_FACES_2D)
             pairs = previous_labels[touching].astype(np.int64) * (count + 1) + labels[touching]
@@ -501,7 +565,11 @@ def _side_pieces(fields: np.ndarray, gas: np.ndarray, core: int, thin_radius: in
             touches = overlap[1:].sum(axis=0) > 0
             drop = np.zeros(count + 1, bool)
             if direction < 0:
-                drop |= 2 * np.bincount(flat[gas[k].ravel()], minlength=count + 1) >= area
+                # gas against the component's core (its in-plane rim removed): the
+                # partial-volume rim of a small pocket reads -940..-320 HU
+                core_area = np.bincount(flat[ndimage.binary_erosion(fields[k], _FACES_2D).ravel()],
+                                        minlength=count + 1)  # fmt: skip
+                drop |= 2 * np.bincount(flat[gas[k].ravel()], minlength=count + 1) >= np.maximum(core_area, 1)
             if direction > 0 and element is not None:
                 core_pixels = ndimage.binary_erosion(fields[k], structure=element)
                 drop |= np.bincount(flat[core_pixels.ravel()], minlength=count + 1) == 0
@@ -513,6 +581,69 @@ def _side_pieces(fields: np.ndarray, gas: np.ndarray, core: int, thin_radius: in
             previous = keep[labels]
             k += direction
     return removed
+
+
+def _gas_pockets(
+    gas: np.ndarray, candidates: np.ndarray, body: np.ndarray, geometry: _Geometry, settings: Mapping[str, float]
+) -> np.ndarray:
+    """Stomach and bowel gas below the widest lung slice, with its partial-volume rim (head-last arrays).
+
+    A pocket is a 3-D component of gas (``CODE_GAS``, face connectivity) of at
+    least ``pocket_min_ml`` whose top lies below the slice where the lung
+    candidates are widest and whose wall is mostly dense: of the voxels two
+    steps outside it (past the partial-volume rim), at least
+    ``pocket_wall_fraction`` are at or above the lung threshold (stomach wall,
+    gastric fluid under an air-fluid level, bowel wall, diaphragm). Gas inside
+    the lung is surrounded by lung (its wall reads below the threshold), so
+    even emphysema is not taken; a pocket that touches the lung base across a
+    thin diaphragm or through partial volume keeps most of its wall dense.
+    Returns the pockets grown by ``pocket_rim_mm`` in-plane, within the
+    candidates: the voxels to drop.
+    """
+    out = np.zeros(gas.shape, bool)
+    widest = int(np.argmax(candidates.sum(axis=(1, 2))))
+    below = gas[: widest + 1] & body[: widest + 1]
+    labels, count = _label(below)
+    if count == 0:
+        return out
+    sizes = _sizes(labels, count)
+    min_voxels = settings["pocket_min_ml"] / geometry.voxel_ml
+    objects = ndimage.find_objects(labels)
+    _, dy, dx = geometry.spacing_mm
+    rim = max(round(settings["pocket_rim_mm"] / min(dy, dx)), 1)
+    for index in np.flatnonzero(sizes[1:] >= min_voxels) + 1:
+        box = objects[index - 1]
+        if box is None or box[0].stop > widest:  # reaches the widest slice: lung or airway, not a pocket
+            continue
+        grown = tuple(
+            slice(max(b.start - 2 - rim, 0), min(b.stop + 2 + rim, n)) for b, n in zip(box, labels.shape, strict=True)
+        )
+        pocket = labels[grown] == index
+        near = ndimage.binary_dilation(pocket, structure=_FACES_3D)
+        shell = ndimage.binary_dilation(near, structure=_FACES_3D) & ~near & body[grown]
+        n_shell = int(shell.sum())
+        if n_shell == 0:
+            continue
+        dense = int((shell & ~candidates[grown]).sum())
+        if dense < settings["pocket_wall_fraction"] * n_shell:
+            continue
+        drop = ndimage.binary_dilation(pocket, structure=_disk(rim)[None]) & candidates[grown]
+        out[grown] |= drop
+    return out
+
+
+def _attached(mask: np.ndarray, core: np.ndarray) -> np.ndarray:
+    """The 3-D components (face connectivity) of `mask` that hold voxels of `core`."""
+    box = _bbox(mask)
+    if box is None:
+        return mask
+    labels, count = _label(mask[box])
+    keep = np.zeros(count + 1, bool)
+    keep[np.unique(labels[core[box]])] = True
+    keep[0] = False
+    out = np.zeros(mask.shape, bool)
+    out[box] = keep[labels]
+    return out
 
 
 def _fill_lung(mask: np.ndarray) -> np.ndarray:
@@ -537,6 +668,84 @@ def _fill_lung(mask: np.ndarray) -> np.ndarray:
         sub |= holes
     out = mask.copy()
     out[box] = sub
+    return out
+
+
+def _envelope(mask: np.ndarray, blocked: np.ndarray, geometry: _Geometry, settings: Mapping[str, float]) -> np.ndarray:
+    """The lung with its in-plane envelope: concavities narrower than ``envelope_mm`` filled, per slice.
+
+    A morphological closing (dilation, then erosion, with a disk of radius
+    ``envelope_mm``) of each axial slice of `mask` fills the bites that dense
+    lung takes out of the aerated lung (consolidation, atelectasis and
+    nodules at the pleura, dependent density, the hilar vessels between
+    bronchi) and leaves convex outlines (the chest wall side) and wide
+    concavities (the heart, the diaphragm dome) as they are. It runs on a grid
+    coarsened in-plane to about ``envelope_grid_mm`` (whole pixels);
+    what it adds at full resolution is the coarse fill and a coarse pixel
+    around it, never `blocked` (bone, outside the body, the other lung, the
+    airway wall). Returns a new mask.
+    """
+    radius_mm = settings["envelope_mm"]
+    box = _bbox(mask)
+    if box is None or radius_mm <= 0:
+        return mask
+    _, dy, dx = geometry.spacing_mm
+    f = max(1, round(settings["envelope_grid_mm"] / min(dy, dx)))
+    r = max(1, round(radius_mm / (f * min(dy, dx))))
+    pad = (r + 1) * f
+    n_rows, n_cols = mask.shape[1:]
+    rows = slice(max(box[1].start - pad, 0), min(box[1].stop + pad, n_rows))
+    cols = slice(max(box[2].start - pad, 0), min(box[2].stop + pad, n_cols))
+    sub = mask[box[0], rows, cols]
+    n, h, w = sub.shape
+    hc, wc = -(-h // f), -(-w // f)
+    padded = np.zeros((n, hc * f, wc * f), np.uint8)
+    padded[:, :h, :w] = sub
+    coarse = padded.reshape(n, hc, f, wc, f).sum(axis=(2, 4), dtype=np.uint16) * 2 >= f * f
+    margin = r + 1
+    coarse = np.pad(coarse, ((0, 0), (margin, margin), (margin, margin)))
+    closed = ndimage.binary_closing(coarse, structure=_disk(r)[None])
+    new = closed & ~coarse
+    if not new.any():
+        return mask
+    zone = ndimage.binary_dilation(new, structure=_IN_PLANE) & closed
+    zone = zone[:, margin:-margin, margin:-margin]
+    full = np.repeat(np.repeat(zone, f, axis=1), f, axis=2)[:, :h, :w]
+    full &= ~blocked[box[0], rows, cols]
+    out = mask.copy()
+    out[box[0], rows, cols] |= full
+    return out
+
+
+def _column_fill(
+    mask: np.ndarray, blocked: np.ndarray, geometry: _Geometry, settings: Mapping[str, float]
+) -> np.ndarray:
+    """Add voxels with lung both above and below them in their (row, col) column within ``envelope_z_mm``.
+
+    Dense lung that touches the chest wall in-plane (dependent or subpleural
+    consolidation, atelectasis) is not an in-slice hole, but aerated lung
+    lies above and below it; the diaphragm and the heart are not sandwiched
+    between lung within a few centimetres (the dome has no lung under it).
+    Never adds `blocked` voxels. Returns a new mask.
+    """
+    n = geometry.voxels(settings["envelope_z_mm"], 0)
+    box = _bbox(mask)
+    if box is None or n < 2:
+        return mask
+    sub = mask[box]
+    counts = np.zeros((sub.shape[0] + 1, *sub.shape[1:]), np.int32)
+    np.cumsum(sub, axis=0, dtype=np.int32, out=counts[1:])
+    k = np.arange(sub.shape[0])
+    hi = np.minimum(k + 1 + n, sub.shape[0])  # slices k+1 .. k+n
+    lo = np.maximum(k - n, 0)  # slices k-n .. k-1
+    above = counts[hi] - counts[k + 1] > 0
+    below = counts[k] - counts[lo] > 0
+    del counts
+    add = above & below & ~sub & ~blocked[box]
+    if not add.any():
+        return mask
+    out = mask.copy()
+    out[box] |= add
     return out
 
 
@@ -611,6 +820,7 @@ def _lungs_in_body(
         candidates[box] &= ~wall
     gas = _flag(code, CODE_GAS)
     min_voxels = settings["min_lung_ml"] / voxel_ml
+    candidates &= ~_gas_pockets(gas, candidates, body, geometry, settings)
 
     labels, sizes, eligible = _fields(candidates, gas, min_voxels)
     if eligible.any():
@@ -628,11 +838,16 @@ def _lungs_in_body(
     del candidates
     right, left = _choose_lungs(labels, sizes, eligible, body, geometry, settings)
     del labels, gas
+    blocked = _flag(code, CODE_BONE) | ~body
+    if airway.any():
+        blocked[box] |= wall
     out = np.zeros(code.shape, np.int8)
-    for value, mask in ((1, right), (2, left)):
+    for value, mask, other in ((1, right, left), (2, left, right)):
         if mask is not None:
-            out[_fill_lung(mask) & body & (out == 0)] = value
-    del right, left, mask
+            walls = blocked if other is None else blocked | other
+            envelope = _column_fill(_envelope(mask, walls, geometry, settings), walls, geometry, settings)
+            out[_attached(_fill_lung(envelope) & body & (out == 0), mask)] = value
+    del right, left, mask, blocked
     if airways:
         out[airway & (out == 0)] = LUNG_LABELS["airway"]
     return out
@@ -697,7 +912,16 @@ def _lung_block(
 
 def _code(hu: xr.DataArray, settings: Mapping[str, float]) -> Any:
     options = {
-        key: settings[key] for key in ("body_threshold_hu", "threshold_hu", "gas_hu", "airway_hu", "airway_step_hu")
+        key: settings[key]
+        for key in (
+            "body_threshold_hu",
+            "threshold_hu",
+            "gas_hu",
+            "airway_hu",
+            "airway_step_hu",
+            "bone_hu",
+            "airway_track_hu",
+        )
     }
     if isinstance(hu.data, da.Array):
         return hu.data.map_blocks(encode_block, dtype=np.uint8, meta=np.empty((0, 0, 0), np.uint8), **options)
@@ -794,6 +1018,156 @@ def body_mask(hu: xr.DataArray, *, threshold_hu: float | None = None) -> xr.Data
     return _mask_like(hu, body, "body", {"long_name": "body mask"})
 
 
+def can_segment(hu: xr.DataArray) -> tuple[bool, str]:
+    """Whether :func:`lung_mask` can segment this stack, and if not, why.
+
+    The lungs are 3-D objects 20-30 cm tall; their volumes and statistics need
+    the stack to cover a good part of them. A stack with fewer than
+    ``segmentation.min_slices`` slices or shorter than
+    ``segmentation.min_extent_mm`` along the head-foot axis (a single slice, a
+    localiser-like short stack) cannot be segmented: lung values for it are NaN
+    with this reason, never 0.
+
+    Parameters
+    ----------
+    hu : DataArray (slice, row, col)
+        HU (or stored values: only the shape and the slice coordinates are read).
+
+    Returns
+    -------
+    (bool, str)
+        ``(True, "")`` or ``(False, reason)``; the reason names the series and
+        says what is missing, without patient identifiers.
+
+    Examples
+    --------
+    >>> import xarray as xr
+    >>> one = xr.DataArray(np.zeros((1, 4, 4), np.float32), dims=("slice", "row", "col"), coords={"slice": [0.0]})
+    >>> can_segment(one)
+    (False, 'series (unnamed volume) has 1 slice; lung segmentation needs at least 5 slices covering 100 mm')
+    """
+    settings = _settings({})
+    n = int(hu.sizes.get("slice", 0)) if isinstance(hu, xr.DataArray) else 0
+    min_slices = int(settings["min_slices"])
+    min_mm = settings["min_extent_mm"]
+    need = f"lung segmentation needs at least {min_slices} slices covering {min_mm:g} mm"
+    name = _series_name(hu) if isinstance(hu, xr.DataArray) else "(not a DataArray)"
+    if n < min_slices:
+        return False, f"series {name} has {n} slice{'s' if n != 1 else ''}; {need}"
+    if isinstance(hu, xr.DataArray) and "slice" in hu.coords:
+        z = np.asarray(hu["slice"].values, float)
+        extent = float(np.nanmax(z) - np.nanmin(z)) if z.size else 0.0
+        if n > 1:
+            extent += float(np.median(np.abs(np.diff(z))))  # each slice covers one step
+        if not extent >= min_mm:
+            return False, f"series {name} covers {extent:.0f} mm along the slices; {need}"
+    return True, ""
+
+
+def lung_qc(labels: xr.DataArray | np.ndarray, spacing_mm: tuple[float, float, float] | None = None) -> dict[str, Any]:
+    """Plausibility flags of a lung mask: whether its numbers can be trusted.
+
+    Flags (``True`` means suspicious), with the limits of the ``segmentation``
+    configuration:
+
+    * ``qc_volume``: total lung volume outside ``qc_min_total_ml`` ..
+      ``qc_max_total_ml`` (1.5-9 L for an adult);
+    * ``qc_ratio``: left/right volume ratio outside ``qc_min_ratio`` ..
+      ``qc_max_ratio`` (0.5-2), or a lung missing;
+    * ``qc_components``: a lung in more than one 3-D component (26-connected);
+    * ``qc_cut_feet`` / ``qc_cut_head``: lung in the first or last slice at the
+      feet or head end of the stack (the lung continues beyond the scan; the
+      feet end from ``position_z_mm`` when present, else slice 0).
+
+    Parameters
+    ----------
+    labels : DataArray or ndarray (slice, row, col)
+        From :func:`lung_mask` (1 right, 2 left; 3 airways is ignored).
+    spacing_mm : (float, float, float), optional
+        (slice, row, col) spacing; required for an ndarray, read from the
+        coordinates of a DataArray otherwise.
+
+    Returns
+    -------
+    dict
+        ``right_ml``, ``left_ml``, ``total_ml``, ``left_right_ratio``,
+        ``right_components``, ``left_components``, the five flags, ``qc_ok``
+        (no flag raised) and ``qc_note`` (what is wrong, in words; empty when
+        all is well).
+
+    Raises
+    ------
+    ParameterError
+        Not 3-D, or an ndarray without `spacing_mm`.
+
+    Notes
+    -----
+    **Computes** the labels (one pass; 3-D component labelling per lung).
+
+    Examples
+    --------
+    >>> labels = np.zeros((10, 20, 20), np.int8)
+    >>> labels[2:8, 2:18, 2:9], labels[2:8, 2:18, 11:18] = 1, 2
+    >>> qc = lung_qc(labels, spacing_mm=(10.0, 10.0, 10.0))
+    >>> qc["total_ml"], qc["qc_ok"], qc["qc_note"]
+    (1344.0, False, 'total lung volume 1344 mL is outside 1500-9000 mL')
+    """
+    settings = _settings({})
+    feet_first = True
+    if isinstance(labels, xr.DataArray):
+        if spacing_mm is None:
+            spacing_mm = voxel_spacing(labels)
+        if "position_z_mm" in labels.coords and labels.sizes.get("slice", 0) > 1:
+            z = np.asarray(labels["position_z_mm"].values, float)
+            feet_first = bool(z[-1] >= z[0])
+        values = np.asarray(labels.values)
+    else:
+        values = np.asarray(labels)
+    if values.ndim != 3:
+        raise ParameterError(f"lung_qc needs 3-D labels (slice, row, col), got shape {values.shape}")
+    if spacing_mm is None:
+        raise ParameterError("lung_qc needs spacing_mm=(slice, row, col) in mm for a numpy array of labels")
+    voxel_ml = float(np.prod(spacing_mm)) / 1000.0
+    out: dict[str, Any] = {}
+    notes = []
+    for value, side in ((1, "right"), (2, "left")):
+        mask = values == value
+        out[f"{side}_ml"] = float(mask.sum()) * voxel_ml
+        out[f"{side}_components"] = int(ndimage.label(mask, structure=np.ones((3, 3, 3), bool))[1]) if mask.any() else 0
+    total = out["right_ml"] + out["left_ml"]
+    out["total_ml"] = total
+    ratio = out["left_ml"] / out["right_ml"] if out["right_ml"] > 0 else float("nan")
+    out["left_right_ratio"] = ratio
+    lo, hi = settings["qc_min_total_ml"], settings["qc_max_total_ml"]
+    out["qc_volume"] = not lo <= total <= hi
+    if out["qc_volume"]:
+        notes.append(f"total lung volume {total:.0f} mL is outside {lo:g}-{hi:g} mL")
+    rlo, rhi = settings["qc_min_ratio"], settings["qc_max_ratio"]
+    out["qc_ratio"] = not rlo <= ratio <= rhi
+    if out["qc_ratio"]:
+        notes.append(
+            "a lung is missing" if not (out["right_ml"] > 0 and out["left_ml"] > 0)
+            else f"left/right volume ratio {ratio:.2f} is outside {rlo:g}-{rhi:g}"
+        )  # fmt: skip
+    out["qc_components"] = out["right_components"] > 1 or out["left_components"] > 1
+    if out["qc_components"]:
+        notes.append(
+            f"a lung is in several pieces (right {out['right_components']}, left {out['left_components']} components)"
+        )
+    lungs = (values == 1) | (values == 2)
+    feet, head = (0, -1) if feet_first else (-1, 0)
+    out["qc_cut_feet"] = bool(values.shape[0] and lungs[feet].any())
+    out["qc_cut_head"] = bool(values.shape[0] and lungs[head].any())
+    if out["qc_cut_feet"]:
+        notes.append("lung in the last slice at the feet end: the lung bases are cut off")
+    if out["qc_cut_head"]:
+        notes.append("lung in the last slice at the head end: the apices are cut off")
+    flags = ("qc_volume", "qc_ratio", "qc_components", "qc_cut_feet", "qc_cut_head")
+    out["qc_ok"] = not any(out[f] for f in flags)
+    out["qc_note"] = "; ".join(notes)
+    return out
+
+
 def lung_mask(hu: xr.DataArray, *, threshold_hu: float | None = None, airways: bool = False) -> xr.DataArray:
     """Label the right (1) and left (2) lung in 3-D; optionally the airways (3).
 
@@ -838,6 +1212,9 @@ def lung_mask(hu: xr.DataArray, *, threshold_hu: float | None = None, airways: b
         Wrong dims, unknown spacing, non-axial slices, bad threshold.
     NotHUCalibratedError
         `hu` holds stored values, not HU.
+    ShortStackError
+        Fewer slices, or a shorter stack, than segmentation needs (see
+        :func:`can_segment`): lung values are NaN with the error's reason.
 
     Notes
     -----
@@ -858,6 +1235,9 @@ def lung_mask(hu: xr.DataArray, *, threshold_hu: float | None = None, airways: b
     (dtype('int8'), [0, 1, 2])
     """
     _check_hu(hu, "lung_mask")
+    ok, reason = can_segment(hu)
+    if not ok:
+        raise ShortStackError(reason + "; report lung values as NaN for it (ctframe.segment.can_segment checks first)")
     if not isinstance(airways, bool):
         raise ParameterError(f"airways must be True or False, got {airways!r}")
     settings = _settings({"threshold_hu": threshold_hu})

@@ -95,6 +95,9 @@ class _Anatomy:
     z0: float  # z of the lowest slice
     circle_r: float  # reconstruction circle radius
     diaphragm_mm: float  # diaphragm thickness between the left lung base and the stomach
+    gastric_bubble: bool = False  # a large stomach with an air-fluid level under the left dome
+    dependent_consolidation: bool = False  # posterior subpleural consolidation in both lower lobes
+    trachea_touching_apex: bool = False  # the trachea bends right and touches the right apex
 
     def t(self, z: np.ndarray) -> np.ndarray:
         return (z - self.z0) / self.height
@@ -148,6 +151,10 @@ def _airways(an: _Anatomy, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.nd
     a, b = an.body_a, an.body_b
     carina = np.array([0.0, 0.22 * b, an.z0 + 0.64 * an.height])
     top = np.array([0.0, 0.22 * b, an.z0 + 2.0 * an.height])
+    if an.trachea_touching_apex:
+        # the trachea leans to the right above the carina: at the apex its wall
+        # (and, with the lung's own dome, its lumen's partial volume) meets the right apex
+        top = np.array([-0.30 * a, 0.22 * b, an.z0 + 2.0 * an.height])
     trachea = _segment_distance((x, y, z), carina, top) < 8.0
     bronchi = np.zeros_like(trachea)
     for side in (-1.0, 1.0):
@@ -238,6 +245,16 @@ def phantom_slice(
         hu[ground_glass] = HU["ggo"]
         hu[consolidation] = HU["consolidation"]
         ggo = ground_glass | consolidation
+    if an.dependent_consolidation:
+        # patchy dependent (posterior, subpleural) consolidation in both lower lobes:
+        # balls centred just inside the posterior pleura, so each takes a bite out of the aerated lung
+        for side in (-1.0, 1.0):
+            for tc, dx_frac in ((0.38, 0.55), (0.44, 0.40)):
+                cy = 0.02 * b + 0.74 * b * np.sqrt(max(1.0 - ((dx_frac - 0.47) / 0.41) ** 2, 0.0)) - 3.0
+                blob = (x - side * dx_frac * a) ** 2 + (y - cy) ** 2 + (z - (an.z0 + tc * an.height)) ** 2 < 6.0**2
+                blob &= lung
+                hu[blob] = HU["consolidation"]
+                ggo |= blob
     labels[right & body] = LABELS["right_lung"]
     labels[left & body] = LABELS["left_lung"]
 
@@ -253,6 +270,15 @@ def phantom_slice(
     top = _dome(_inside_ellipse(x, y, 0.47 * a, 0.02 * b, 0.41 * a, 0.74 * b)) - an.diaphragm_mm / an.height
     stomach = (_inside_ellipse(x, y, 0.42 * a, -0.05 * b, 0.22 * a, 0.30 * b) < 1.0) & (t <= top) & (t > top - 0.08)
     colon = (_inside_ellipse(x, y, -0.45 * a, -0.25 * b, 0.12 * a, 0.15 * b) < 1.0) & (t > 0.04) & (t < 0.10)
+    if an.gastric_bubble:
+        # a large stomach under the left dome, its gas over fluid: in a supine
+        # patient the air-fluid level is a flat plane (constant y), gas in front
+        inside = _inside_ellipse(x, y, 0.42 * a, -0.05 * b, 0.30 * a, 0.40 * b) < 1.0
+        big = inside & (t <= top) & (t > top - 0.16) & body & ~lung
+        fluid = big & (y >= 0.05 * b)
+        hu[fluid] = HU["soft"] - 25.0
+        labels[fluid] = LABELS["body"]
+        stomach = big & ~fluid
     gas = (stomach | colon) & body & ~lung
     hu[gas] = HU["gas"]
     labels[gas] = LABELS["bowel_gas"]
@@ -343,6 +369,10 @@ def write_phantom_series(
     return_arrays: bool = True,
     uid_prefix: str = "",
     body_scale: float = 1.0,
+    diaphragm_mm: float | None = None,
+    gastric_bubble: bool = False,
+    dependent_consolidation: bool = False,
+    trachea_touching_apex: bool = False,
 ) -> PhantomTruth:
     """Write a synthetic chest CT series as DICOM files and return its truth.
 
@@ -376,6 +406,18 @@ def write_phantom_series(
     body_scale : float
         In-plane size of the body (and everything in it) relative to the
         default, within (0.5, 1.2]: smaller and larger patients.
+    diaphragm_mm : float, optional
+        Diaphragm thickness (z) between the left lung base and the stomach gas
+        (default 0.6 slice steps: thinner than a slice).
+    gastric_bubble : bool
+        A large stomach under the left dome holding gas over fluid (a flat
+        air-fluid level, gas in front), under the diaphragm of `diaphragm_mm`.
+    dependent_consolidation : bool
+        Posterior subpleural consolidation (+20 HU, two balls of 6 mm radius
+        per lower lobe, counted in ``ggo``): lung in the truth.
+    trachea_touching_apex : bool
+        The trachea leans to the right above the carina and touches the right
+        lung apex.
 
     Returns
     -------
@@ -415,7 +457,10 @@ def write_phantom_series(
         height=n * dz,
         z0=-n * dz,
         circle_r=0.5 * min(n_cols * dx, n_rows * dy),
-        diaphragm_mm=0.6 * dz,
+        diaphragm_mm=0.6 * dz if diaphragm_mm is None else float(diaphragm_mm),
+        gastric_bubble=gastric_bubble,
+        dependent_consolidation=dependent_consolidation,
+        trachea_touching_apex=trachea_touching_apex,
     )
     row_dir = np.array([1.0, 0.0, 0.0])
     col_dir = np.array([0.0, np.cos(tilt), -np.sin(tilt)])
