@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,7 @@ __all__ = [
     "histogram_view",
     "longitudinal_view",
     "lung_area_view",
+    "measure_label",
     "plot_axial_slice",
     "plot_histogram_grid",
     "plot_histograms",
@@ -1014,7 +1015,10 @@ def plot_histogram_grid(
 ) -> Any:
     """The notebook's 2x2 histogram grid, in HU with padding excluded.
 
-    Panels: one slice, all of patient A, all of patient B, A and B together.
+    Panels: one slice, all of patient A, all of patient B, A and B together;
+    only those with something to show (one patient: no B and no comparison;
+    no slice-level histogram and no `slice_hu`: no slice panel), and a note
+    under the figure says which were left out.
 
     Parameters
     ----------
@@ -1035,7 +1039,8 @@ def plot_histogram_grid(
     Returns
     -------
     matplotlib.figure.Figure
-        Four panels labelled ``slice``, ``A``, ``B`` and ``both``.
+        Up to four panels labelled ``slice``, ``A``, ``B`` and ``both``
+        (``Axes.get_label()``), y in voxels, x in HU.
 
     Raises
     ------
@@ -1052,7 +1057,7 @@ def plot_histogram_grid(
     ...     "study_date": "", "series": "", "slice_position_mm": np.nan, "region": "scan",
     ...     "bin_left_hu": [-1000, -990] * 2, "bin_right_hu": [-990, -980] * 2, "count": [5, 1, 2, 2]})
     >>> [ax.get_label() for ax in plot_histogram_grid(table).axes]
-    ['slice', 'A', 'B', 'both']
+    ['A', 'B', 'both']
     """
     lo, hi = _range(range_hu)
     rows = _histogram_rows(histograms, level="patient", region=region)
@@ -1074,34 +1079,52 @@ def plot_histogram_grid(
     def counts_of(part: pd.DataFrame) -> np.ndarray:
         return part["count"].to_numpy()[first : last + 1]
 
-    fig = _new_figure(2, 2, panel_inches=4.2, height_ratio=0.75)
-    axes = fig.subplots(2, 2).ravel()
-    for ax, label in zip(axes, ("slice", "A", "B", "both"), strict=True):
-        ax.set_label(label)
-    # Panel 1: one slice.
     slice_counts, slice_title = _slice_histogram(histograms, rows, chosen, slice_hu, region, edges)
-    if slice_counts is not None:
-        _stairs(axes[0], slice_counts[first : last + 1], window_edges, color="#4c72b0")
-        axes[0].set_title(slice_title, fontsize=10)
-    else:
-        axes[0].text(0.5, 0.5, "no slice-level histogram", ha="center", va="center", transform=axes[0].transAxes)
-        axes[0].set_title("one slice", fontsize=10)
-        axes[0].set_axis_off()
     colors = ["#dd8452", "#55a868"]
-    for ax, key, color in zip(axes[1:3], chosen + [None] * (2 - len(chosen)), colors, strict=False):
-        if key is None:
-            ax.text(0.5, 0.5, "no second patient", ha="center", va="center", transform=ax.transAxes)
-            ax.set_axis_off()
-            continue
-        _stairs(ax, counts_of(per_patient[key]), window_edges, color=color)
-        ax.set_title(f"patient {'AB'[chosen.index(key)]}: {key} (all scans)", fontsize=10)
-    total = sum(counts_of(per_patient[k]) for k in chosen)
-    for key, color in zip(chosen, colors, strict=False):
-        axes[3].stairs(counts_of(per_patient[key]), window_edges, color=color, label=key, linewidth=1.2)
-    _stairs(axes[3], total, window_edges, color="0.6", alpha=0.5, label="together")
-    axes[3].legend(fontsize=8)
-    axes[3].set_title("A and B together" if len(chosen) > 1 else "all", fontsize=10)
-    fig.suptitle(f"HU histograms ({region}; padding and outside-the-circle fill excluded)")
+    # Only panels with something to show: one patient gives no B and no "both"; no slice histogram, no slice panel.
+    panels: list[tuple[str, Callable[[Any], None]]] = []
+    if slice_counts is not None:
+
+        def draw_slice(ax: Any) -> None:
+            _stairs(ax, slice_counts[first : last + 1], window_edges, color="#4c72b0")
+            ax.set_title(slice_title, fontsize=10)
+
+        panels.append(("slice", draw_slice))
+    for k, key in enumerate(chosen[:2]):
+
+        def draw_patient(ax: Any, key: str = key, k: int = k) -> None:
+            _stairs(ax, counts_of(per_patient[key]), window_edges, color=colors[k])
+            ax.set_title(f"patient {'AB'[k]}: {key} (all scans)", fontsize=10)
+
+        panels.append(("AB"[k], draw_patient))
+    if len(chosen) > 1:
+
+        def draw_both(ax: Any) -> None:
+            total = sum(counts_of(per_patient[k]) for k in chosen)
+            for key, color in zip(chosen, colors, strict=False):
+                ax.stairs(counts_of(per_patient[key]), window_edges, color=color, label=key, linewidth=1.2)
+            _stairs(ax, total, window_edges, color="0.6", alpha=0.5, label="together")
+            ax.legend(fontsize=8)
+            ax.set_title("A and B together", fontsize=10)
+
+        panels.append(("both", draw_both))
+    ncols = 2 if len(panels) > 1 else 1
+    nrows = math.ceil(len(panels) / ncols)
+    fig = _new_figure(nrows, ncols, panel_inches=4.2, height_ratio=0.75)
+    axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
+    for ax, (label, draw) in zip(axes, panels, strict=False):
+        ax.set_label(label)
+        draw(ax)
+        ax.grid(alpha=0.3)
+    for ax in axes[len(panels) :]:
+        fig.delaxes(ax)
+    notes = []
+    if slice_counts is None:
+        notes.append("no slice-level histogram in the table: no single-slice panel")
+    if len(chosen) < 2:
+        notes.append("one patient: no patient B and no comparison panel")
+    _note(fig, notes)
+    fig.suptitle(f"HU histograms, {_region_name(region)} (padding and outside-the-circle fill excluded)")
     return fig
 
 
@@ -1180,16 +1203,39 @@ def plot_histograms(
     1
     """
     rows = _normalized_histograms(histograms, by=by, region=region, range_hu=range_hu)
+    labels = sorted(set(rows["label"]))
     fig = _new_figure(1, 1, panel_inches=7.0, height_ratio=0.5)
     ax = fig.subplots()
-    for label, part in rows.groupby("label", sort=True):
+    colors = _colors(len(labels))
+    for k, (label, part) in enumerate(rows.groupby("label", sort=True)):
         edges = np.append(part["bin_left_hu"].to_numpy(), part["bin_right_hu"].to_numpy()[-1])
-        ax.stairs(part["percent_per_hu"].to_numpy(), edges, label=str(label), linewidth=1.3)
-    ax.set_xlabel("HU")
+        width = 1.3 if len(labels) <= 10 else 0.8
+        ax.stairs(part["percent_per_hu"].to_numpy(), edges, label=str(label), linewidth=width, color=colors[k])
+    ax.set_xlabel("Hounsfield units (HU)")
     ax.set_ylabel("% of voxels per HU")
-    ax.set_title(f"HU histograms by {by} ({region}; padding excluded)")
-    ax.legend(fontsize=8, ncols=2 if rows["label"].nunique() > 6 else 1)
+    who = "patient" if by == "patient" else "scan"
+    ax.set_title(f"HU histogram of each {who}: {_region_name(region)} (padding excluded)", fontsize=10)
+    ax.grid(alpha=0.3)
+    _outside_legend(fig, ax, len(labels), what="patients" if by == "patient" else "scans")
     return fig
+
+
+#: Plain names of the regions of the tidy tables.
+REGION_NAMES: dict[str, str] = {
+    "scan": "whole scan", "body": "body", "lungs": "both lungs", "right_lung": "right lung", "left_lung": "left lung",
+}  # fmt: skip
+
+
+def _region_name(region: str) -> str:
+    return REGION_NAMES.get(region, str(region).replace("_", " "))
+
+
+def _outside_legend(fig: Any, ax: Any, n: int, *, what: str) -> None:
+    """A legend right of the axes (never over the curves); beyond MAX_LEGEND_ENTRIES a note gives the count."""
+    if n > MAX_LEGEND_ENTRIES:
+        _note(fig, [f"{n} {what}, one curve each (no legend beyond {MAX_LEGEND_ENTRIES}; colours run in label order)"])
+        return
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, frameon=False)
 
 
 def plot_lung_area(slice_areas: pd.DataFrame, *, region: str = "lungs") -> Any:
@@ -1223,14 +1269,18 @@ def plot_lung_area(slice_areas: pd.DataFrame, *, region: str = "lungs") -> Any:
     1
     """
     rows = _area_rows(slice_areas, region)
+    labels = sorted(set(rows["label"]))
     fig = _new_figure(1, 1, panel_inches=7.0, height_ratio=0.5)
     ax = fig.subplots()
-    for label, part in rows.groupby("label", sort=True):
-        ax.plot(part["slice_position_mm"], part["area_mm2"], label=str(label), linewidth=1.3)
-    ax.set_xlabel("slice position along the normal (mm; head to the right)")
+    colors = _colors(len(labels))
+    for k, (label, part) in enumerate(rows.groupby("label", sort=True)):
+        width = 1.3 if len(labels) <= 10 else 0.8
+        ax.plot(part["slice_position_mm"], part["area_mm2"], label=str(label), linewidth=width, color=colors[k])
+    ax.set_xlabel("slice position along the slice normal (mm)")
     ax.set_ylabel("area (mm²)")
-    ax.set_title(f"{region.replace('_', ' ')} area per slice")
-    ax.legend(fontsize=8)
+    ax.set_title(f"Area of the {_region_name(region)} on each slice", fontsize=10)
+    ax.grid(alpha=0.3)
+    _outside_legend(fig, ax, len(labels), what="scans")
     return fig
 
 
@@ -1246,12 +1296,14 @@ def plot_lung_volumes(regions: pd.DataFrame) -> Any:
     Returns
     -------
     matplotlib.figure.Figure
-        One bar per scan (patient key and study date), totals written above.
+        One horizontal bar per scan (patient key and study date), first at
+        the top, totals written beside; scans without any lung volume are left
+        out.
 
     Raises
     ------
     ParameterError
-        No lung region in the table.
+        No lung region in the table, or no scan with a lung volume.
 
     Notes
     -----
@@ -1274,25 +1326,80 @@ def plot_lung_volumes(regions: pd.DataFrame) -> Any:
     table = regions[regions["region"].isin(shown)].pivot_table(
         index=["patient_key", "study_date", "series"], columns="region", values="volume_ml", sort=True
     )
-    labels = [f"{p}\n{d}" for p, d, _ in table.index]
-    width = max(5.0, 0.9 * len(labels) + 2.0)
-    fig = _new_figure(1, 1, panel_inches=width, height_ratio=4.0 / width)
+    measured = np.isfinite(table.to_numpy(float)).any(axis=1)
+    dropped = int((~measured).sum())
+    table = table[measured]
+    if table.empty:
+        raise ParameterError("no scan has a lung volume (the segmentation found no lung; see regions.missing_reason)")
+    labels = [f"{p}  {d}".strip() for p, d, _ in table.index]
+    # One horizontal bar per scan, first at the top: the labels read across however many scans there are.
+    height = 1.2 + 0.24 * len(labels)
+    fig = _new_figure(1, 1, panel_inches=7.0, height_ratio=max(2.2, height) / 7.0)
     ax = fig.subplots()
-    x = np.arange(len(labels))
-    bottom = np.zeros(len(labels))
+    y = np.arange(len(labels))
+    left = np.zeros(len(labels))
     colors = {"right_lung": LABEL_COLORS[1], "left_lung": LABEL_COLORS[2], "lungs": "0.5"}
     for region in shown:
         values = table[region].to_numpy(float)
-        ax.bar(x, values, bottom=bottom, color=colors[region], label=region.replace("_", " "), width=0.7)
-        bottom = bottom + np.nan_to_num(values)
-    for xi, total in zip(x, bottom, strict=True):
-        ax.text(xi, total, f"{total:,.0f} mL", ha="center", va="bottom", fontsize=8)
-    ax.set_xticks(x, labels, fontsize=8)
-    ax.set_ylabel("volume (mL)")
-    ax.set_ylim(0, bottom.max() * 1.12 if bottom.max() > 0 else 1)
-    ax.set_title("lung volumes per scan")
-    ax.legend(fontsize=8, loc="lower right")
+        ax.barh(y, values, left=left, color=colors[region], label=_region_name(region), height=0.7)
+        left = left + np.nan_to_num(values)
+    for yi, total in zip(y, left, strict=True):
+        ax.text(total, yi, f" {total:,.0f} mL", ha="left", va="center", fontsize=7)
+    ax.set_yticks(y, labels, fontsize=7 if len(labels) > 20 else 8)
+    ax.set_ylim(len(labels) - 0.5, -0.5)
+    ax.set_xlabel("volume (mL)")
+    ax.set_xlim(0, left.max() * 1.18 if left.max() > 0 else 1)
+    ax.set_title("Lung volume of each scan (patient key, study date)", fontsize=10)
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, frameon=False)
+    if dropped:
+        _note(fig, [f"{dropped} scan(s) without a lung volume not drawn (see the region table's missing_reason)"])
     return fig
+
+
+#: Plain-language name and unit of the longitudinal table's measures (``summary.longitudinal["measure"]``).
+MEASURE_LABELS: dict[str, tuple[str, str]] = {
+    "lung_volume_ml": ("Lung volume", "mL"),
+    "right_lung_volume_ml": ("Right lung volume", "mL"),
+    "left_lung_volume_ml": ("Left lung volume", "mL"),
+    "lung_hu_mean": ("Mean lung density", "HU"),
+    "lung_hu_p15": ("Lung density, 15th percentile", "HU"),
+    "lung_laa_950_pct": ("Low-attenuation area (below -950 HU)", "% of lung"),
+    "lung_laa_910_pct": ("Low-attenuation area (below -910 HU)", "% of lung"),
+    "lung_laa_856_pct": ("Low-attenuation area (below -856 HU)", "% of lung"),
+    "lung_haa_pct": ("High-attenuation area", "% of lung"),
+    "lung_haa_volume_ml": ("High-attenuation volume", "mL"),
+    "lung_emd_from_baseline_hu": ("Change of the lung histogram since baseline", "HU (earth mover's distance)"),
+    "lung_emd_from_previous_hu": ("Change of the lung histogram since the last scan", "HU (earth mover's distance)"),
+}
+_UNIT_TOKENS = {"ml": "mL", "hu": "HU", "pct": "%", "mm2": "mm²", "mm": "mm", "days": "days"}
+#: Most curves a figure gives a legend; with more, a note says how many lines there are.
+MAX_LEGEND_ENTRIES = 12
+
+
+def measure_label(measure: str) -> tuple[str, str]:
+    """Plain-language title and unit of a measure name of the tidy tables.
+
+    Known measures come from :data:`MEASURE_LABELS`; others are spelled out
+    from their name, the unit from its last unit word (``ml`` mL, ``hu`` HU,
+    ``pct`` %, ``mm2`` mm², ``mm`` mm).
+
+    Examples
+    --------
+    >>> measure_label("lung_volume_ml"), measure_label("body_hu_median")
+    (('Lung volume', 'mL'), ('Body median', 'HU'))
+    """
+    if measure in MEASURE_LABELS:
+        return MEASURE_LABELS[measure]
+    tokens = [t for t in str(measure).split("_") if t]
+    unit = ""
+    for token in reversed(tokens):
+        if token in _UNIT_TOKENS:
+            unit = _UNIT_TOKENS[token]
+            tokens.remove(token)
+            break
+    words = " ".join(tokens)
+    return (words[:1].upper() + words[1:]) or str(measure), unit
 
 
 def plot_longitudinal(longitudinal: pd.DataFrame, *, measures: Sequence[str] | None = None) -> Any:
@@ -1308,13 +1415,17 @@ def plot_longitudinal(longitudinal: pd.DataFrame, *, measures: Sequence[str] | N
     Returns
     -------
     matplotlib.figure.Figure
-        One panel per measure (labelled with its name), x in days since the
-        patient's baseline study.
+        One panel per measure that has a value (``Axes.get_label()`` is the
+        measure's column name), titled in plain language (:func:`measure_label`)
+        with its unit on the y axis; x in days since the patient's baseline
+        study. Measures without any value get no panel: a note under the
+        figure names them. One legend entry per patient up to
+        :data:`MAX_LEGEND_ENTRIES` patients; beyond, the note gives the count.
 
     Raises
     ------
     ParameterError
-        Empty table, unknown measures.
+        Empty table, unknown measures, no measure with a value.
 
     Notes
     -----
@@ -1324,28 +1435,84 @@ def plot_longitudinal(longitudinal: pd.DataFrame, *, measures: Sequence[str] | N
     --------
     >>> table = pd.DataFrame({"patient_key": ["P-a", "P-a"], "days_since_baseline": [0.0, 90.0],
     ...     "measure": "lung_volume_ml", "value": [4200.0, 4000.0]})
-    >>> [ax.get_label() for ax in plot_longitudinal(table).axes]
-    ['lung_volume_ml']
+    >>> ax = plot_longitudinal(table).axes[0]
+    >>> ax.get_label(), ax.get_title(), ax.get_ylabel()
+    ('lung_volume_ml', 'Lung volume', 'mL')
     """
     rows, chosen = _longitudinal_rows(longitudinal, measures)
+    has_value = {m for m in chosen if np.isfinite(rows.loc[rows["measure"] == m, "value"].to_numpy(float)).any()}
+    empty = [m for m in chosen if m not in has_value]
+    chosen = [m for m in chosen if m in has_value]
+    if not chosen:
+        raise ParameterError(
+            "no measure of the longitudinal table has a value (see its comparability_notes); nothing to draw"
+        )
+    rows = rows[rows["measure"].isin(chosen) & np.isfinite(rows["value"].to_numpy(float))]
+    patients = sorted(set(rows["patient_key"].astype(str)))
     ncols = min(3, len(chosen))
     nrows = math.ceil(len(chosen) / ncols)
-    fig = _new_figure(nrows, ncols, panel_inches=3.6, height_ratio=0.75)
-    axes = np.atleast_1d(fig.subplots(nrows, ncols)).ravel()
+    fig = _new_figure(nrows, ncols, panel_inches=3.8, height_ratio=0.8)
+    axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
+    colors = _colors(len(patients))
+    many = len(patients) > MAX_LEGEND_ENTRIES
     for ax, measure in zip(axes, chosen, strict=False):
         ax.set_label(measure)
+        title, unit = measure_label(measure)
         part = rows[rows["measure"] == measure]
         for patient, line in part.groupby("patient_key", sort=True):
-            ax.plot(line["days_since_baseline"], line["value"], marker="o", label=str(patient), linewidth=1.2)
-        ax.set_title(measure, fontsize=9)
+            ax.plot(
+                line["days_since_baseline"], line["value"], marker="o", markersize=3 if many else 4,
+                linewidth=0.8 if many else 1.2, color=colors[patients.index(str(patient))], label=str(patient),
+            )  # fmt: skip
+        ax.set_title(_wrap(title, 38), fontsize=9)
         ax.set_xlabel("days since baseline", fontsize=8)
+        ax.set_ylabel(unit, fontsize=8)
         ax.tick_params(labelsize=7)
+        ax.xaxis.set_major_locator(_integer_locator())
+        ax.grid(alpha=0.3)
     for ax in axes[len(chosen) :]:
         fig.delaxes(ax)
-    handles, names = axes[0].get_legend_handles_labels()
-    fig.legend(handles, names, loc="outside lower center", ncols=min(4, len(names)), fontsize=8)
-    fig.suptitle("measures over time per patient")
+    notes = []
+    if many:
+        notes.append(f"{len(patients)} patients, one line each (no legend beyond {MAX_LEGEND_ENTRIES})")
+    else:
+        handles, names = axes[0].get_legend_handles_labels()
+        fig.legend(handles, names, loc="outside lower center", ncols=min(4, len(names)), fontsize=8)
+    if empty:
+        notes.append("no value, not drawn: " + ", ".join(measure_label(m)[0] for m in empty))
+    _note(fig, notes, width=40 * ncols + 20)
+    fig.suptitle("Lung measures over time, per patient")
     return fig
+
+
+def _note(fig: Any, notes: Sequence[str], *, width: int = 100) -> None:
+    """Say under the figure what it leaves out (``gid`` ``note``), where constrained layout keeps room for it."""
+    if notes:
+        text = fig.supxlabel(_wrap("; ".join(notes), width), fontsize=8, color="0.35")
+        text.set_gid("note")
+
+
+def _wrap(text: str, width: int) -> str:
+    import textwrap
+
+    return "\n".join(textwrap.wrap(text, width)) or text
+
+
+def _integer_locator() -> Any:
+    from matplotlib.ticker import MaxNLocator
+
+    return MaxNLocator(nbins=6, integer=True, prune=None)
+
+
+def _colors(n: int) -> list[Any]:
+    """Colours for n curves: tab10 up to 10, tab20 up to 20, then evenly from viridis."""
+    import matplotlib as mpl
+
+    if n <= 10:
+        return [mpl.colormaps["tab10"](k) for k in range(n)]
+    if n <= 20:
+        return [mpl.colormaps["tab20"](k) for k in range(n)]
+    return [mpl.colormaps["viridis"](k / max(1, n - 1)) for k in range(n)]
 
 
 def _lung_slices(labels: np.ndarray, head_up: bool) -> dict[str, int]:
