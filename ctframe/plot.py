@@ -989,7 +989,7 @@ def plot_mip(
     if slab is None and slab_mm is None:
         thickness = "the whole volume"
     elif len(thicknesses) == 1 and all(math.isfinite(t) for t in thicknesses):
-        thickness = f"the middle {thicknesses.pop():.1f} mm"
+        thickness = f"the middle {thicknesses.pop():.1f} mm slab"
     else:
         thickness = "the middle slab (thickness per panel)"
     return plot_images(projections, preset=preset, title=f"{plane} MIP over {thickness}")

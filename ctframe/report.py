@@ -52,6 +52,10 @@ LONGITUDINAL_COLUMNS = (
     "change_from_baseline_pct", "change_from_previous", "comparable_to_baseline", "comparability_notes",
 )  # fmt: skip
 _LUNG_REGIONS = ("lungs", "right_lung", "left_lung")
+#: Slab thickness (mm) of the report's coronal and axial MIPs: about the notebook's middle 40 coronal planes of
+#: 0.7 mm and 50 axial slices of 2.5 mm, stated in mm so that every scan gets the same anatomy whatever its spacing.
+CORONAL_MIP_MM = 30.0
+AXIAL_MIP_MM = 125.0
 #: Scans with fewer slices get no coronal plane, projection or lung mask in the report.
 MIN_SLICES_3D = 16
 _PATH = re.compile(r"(?:[A-Za-z]:)?(?:[\\/][^\s:;,()'\"\\/]+){2,}[\\/]?")
@@ -190,7 +194,7 @@ def _image_scans(cohort: Any, patients: int, failed: set[str] = frozenset()) -> 
 def _lazy_images(cohort: Any, scans: Sequence[_Scan], *, masks: bool, notes: list[str]) -> dict[tuple[str, str], Any]:
     """Every lazy array the image figures need, to compute in one pass."""
     from ctframe.hu import to_hu
-    from ctframe.projection import mip, plane_dim, reformat
+    from ctframe.projection import reformat
 
     lazy: dict[tuple[str, str], Any] = {}
     for scan in scans:
@@ -208,12 +212,8 @@ def _lazy_images(cohort: Any, scans: Sequence[_Scan], *, masks: bool, notes: lis
             masks_here = masks
             builders |= {
                 "coronal": lambda hu=hu: reformat(hu, plane="coronal"),
-                "coronal_mip": lambda hu=hu: mip(
-                    hu, dim=plane_dim(hu, "coronal"), slab=min(40, hu.sizes[plane_dim(hu, "coronal")])
-                ),
-                "axial_mip": lambda hu=hu: mip(
-                    hu, dim=plane_dim(hu, "axial"), slab=min(50, hu.sizes[plane_dim(hu, "axial")])
-                ),
+                "coronal_mip": lambda hu=hu: _middle_mip(hu, "coronal", CORONAL_MIP_MM),
+                "axial_mip": lambda hu=hu: _middle_mip(hu, "axial", AXIAL_MIP_MM),
             }
         if masks_here:
             from ctframe.segment import lung_mask
@@ -225,6 +225,18 @@ def _lazy_images(cohort: Any, scans: Sequence[_Scan], *, masks: bool, notes: lis
             except CTFrameError as exc:
                 notes.append(f"{scan.label}: no {name.replace('_', ' ')} ({exc})")
     return lazy
+
+
+def _middle_mip(hu: Any, plane: str, slab_mm: float) -> Any:
+    """MIP over the middle `slab_mm` of `hu` normal to `plane` (the whole volume where it is thinner)."""
+    from ctframe.geometry import voxel_spacing
+    from ctframe.projection import mip, plane_dim
+
+    dim = plane_dim(hu, plane)
+    spacing = dict(zip(("slice", "row", "col"), voxel_spacing(hu), strict=True))[dim]
+    if slab_mm >= hu.sizes[dim] * spacing:
+        return mip(hu, dim=dim)
+    return mip(hu, dim=dim, slab_mm=slab_mm)
 
 
 def _compute_images(lazy: dict[tuple[str, str], Any], scans: Sequence[_Scan], notes: list[str]) -> dict[Any, Any]:
@@ -353,13 +365,16 @@ def write_figures_and_report(
     slice_hu = None
     if scans and (scans[0].tag, "stored") in computed:
         slice_hu = to_hu(computed[(scans[0].tag, "stored")]).isel(slice=0)
+    grid_patients = [s.patient_key for s in scans[:2]] or None
+    patient_rows = summary.histograms[summary.histograms["level"] == "patient"]
+    n_grid = len(grid_patients) if grid_patients else min(2, patient_rows["patient_key"].nunique())
     add(
-        "histograms", "histogram_grid", "HU histograms: one slice, patient A, patient B, both",
-        "The notebook's 2x2 grid, in Hounsfield units with padding and outside-the-circle fill excluded. "
-        "The slice is the middle slice of patient A's baseline scan.",
-        lambda: plot.plot_histogram_grid(
-            summary.histograms, patients=[s.patient_key for s in scans[:2]] or None, slice_hu=slice_hu
-        ),
+        "histograms", "histogram_grid",
+        "HU histograms: one slice, patient A, patient B, both" if n_grid > 1 else "HU histograms: one slice, patient A",
+        "The notebook's grid, in Hounsfield units with padding and outside-the-circle fill excluded. "
+        "The slice is the middle slice of patient A's baseline scan. Panels with nothing to show (no second "
+        "patient) are left out and named under the figure.",
+        lambda: plot.plot_histogram_grid(summary.histograms, patients=grid_patients, slice_hu=slice_hu),
     )  # fmt: skip
     add(
         "histograms", "histograms_by_patient", "HU histograms per patient (whole scan)",
@@ -384,22 +399,25 @@ def write_figures_and_report(
     if any((s.tag, "coronal") in computed for s in scans):
         add(
             "images", "coronal_middle", "Middle coronal planes",
-            "Drawn with their physical aspect: rows are slice spacing tall and pixel spacing wide (mm axes).",
+            "Drawn with their physical aspect: rows are slice spacing tall and pixel spacing wide (mm axes); "
+            "letters at the image edges give the patient directions (R/L, A/P, S/I).",
             lambda: plot.plot_images(images("coronal"), preset="lung",
                                      title="middle coronal planes"),
         )  # fmt: skip
         add(
-            "images", "coronal_mip_40", "Coronal MIP of the middle 40 planes",
-            "Maximum intensity projection over the middle 40 coronal planes (fewer when the scan has fewer), "
-            "lung window; NaN padding never wins the maximum.",
-            lambda: plot.plot_images(images("coronal_mip"),
-                                     preset="lung", title="coronal MIP, middle 40 planes"),
+            "images", f"coronal_mip_{CORONAL_MIP_MM:g}mm", f"Coronal MIP of the middle {CORONAL_MIP_MM:g} mm",
+            f"Maximum intensity projection over a {CORONAL_MIP_MM:g} mm coronal slab through the middle of the scan "
+            "(the whole scan when it is thinner; each panel states its slab in mm), lung window; NaN padding never "
+            "wins the maximum. Letters at the image edges give the patient directions (R/L, A/P, S/I).",
+            lambda: plot.plot_images(images("coronal_mip"), preset="lung",
+                                     title=f"coronal MIP, middle {CORONAL_MIP_MM:g} mm slab"),
         )  # fmt: skip
         add(
-            "images", "axial_mip_50", "Axial MIP of the middle 50 slices",
-            "Maximum intensity projection over the middle 50 axial slices (fewer when the scan has fewer).",
-            lambda: plot.plot_images(images("axial_mip"),
-                                     preset="lung", title="axial MIP, middle 50 slices"),
+            "images", f"axial_mip_{AXIAL_MIP_MM:g}mm", f"Axial MIP of the middle {AXIAL_MIP_MM:g} mm",
+            f"Maximum intensity projection over a {AXIAL_MIP_MM:g} mm axial slab through the middle of the scan "
+            "(the whole scan when it is thinner; each panel states its slab in mm).",
+            lambda: plot.plot_images(images("axial_mip"), preset="lung",
+                                     title=f"axial MIP, middle {AXIAL_MIP_MM:g} mm slab"),
         )  # fmt: skip
     # --- lungs
     if has_lungs:
@@ -428,7 +446,8 @@ def write_figures_and_report(
     if not summary.longitudinal.empty:
         add(
             "longitudinal", "longitudinal", "Measures over time",
-            "Each lung measure per patient against days since the patient's baseline scan.",
+            "Each lung measure per patient against days since the patient's baseline scan, with its unit on the "
+            "y axis; measures without any value get no panel and are named under the figure.",
             lambda: plot.plot_longitudinal(summary.longitudinal),
         )  # fmt: skip
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import dask
 import numpy as np
 import pandas as pd
+import pydicom
 import pytest
 import xarray as xr
 from dask.callbacks import Callback
@@ -184,16 +185,28 @@ def test_plot_planes__lidc_coronal_physical_aspect_head_up(lidc, test_output):
 
 
 @pytest.mark.realdata
-def test_plot_mip__lidc_notebook_slabs_match_numpy(lidc):
+def test_plot_mip__lidc_notebook_slabs_match_numpy(lidc, lidc_dir):
     hu = ctframe.to_hu(lidc)
     volume = hu.values
     n_slice, n_row = volume.shape[:2]
+    # The slabs in mm, from the DICOM headers (pydicom), not from ctframe's coordinates.
+    headers = [pydicom.dcmread(f, stop_before_pixels=True) for f in sorted(lidc_dir.glob("*.dcm"))]
+    z = np.sort([float(h.ImagePositionPatient[2]) for h in headers])  # axial HFS: the normal is +z
+    row_mm = float(headers[0].PixelSpacing[0])
     cases = [("coronal", 40, "row", 1), ("axial", 50, "slice", 0)]
     for plane, slab, dim, axis in cases:
         fig = plot.plot_mip({"LIDC": hu}, plane=plane, slab=slab)
         n = {"slice": n_slice, "row": n_row}[dim]
         start = (n - slab) // 2
-        assert f"[{start}, {start + slab})" in axes_labelled(fig, "LIDC").get_title()
+        title = axes_labelled(fig, "LIDC").get_title()
+        if dim == "row":
+            thickness, ends = slab * row_mm, (start * row_mm, (start + slab - 1) * row_mm)
+            where = "row"
+        else:
+            thickness, ends = slab * float(np.median(np.diff(z))), (z[start], z[start + slab - 1])
+            where = "position"
+        assert f"MIP of a {thickness:.1f} mm slab, {where} {ends[0]:.1f} to {ends[1]:.1f} mm" in title, title
+        assert "[" not in title and "slab" in fig.get_suptitle() and f"{thickness:.1f} mm" in fig.get_suptitle()
         taken = np.take(volume, np.arange(start, start + slab), axis=axis)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # rays of NaN fill only: NaN, as documented
@@ -292,7 +305,7 @@ def test_plot_lung_volumes__bars_are_the_region_volumes(cohort_summary, test_out
     bars = fig.axes[0].patches
     n_series = summary.regions["series"].nunique()
     assert len(bars) == 2 * n_series
-    heights = sorted(round(b.get_height(), 6) for b in bars)
+    heights = sorted(round(b.get_width(), 6) for b in bars)  # horizontal bars: the length is the volume
     table = summary.regions[summary.regions["region"].isin(["right_lung", "left_lung"])]
     assert heights == sorted(round(v, 6) for v in table["volume_ml"])
 

@@ -167,7 +167,7 @@ def test_write_figures_and_report__figure_files(report):
     keys = sorted(cohort.selected["patient_key"].unique())
     expected = {
         "histogram_grid.png", "histograms_by_patient.png", "histograms_lungs_by_scan.png", "coronal_middle.png",
-        "coronal_mip_40.png", "axial_mip_50.png", "lung_volumes.png", "lung_area.png", "longitudinal.png",
+        "coronal_mip_30mm.png", "axial_mip_125mm.png", "lung_volumes.png", "lung_area.png", "longitudinal.png",
         *(f"axial_slice_{k}_scan1.png" for k in keys), *(f"mask_overlay_{k}_scan1.png" for k in keys),
     }  # fmt: skip
     assert set(names) == expected
