@@ -300,16 +300,17 @@ def test_read_rtstruct__real_contours_on_a_cropped_volume(shared_data: Path, tmp
     """NSCLC-Radiomics' clinical RTSTRUCT: the lungs on a cropped grid are the crop of the lungs on the full one."""
     base = shared_data / "nsclc-radiomics-lung1-003"
     ct = ctframe.open_series(base / "ct")
-    rois = ["Lung-Right", "Lung-Left"]
-    full = read_rtstruct(base / "rtstruct" / "1-1.dcm", ct, rois=rois).values
-    assert (full == 1).sum() > 100_000 and (full == 2).sum() > 100_000
-    # the clinical reference (a NIfTI rasterised elsewhere from the same contours): the RTSTRUCT reader agrees
+    full = read_rtstruct(base / "rtstruct" / "1-1.dcm", ct, rois=["Lung-Left"]).values
+    assert (full == 1).sum() > 100_000
+    # the clinical reference (a NIfTI rasterised elsewhere from the same contours, left lung = 2) agrees
     reference = read_nifti_labels(base / "reference" / "lungs.nii.gz", ct).values
-    assert (full == reference).mean() > 0.995
+    assert ((full == 1) == (reference == 2)).mean() > 0.998
     # in-plane only (a contour beyond the slices of `like` is drawn on another series, by design)
-    part = read_rtstruct(base / "rtstruct" / "1-1.dcm", ct.isel(row=slice(120, 400), col=slice(60, 460)), rois=rois)
-    # equal but for pixel centres that lie on a contour edge to float precision (6 of 12 million voxels);
-    # a grid off by one pixel would differ in tens of thousands
+    part = read_rtstruct(
+        base / "rtstruct" / "1-1.dcm", ct.isel(row=slice(120, 400), col=slice(60, 460)), rois=["Lung-Left"]
+    )
+    # equal but for pixel centres that lie on a contour edge to float precision (a handful of 12 million
+    # voxels); a grid off by one pixel would differ in tens of thousands
     assert (part.values != full[:, 120:400, 60:460]).sum() <= 20
     # written on a cropped grid and read back onto the full one: placed at the crop's offset
     crop = {"slice": slice(20, 90), "row": slice(120, 400), "col": slice(60, 460)}
