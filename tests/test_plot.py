@@ -528,3 +528,161 @@ def test_browse__accessor_delegates(small_phantom):
     volume = ctframe.open_series(small_phantom.folder)
     view = volume.ct.browse(plane="sagittal")
     assert [d.name for d in view[3, "lung"].kdims] == ["row", "slice"]
+
+
+# --------------------------------------------------------------------------- patient directions on image axes
+
+LPS_LETTERS = (("L", "R"), ("P", "A"), ("S", "I"))
+
+
+def expected_letters(direction) -> str:
+    """DICOM patient-direction letters of an LPS vector (PS3.3 C.7.6.1.1.1), largest component first.
+
+    Components of at least 0.25 add their letter, as documented in docs/figures.md.
+    """
+    v = np.asarray(direction, float)
+    v = v / np.linalg.norm(v)
+    order = sorted(range(3), key=lambda k: -abs(v[k]))
+    return "".join(LPS_LETTERS[k][0 if v[k] > 0 else 1] for i, k in enumerate(order) if i == 0 or abs(v[k]) >= 0.25)
+
+
+def edge_texts(ax) -> dict[str, str]:
+    found = {t.get_gid(): t.get_text() for t in ax.texts if str(t.get_gid()).startswith("direction-")}
+    return {k.removeprefix("direction-"): v for k, v in found.items()}
+
+
+def drawn_axes(ax) -> tuple[bool, bool]:
+    """Whether the drawn x data grows to the right and y data grows upwards (matplotlib's axis limits)."""
+    x0, x1 = ax.get_xlim()
+    y0, y1 = ax.get_ylim()
+    return x1 > x0, y1 > y0
+
+
+def assert_directions(ax, right_dir, up_dir) -> None:
+    """The edge letters and axis labels of `ax` give the patient directions `right_dir` and `up_dir` (LPS)."""
+    right, up = np.asarray(right_dir, float), np.asarray(up_dir, float)
+    edges = edge_texts(ax)
+    want = {"right": expected_letters(right), "left": expected_letters(-right),
+            "top": expected_letters(up), "bottom": expected_letters(-up)}  # fmt: skip
+    assert edges == want
+    assert ax.get_xlabel().endswith(f"{want['left']} \u2190 \u2192 {want['right']}"), ax.get_xlabel()
+    assert ax.get_ylabel().endswith(f"{want['bottom']} \u2190 \u2192 {want['top']}"), ax.get_ylabel()
+
+
+def dicom_headers(files) -> list:
+    return [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
+
+
+def iop(header) -> tuple[np.ndarray, np.ndarray]:
+    values = np.asarray([float(v) for v in header.ImageOrientationPatient])
+    return values[:3], values[3:]
+
+
+def heart_and_table_side(ax) -> tuple[str, str]:
+    """Screen side of the heart (left/right) and of the scanner table (top/bottom) in the HU image on `ax`.
+
+    From the drawn pixels and matplotlib's own mapping of them (extent, transData), nothing from ctframe: the
+    heart is the soft tissue (0..200 HU) between the lungs away from the lung edges; the table is the second
+    largest dense (> -500 HU) piece, under the supine patient (the largest is the body).
+    """
+    image = ax.get_images()[0]
+    hu = np.ma.filled(image.get_array(), np.nan).astype(float)
+    air = np.nan_to_num(hu, nan=-2000.0) < -400
+    labels, n = ndimage.label(air)
+    border = set(np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])))
+    sizes = ndimage.sum(np.ones_like(labels), labels, index=np.arange(1, n + 1))
+    lungs = np.isin(labels, [k + 1 for k in np.argsort(sizes)[::-1] if k + 1 not in border][:2])
+    rows, cols = np.nonzero(lungs.any(axis=1))[0], np.nonzero(lungs.any(axis=0))[0]
+    box = np.zeros_like(lungs)
+    box[rows[0] : rows[-1], cols[0] : cols[-1]] = True
+    away = box & ~ndimage.binary_dilation(lungs, iterations=3)
+    heart = np.argwhere(away & (hu > 0) & (hu < 200)).mean(axis=0)
+    dense = np.nan_to_num(hu, nan=-2000.0) > -500
+    pieces, m = ndimage.label(dense)
+    by_size = np.argsort(ndimage.sum(dense, pieces, index=np.arange(1, m + 1)))[::-1]
+    table = np.argwhere(pieces == by_size[1] + 1).mean(axis=0)
+    left, right, bottom, top = image.get_extent()
+    n_rows, n_cols = hu.shape
+
+    def to_display(point):
+        # imshow: array column j spans left + (j, j + 1) * (right - left) / n_cols; row i counts from `top`
+        # downwards with origin="upper", from `bottom` upwards with origin="lower".
+        x = left + (point[1] + 0.5) * (right - left) / n_cols
+        if image.origin == "upper":
+            y = top + (point[0] + 0.5) * (bottom - top) / n_rows
+        else:
+            y = bottom + (point[0] + 0.5) * (top - bottom) / n_rows
+        return ax.transData.transform((x, y))
+
+    centre = ax.transAxes.transform((0.5, 0.5))
+    heart_xy, table_xy = to_display(heart), to_display(table)
+    return ("right" if heart_xy[0] > centre[0] else "left"), ("top" if table_xy[1] > centre[1] else "bottom")
+
+
+def write_restored(files, folder: Path, *, flip_cols: bool, flip_rows: bool) -> Path:
+    """Rewrite real slices with the same anatomy stored the other way round.
+
+    Pixel columns (rows) reversed, the row (column) direction cosines negated and ImagePositionPatient moved
+    to the new first pixel: every voxel keeps its patient position, only the storage order changes (with
+    ``flip_cols`` an axial HFS series becomes the layout of a feet-first one).
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    for k, path in enumerate(files):
+        ds = pydicom.dcmread(path)
+        pixels = ds.pixel_array
+        row_dir, col_dir = iop(ds)
+        position = np.asarray([float(v) for v in ds.ImagePositionPatient])
+        spacing_row, spacing_col = (float(v) for v in ds.PixelSpacing)
+        if flip_cols:
+            pixels = pixels[:, ::-1]
+            position = position + row_dir * (ds.Columns - 1) * spacing_col
+            row_dir = -row_dir
+        if flip_rows:
+            pixels = pixels[::-1, :]
+            position = position + col_dir * (ds.Rows - 1) * spacing_row
+            col_dir = -col_dir
+        ds.PixelData = np.ascontiguousarray(pixels).tobytes()
+        ds.ImageOrientationPatient = [f"{v:.6f}" for v in (*row_dir, *col_dir)]
+        ds.ImagePositionPatient = [f"{v:.6f}" for v in position]
+        ds.save_as(folder / f"{k:03d}.dcm")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def lidc_middle_files(lidc_dir: Path) -> list[Path]:
+    """The 5 LIDC slices around the middle of the stack (by ImagePositionPatient z)."""
+    files = sorted(lidc_dir.glob("*.dcm"))
+    z = [float(h.ImagePositionPatient[2]) for h in dicom_headers(files)]
+    order = np.argsort(z)
+    middle = len(files) // 2
+    return [files[i] for i in order[middle - 2 : middle + 3]]
+
+
+@pytest.mark.realdata
+@pytest.mark.parametrize(
+    ("flip_cols", "flip_rows"), [(False, False), (True, False), (False, True), (True, True)],
+    ids=["as-stored", "row-direction-flipped", "column-direction-flipped", "both-flipped"],
+)  # fmt: skip
+def test_direction_labels__lidc_restored_keep_anatomy(lidc_middle_files, tmp_path, test_output, flip_cols, flip_rows):
+    folder = write_restored(lidc_middle_files, tmp_path / "restored", flip_cols=flip_cols, flip_rows=flip_rows)
+    volume = ctframe.open_series(folder)
+    fig = plot.plot_axial_slice(volume, index=2)
+    name = "_".join(["flipcols"] * flip_cols + ["fliprows"] * flip_rows) or "asstored"
+    plot.save_figure(fig, test_output / f"plot_directions_lidc_{name}.png", dpi=60)
+    header = pydicom.dcmread(sorted(folder.iterdir())[0], stop_before_pixels=True)
+    row_dir, col_dir = iop(header)
+    for label in ("stored", "hu", "windowed"):
+        ax = axes_labelled(fig, label)
+        grows_right, grows_up = drawn_axes(ax)
+        # col index grows along the row direction cosines, row index along the column direction cosines
+        assert_directions(ax, row_dir if grows_right else -row_dir, col_dir if grows_up else -col_dir)
+    # The anatomy agrees with the letters however the pixels are stored: the heart on the patient's left,
+    # the table under the supine patient (posterior).
+    ax = axes_labelled(fig, "hu")
+    heart, table = heart_and_table_side(ax)
+    edges = edge_texts(ax)
+    assert edges[heart] == "L", (heart, edges)
+    assert edges[table] == "P", (table, edges)
+    # and the storage flips did move heart and table on screen (the test is not vacuous)
+    assert heart == ("left" if flip_cols else "right")
+    assert table == ("top" if flip_rows else "bottom")
