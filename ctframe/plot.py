@@ -35,7 +35,7 @@ import pandas as pd
 import xarray as xr
 
 from ctframe.errors import ParameterError
-from ctframe.geometry import POSITION_COLUMNS, pixel_spacing, slice_normal
+from ctframe.geometry import POSITION_COLUMNS, orientation_label, pixel_spacing, slice_normal
 
 __all__ = [
     "browse",
@@ -217,12 +217,22 @@ def _label_directions(ax: Any, image: xr.DataArray) -> dict[str, str] | None:
     ax.set_ylabel(ylabel)
     if edges is None:
         return None
-    style = {"transform": ax.transAxes, "color": "#ffd21f", "fontsize": 10, "fontweight": "bold", "clip_on": True}
+    style = {
+        "transform": ax.transAxes, "color": "#ffd21f", "fontsize": 10, "fontweight": "bold", "clip_on": True,
+        "bbox": {"boxstyle": "round,pad=0.15", "facecolor": "black", "alpha": 0.55, "linewidth": 0},
+    }  # fmt: skip
     ax.text(0.015, 0.5, edges["left"], ha="left", va="center", gid="direction-left", **style)
     ax.text(0.985, 0.5, edges["right"], ha="right", va="center", gid="direction-right", **style)
     ax.text(0.5, 0.985, edges["top"], ha="center", va="top", gid="direction-top", **style)
     ax.text(0.5, 0.015, edges["bottom"], ha="center", va="bottom", gid="direction-bottom", **style)
     return edges
+
+
+def _plane_name(volume: xr.DataArray) -> str:
+    """``axial``, ``coronal``, ``sagittal`` or ``oblique`` from the slice normal; ``axial`` without DICOM geometry."""
+    if _dim_directions(volume) is None:
+        return "axial"
+    return orientation_label(slice_normal(volume)).lower()
 
 
 def _head_up(image: xr.DataArray) -> bool:
@@ -687,7 +697,10 @@ def plot_axial_slice(
     index: int | None = None,
     preset: str = "lung",
 ) -> Any:
-    """One axial slice three ways: as stored, in HU, and windowed.
+    """One slice three ways: as stored, in HU, and windowed.
+
+    Axial for an axial series; a coronal or sagittal series shows its own
+    plane, and the title names it (from the slice normal).
 
     Parameters
     ----------
@@ -702,9 +715,10 @@ def plot_axial_slice(
     -------
     matplotlib.figure.Figure
         Three panels with colour bars, labelled ``stored``, ``hu`` and
-        ``windowed`` (``Axes.get_label()``); extents in mm. NaN (padding,
-        outside the scan circle) is dark violet in HU and black when windowed,
-        as on a scanner's screen.
+        ``windowed`` (``Axes.get_label()``); extents in mm, the patient
+        direction (R/L, A/P, S/I) at each image edge and on each axis label.
+        NaN (padding, outside the scan circle) is dark violet in HU and black
+        when windowed, as on a scanner's screen.
 
     Raises
     ------
@@ -759,7 +773,7 @@ def plot_axial_slice(
         fig.colorbar(artist, ax=ax, shrink=0.8, label=bar)
     position = float(stored2["slice"]) if "slice" in stored2.coords else float(i)
     who = volume.attrs.get("patient_key", "")
-    fig.suptitle(f"{who} axial slice {i} of {n} at {position:.1f} mm".strip())
+    fig.suptitle(f"{who} {_plane_name(volume)} slice {i} of {n} at {position:.1f} mm".strip())
     return fig
 
 

@@ -686,3 +686,50 @@ def test_direction_labels__lidc_restored_keep_anatomy(lidc_middle_files, tmp_pat
     # and the storage flips did move heart and table on screen (the test is not vacuous)
     assert heart == ("left" if flip_cols else "right")
     assert table == ("top" if flip_rows else "bottom")
+
+
+@pytest.mark.realdata
+@pytest.mark.parametrize("plane", ["coronal", "sagittal"])
+def test_direction_labels__covid_single_slices(shared_data, plane, test_output):
+    """Single coronal and sagittal slices (GE and Toshiba, one slightly oblique): letters from their own IOP."""
+    files = sorted((shared_data / "covid19-ny-sbu-slices").glob(f"*/{plane}/*.dcm"))[:4]
+    assert len(files) == 4
+    for k, path in enumerate(files):
+        volume = ctframe.open_series([path])
+        fig = plot.plot_axial_slice(volume)
+        if k == 0:
+            plot.save_figure(fig, test_output / f"plot_directions_covid_{plane}.png", dpi=60)
+        row_dir, col_dir = iop(dicom_headers([path])[0])
+        ax = axes_labelled(fig, "windowed")
+        grows_right, grows_up = drawn_axes(ax)
+        assert_directions(ax, row_dir if grows_right else -row_dir, col_dir if grows_up else -col_dir)
+        edges = edge_texts(ax)
+        # these slices are stored with the head up, and coronal ones with the patient's right on the left
+        assert edges["top"] == "S" and edges["bottom"] == "I"
+        assert (edges["left"], edges["right"]) == (("R", "L") if plane == "coronal" else ("A", "P"))
+
+
+@pytest.mark.realdata
+def test_direction_labels__tilted_series_reformat(shared_data, test_output):
+    """Gantry tilt -18.5 degrees: tilted rows (letters 'AS'/'PI') and a slice axis along the table (S/I)."""
+    folder = shared_data / "dcm_qa_ct" / "Philips_S21610_S2010_tilt-18.5"
+    headers = dicom_headers(sorted(folder.iterdir()))
+    row_dir, col_dir = iop(headers[0])
+    normal = np.cross(row_dir, col_dir)
+    positions = np.array([[float(v) for v in h.ImagePositionPatient] for h in headers])
+    positions = positions[np.argsort(positions @ normal)]
+    step = positions[-1] - positions[0]  # the slices step along the table, not along the tilted normal
+    assert abs(step[2]) / np.linalg.norm(step) > 0.99 and abs(normal[1]) > 0.3
+    with pytest.warns(ctframe.errors.QCWarning, match="gantry tilt"):
+        volume = ctframe.open_series(folder)
+    fig = plot.plot_axial_slice(volume)
+    ax = axes_labelled(fig, "windowed")
+    grows_right, grows_up = drawn_axes(ax)
+    assert_directions(ax, row_dir if grows_right else -row_dir, col_dir if grows_up else -col_dir)
+    assert {edge_texts(ax)["top"], edge_texts(ax)["bottom"]} == {"AS", "PI"}
+    fig = plot.plot_planes({"tilt": volume}, plane="coronal")
+    plot.save_figure(fig, test_output / "plot_directions_tilt_coronal.png", dpi=60)
+    ax = axes_labelled(fig, "tilt")
+    grows_right, grows_up = drawn_axes(ax)
+    assert_directions(ax, row_dir if grows_right else -row_dir, step if grows_up else -step)
+    assert edge_texts(ax)["top"] == "S"  # head up
