@@ -71,6 +71,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "segmentation.qc_max_total_ml": (0.0, 100_000.0),
     "segmentation.qc_min_ratio": (0.0, 100.0),
     "segmentation.qc_max_ratio": (0.0, 100.0),
+    "segmentation.qc_cut_min_mm2": (0.0, 100_000.0),
     "segmentation.bone_hu": (0.0, 3000.0),
 }
 

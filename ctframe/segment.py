@@ -1075,9 +1075,10 @@ def lung_qc(labels: xr.DataArray | np.ndarray, spacing_mm: tuple[float, float, f
     * ``qc_ratio``: left/right volume ratio outside ``qc_min_ratio`` ..
       ``qc_max_ratio`` (0.5-2), or a lung missing;
     * ``qc_components``: a lung in more than one 3-D component (26-connected);
-    * ``qc_cut_feet`` / ``qc_cut_head``: lung in the first or last slice at the
-      feet or head end of the stack (the lung continues beyond the scan; the
-      feet end from ``position_z_mm`` when present, else slice 0).
+    * ``qc_cut_feet`` / ``qc_cut_head``: at least ``qc_cut_min_mm2`` of lung
+      in the end slice at the feet or head end of the stack (the lung
+      continues beyond the scan; the feet end from ``position_z_mm`` when
+      present, else slice 0).
 
     Parameters
     ----------
@@ -1156,12 +1157,13 @@ def lung_qc(labels: xr.DataArray | np.ndarray, spacing_mm: tuple[float, float, f
         )
     lungs = (values == 1) | (values == 2)
     feet, head = (0, -1) if feet_first else (-1, 0)
-    out["qc_cut_feet"] = bool(values.shape[0] and lungs[feet].any())
-    out["qc_cut_head"] = bool(values.shape[0] and lungs[head].any())
+    min_pixels = settings["qc_cut_min_mm2"] / (float(spacing_mm[1]) * float(spacing_mm[2]))
+    out["qc_cut_feet"] = bool(values.shape[0] and lungs[feet].sum() >= max(min_pixels, 1))
+    out["qc_cut_head"] = bool(values.shape[0] and lungs[head].sum() >= max(min_pixels, 1))
     if out["qc_cut_feet"]:
-        notes.append("lung in the last slice at the feet end: the lung bases are cut off")
+        notes.append("lung in the end slice at the feet: the lung bases are cut off")
     if out["qc_cut_head"]:
-        notes.append("lung in the last slice at the head end: the apices are cut off")
+        notes.append("lung in the end slice at the head: the apices are cut off")
     flags = ("qc_volume", "qc_ratio", "qc_components", "qc_cut_feet", "qc_cut_head")
     out["qc_ok"] = not any(out[f] for f in flags)
     out["qc_note"] = "; ".join(notes)
