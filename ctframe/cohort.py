@@ -36,7 +36,8 @@ import xarray as xr
 
 from ctframe.calibration import calibration_of_volume
 from ctframe.config import get_config
-from ctframe.errors import CohortWarning, CTFrameError, NoSeriesError, NotHUCalibratedError
+from ctframe.errors import CohortWarning, CTFrameError, NoSeriesError, NotHUCalibratedError, ParameterError
+from ctframe.geometry import pixel_spacing, voxel_spacing
 from ctframe.execution import Scheduler, compute
 from ctframe.histogram import (
     CATEGORIES,
@@ -577,15 +578,28 @@ def _compute_outcomes(
     return {key: outcomes[key] for key in cohort.volumes}, problems
 
 
+def _voxel_size(volume: xr.DataArray) -> tuple[float, float]:
+    """(voxel volume in mL, pixel area in mm²) from :mod:`ctframe.geometry`; NaN where a spacing is unknown.
+
+    A single slice without SliceThickness has no known depth: its volumes are
+    NaN (with the reason in the regions table) while its counts stay.
+    """
+    try:
+        row, col = pixel_spacing(volume)
+    except ParameterError:
+        return np.nan, np.nan
+    try:
+        depth = voxel_spacing(volume)[0]
+    except ParameterError:
+        depth = np.nan
+    return depth * row * col / 1000.0, row * col
+
+
 def _series_info(cohort: Cohort) -> pd.DataFrame:
     info = cohort.selected.set_index("stack_key")
-    volumes = cohort.volumes
-    info["voxel_volume_ml"] = [
-        # a single slice without SliceThickness has no known depth: volumes are NaN, counts stay
-        float(np.prod(volumes[k].attrs["pixel_spacing_mm"]) * volumes[k].attrs.get("slice_spacing_mm", np.nan) / 1000.0)
-        for k in info.index
-    ]
-    info["pixel_area_mm2"] = [float(np.prod(volumes[k].attrs["pixel_spacing_mm"])) for k in info.index]
+    sizes = [_voxel_size(cohort.volumes[k]) for k in info.index]
+    info["voxel_volume_ml"] = [size[0] for size in sizes]
+    info["pixel_area_mm2"] = [size[1] for size in sizes]
     return info
 
 

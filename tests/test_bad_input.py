@@ -445,10 +445,11 @@ CASES: dict[str, Case] = {
     ),
     "missing_rescale": Case(
         _each(_delete("RescaleSlope", "RescaleIntercept")),
-        "NotHUCalibratedError@hu:RescaleSlope/RescaleIntercept missing",
+        "NotHUCalibratedError@hu:RescaleSlope missing or not a finite number on 4 of 4",
     ),
     "missing_intercept_on_one_slice": Case(
-        _first(_delete("RescaleIntercept")), "NotHUCalibratedError@hu:RescaleSlope/RescaleIntercept missing"
+        _first(_delete("RescaleIntercept")),
+        "NotHUCalibratedError@hu:RescaleIntercept missing or not a finite number on 1 of 4",
     ),
     "not_hu_calibrated": Case(_each(_set(RescaleType="US")), "NotHUCalibratedError@hu:RescaleType is 'US', not HU"),
 }
