@@ -338,11 +338,15 @@ class StackOutcome:
     region_issue : str
         Why the body and lung regions could not be made (the whole-scan
         region is still summarised); empty otherwise.
+    lung_qc : mapping
+        The lung mask's plausibility flags (:func:`ctframe.segment.lung_qc`),
+        when the lungs were segmented.
     """
 
     summary: HUSummary | None
     failure: str = ""
     region_issue: str = ""
+    lung_qc: Mapping[str, Any] = field(default_factory=dict)
 
 
 class _Unevaluated:
@@ -421,11 +425,13 @@ def _stack_outcome_with_regions(
     except CTFrameError as exc:
         return StackOutcome(None, failure=str(exc))
     in_memory = volume.collection.copy(data=da.from_array(stored, chunks=(tuple(chunks), -1, -1)))
-    categories, issue = None, ""
+    categories, issue, qc = None, "", {}
     try:
         categories = _Unevaluated(region_categories(to_hu(in_memory)).data).compute()
     except CTFrameError as exc:
         issue = f"no body or lung regions: {exc}"
+    else:
+        qc = _lung_qc(in_memory, categories)
     bounds = np.cumsum((0, *chunks))
     parts = [
         _block_summary(
@@ -436,7 +442,22 @@ def _stack_outcome_with_regions(
         )
         for lo, hi in itertools.pairwise(bounds)
     ]
-    return StackOutcome(_sum(parts), region_issue=issue)
+    return StackOutcome(_sum(parts), region_issue=issue, lung_qc=qc)
+
+
+def _lung_qc(volume: xr.DataArray, categories: np.ndarray) -> dict[str, Any]:
+    """The lung mask's QC (:func:`ctframe.segment.lung_qc`) from the region categories of a stack."""
+    from ctframe.segment import lung_qc
+
+    labels = np.select([categories == 2, categories == 3], [1, 2], 0).astype(np.int8)  # 1 right, 2 left
+    return lung_qc(volume.copy(data=labels))
+
+
+#: Columns of the lung-mask QC added to the summary's series table (from :func:`ctframe.segment.lung_qc`).
+LUNG_QC_COLUMNS = {
+    "qc_ok": "lung_qc_ok", "qc_note": "lung_qc_note", "qc_volume": "lung_qc_volume", "qc_ratio": "lung_qc_ratio",
+    "qc_components": "lung_qc_components", "qc_cut_feet": "lung_qc_cut_feet", "qc_cut_head": "lung_qc_cut_head",
+}  # fmt: skip
 
 
 def stack_outcome(
@@ -985,7 +1006,11 @@ def summarize(
         values that cannot be computed are NaN, never 0, with the reason in
         ``missing_reason``),
         ``slice_areas`` (area in mm² per slice and region), ``longitudinal``,
-        ``series`` (the selection, with each selected stack's ``outcome``) and
+        ``series`` (the selection, with each selected stack's ``outcome`` and
+        the lung mask's QC: ``lung_qc_ok``, ``lung_qc_note`` and the flags
+        ``lung_qc_volume``, ``_ratio``, ``_components``, ``_cut_feet``,
+        ``_cut_head`` of :func:`ctframe.segment.lung_qc`; missing where no
+        lung mask was made) and
         ``problems`` (stacks that failed or lost their lung regions).
 
     Notes
@@ -1016,6 +1041,10 @@ def summarize(
     series["outcome"] = series["stack_key"].map(
         {key: _outcome_text(o) for key, o in outcomes.items()}
     ).fillna("")
+    for name, column in LUNG_QC_COLUMNS.items():  # absent (NA) where no lung mask was made
+        values = {key: o.lung_qc[name] for key, o in outcomes.items() if o.lung_qc}
+        mapped = series["stack_key"].map(values)
+        series[column] = mapped.astype("string") if name == "qc_note" else mapped.astype("boolean")
     return CohortSummary(
         histograms=_histogram_rows(summaries, info, regions, edges, levels, cohort.volumes),
         regions=region_table,

@@ -40,6 +40,7 @@ SERIES_COLUMNS = (
     "scan", "series_ref", "study_date", "modality", "orientation", "n_slices", "rows", "columns",
     "pixel_spacing_row_mm", "spacing_median_mm", "slice_thickness_mm", "convolution_kernel", "kvp", "manufacturer",
     "manufacturer_model", "transfer_syntax", "qc_notes", "selection_reason", "outcome",
+    "lung_qc_note",
 )  # fmt: skip
 #: Columns of the region table shown in the report.
 REGION_COLUMNS = (
@@ -491,7 +492,7 @@ def _render(summary: Any, cohort: Any, figures: list[_Figure], notes: list[str],
     selected = _with_scan_columns(chosen, labels, "stack_key")
     others = _with_scan_columns(series[~series["selected"]], labels, "stack_key")
     for table in (selected, others):
-        for column in ("outcome", "calibration_issue"):
+        for column in ("outcome", "calibration_issue", "lung_qc_note"):
             if column in table:
                 table[column] = table[column].map(lambda t: _scrub(str(t), references))
         if "selection_reason" in table:

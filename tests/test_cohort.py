@@ -264,3 +264,16 @@ def test_summarize__longitudinal_ground_glass_change_within_2_percent(lung_cohor
     np.testing.assert_allclose(volume, truth_volume, rtol=0.02)
     emd = table[table["measure"] == "lung_emd_from_baseline_hu"]["value"].to_numpy()
     assert emd[0] == 0 and emd[1] > 0
+
+
+def test_summarize__lung_qc_in_the_series_table(lung_cohort) -> None:
+    from ctframe.segment import lung_mask, lung_qc
+
+    cohort, _, summary = lung_cohort
+    series = summary.series.set_index("stack_key")
+    for key, volume in cohort.volumes.items():
+        expected = lung_qc(lung_mask(ctframe.to_hu(volume)))  # the mask made on its own, outside the cohort graph
+        assert bool(series.loc[key, "lung_qc_ok"]) == expected["qc_ok"]
+        assert series.loc[key, "lung_qc_note"] == expected["qc_note"]
+        assert bool(series.loc[key, "lung_qc_cut_feet"]) == expected["qc_cut_feet"]
+    assert series.loc[~series["selected"], "lung_qc_ok"].isna().all()
