@@ -172,6 +172,8 @@ _BOOT = (
 
 #: Seconds a worker started by exec may take to import ctframe before the pool counts as broken.
 _BOOT_TIMEOUT_S = 120
+#: Batches sent to a worker ahead of its answers (so it never waits for the caller between batches).
+_IN_FLIGHT = 2
 
 
 class _WorkerFailure(Exception):
@@ -365,7 +367,7 @@ def _read_in_pool(
             return todo.popleft() if todo and not stop.is_set() else None
 
     def serve(worker: _Worker) -> None:
-        item = None
+        inflight: collections.deque[tuple[int, Sequence[str]]] = collections.deque()
         deadline = time.monotonic() + _BOOT_TIMEOUT_S
         try:
             while worker.pid is None:  # a fresh interpreter still importing ctframe
@@ -376,17 +378,19 @@ def _read_in_pool(
                 elif time.monotonic() > deadline:
                     raise TimeoutError(f"a worker process did not start within {_BOOT_TIMEOUT_S} s")
             ready.set()
-            while (item := take()) is not None:
-                worker.conn.send((cwd, cfg, item[1], salt, include_phi))
+            while True:  # a batch waits in the worker while it reads another: no idle round trip
+                while len(inflight) < _IN_FLIGHT and (item := take()) is not None:
+                    inflight.append(item)  # before sending: a send to a dead worker must not lose it
+                    worker.conn.send((cwd, cfg, item[1], salt, include_phi))
+                if not inflight:
+                    return
                 reply = worker.conn.recv()
-                results.put((reply[0], item, (worker.pid, *reply[1:])))
-                item = None
+                results.put((reply[0], inflight.popleft(), (worker.pid, *reply[1:])))
                 if reply[0] == "error":
-                    stop.set()
-        except (EOFError, OSError) as exc:  # the worker died: its batch goes back to the queue
-            if item is not None:
-                with lock:
-                    todo.appendleft(item)
+                    stop.set()  # nothing more is sent; what is in flight is still read
+        except (EOFError, OSError) as exc:  # the worker died: its batches go back to the queue
+            with lock:
+                todo.extendleft(inflight)
             results.put(("broken", None, f"a worker process ended ({type(exc).__name__}: {exc})"))
 
     threads = [threading.Thread(target=serve, args=(w,), daemon=True) for w in pool.workers[:n_workers]]
@@ -751,6 +755,8 @@ def _stack_qc(group: pd.DataFrame, qc: dict[str, Any]) -> dict[str, Any]:
         notes[notes.index("not hu calibrated")] = f"not HU calibrated: {calibration.issue}"
     if geometry.n_missing_slices:
         notes.append(f"about {geometry.n_missing_slices} missing slice(s)")
+    acquisition = {column: _agreed(group, column) for column in _ACQUISITION_COLUMNS}
+    notes.extend(note for _, note in acquisition.values() if note)
     # not_hu_calibrated: to_hu refuses such a stack, so no HU table may be computed from it either
     usable = not any(
         flags[k]
@@ -777,23 +783,51 @@ def _stack_qc(group: pd.DataFrame, qc: dict[str, Any]) -> dict[str, Any]:
         "columns": geometry.columns,
         "pixel_spacing_row_mm": geometry.pixel_spacing_mm[0],
         "pixel_spacing_col_mm": geometry.pixel_spacing_mm[1],
-        "slice_thickness_mm": float(first["slice_thickness_mm"]),
+        "slice_thickness_mm": acquisition["slice_thickness_mm"][0],
         "spacing_median_mm": geometry.spacing_median_mm,
         "spacing_min_mm": geometry.spacing_min_mm,
         "spacing_max_mm": geometry.spacing_max_mm,
         "n_missing_slices": geometry.n_missing_slices,
         "tilt_angle_deg": round(geometry.tilt_angle_deg, 3),
         "gantry_tilt_deg": float(header_tilt) if np.isfinite(header_tilt) else float("nan"),
-        "convolution_kernel": first["convolution_kernel"],
-        "kvp": float(first["kvp"]),
-        "manufacturer": first["manufacturer"],
-        "manufacturer_model": first["manufacturer_model"],
+        "convolution_kernel": acquisition["convolution_kernel"][0],
+        "kvp": acquisition["kvp"][0],
+        "manufacturer": acquisition["manufacturer"][0],
+        "manufacturer_model": acquisition["manufacturer_model"][0],
         "transfer_syntax": ", ".join(sorted(group["transfer_syntax"].unique())),
         **flags,
         "usable": usable,
         "calibration_issue": calibration.issue,
         "qc_notes": "; ".join(notes),
     }
+
+
+#: Acquisition values a stack reports as one value; where its slices disagree, the note says so.
+_ACQUISITION_COLUMNS = ("slice_thickness_mm", "convolution_kernel", "kvp", "manufacturer", "manufacturer_model")
+
+
+def _agreed(group: pd.DataFrame, column: str) -> tuple[Any, str]:
+    """The value every slice of `group` has in `column`, and a note where they disagree.
+
+    Where slices disagree, a number is NaN and a text is every value joined by
+    ``/`` (so the longitudinal comparison sees a difference), never the first
+    slice's value; the note counts the slices of each value.
+
+    Examples
+    --------
+    >>> _agreed(pd.DataFrame({"kvp": [120.0, 120.0, 100.0]}), "kvp")
+    (nan, 'kvp differs between slices (100 on 1, 120 on 2)')
+    """
+    values = group[column]
+    counts = values.value_counts(dropna=False, sort=False).sort_index()
+    numeric = pd.api.types.is_numeric_dtype(values)
+    if len(counts) <= 1:
+        value = values.iloc[0] if len(values) else (np.nan if numeric else "")
+        return (float(value) if numeric else value), ""
+    listing = ", ".join(f"{v:g} on {n}" if numeric else f"{v or 'none'} on {n}" for v, n in counts.items())
+    name = column.removesuffix("_mm").replace("_", " ")
+    joined = np.nan if numeric else "/".join(str(v) for v in counts.index)
+    return joined, f"{name} differs between slices ({listing})"
 
 
 def series_table(catalog: pd.DataFrame) -> pd.DataFrame:
