@@ -240,3 +240,21 @@ def test_cli_summarize__exit_2_when_every_stack_fails(two_stacks, tmp_path) -> N
     assert "none of the 2 selected stack(s) could be read" in result.output
     assert len(result.output.strip().splitlines()) == 1
     assert (out / "problems.csv").is_file() and (out / "regions.csv").is_file()  # written whole, with the reasons
+
+
+# --------------------------------------------------------------------------- one slice never speaks for the stack
+
+
+def test_series_table__acquisition_values_that_differ_are_not_taken_from_one_slice(lidc_dir, tmp_path) -> None:
+    paths = _write_stack(lidc_dir, tmp_path / "s", names=[f"IM{k}" for k in range(6)], series_uid=UID_A,
+                         study_uid="1.2.826.0.1.3680043.8.498.4.6.1", first=40)
+    for path in paths[:2]:  # two slices from another reconstruction
+        ds = pydicom.dcmread(path)
+        ds.ConvolutionKernel, ds.SliceThickness = "BONE", "1.25"
+        ds.save_as(path)
+    reference = {str(pydicom.dcmread(p).ConvolutionKernel) for p in paths}  # pydicom's reading of every file
+    row = ctframe.series_table(ctframe.scan(tmp_path / "s", progress=False)).iloc[0]
+    assert set(row["convolution_kernel"].split("/")) == reference and len(reference) == 2
+    assert np.isnan(row["slice_thickness_mm"])
+    assert "convolution kernel differs between slices (BONE on 2, STANDARD on 4)" in row["qc_notes"]
+    assert "slice thickness differs between slices (1.25 on 2, 2.5 on 4)" in row["qc_notes"]
