@@ -177,13 +177,14 @@ def _check_lists(cfg: Mapping[str, Any]) -> None:
     for q in _lookup(cfg, "statistics.percentiles"):
         if isinstance(q, bool) or not isinstance(q, int | float) or not 0 <= q <= 100:
             raise ConfigError(f"config key 'statistics.percentiles' holds {q!r}; percentiles lie in [0, 100]")
-    for path in ("statistics.laa_thresholds_hu", "statistics.haa_range_hu"):
+    for path in ("statistics.laa_thresholds_hu", "statistics.haa_range_hu", "statistics.consolidation_range_hu"):
         for value in _lookup(cfg, path):
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ConfigError(f"config key '{path}' holds {value!r}; thresholds are whole HU numbers")
-    haa = _lookup(cfg, "statistics.haa_range_hu")
-    if len(haa) != 2 or haa[0] >= haa[1]:
-        raise ConfigError(f"config key 'statistics.haa_range_hu' is {haa!r}; give [low, high] with low < high (HU)")
+    for path in ("statistics.haa_range_hu", "statistics.consolidation_range_hu"):
+        pair = _lookup(cfg, path)
+        if len(pair) != 2 or pair[0] >= pair[1]:
+            raise ConfigError(f"config key '{path}' is {pair!r}; give [low, high] with low < high (HU)")
     if _lookup(cfg, "histogram.min_hu") >= _lookup(cfg, "histogram.max_hu"):
         raise ConfigError("config keys 'histogram.min_hu' and 'histogram.max_hu': min_hu must be below max_hu")
 

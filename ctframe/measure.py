@@ -30,7 +30,7 @@ from dask.base import tokenize
 
 from ctframe.config import get_config
 from ctframe.errors import NotHUCalibratedError, ParameterError
-from ctframe.histogram import N_FINE, fine_index, statistics_from_counts
+from ctframe.histogram import N_FINE, fine_bin_values, fine_index, statistics_from_counts
 
 __all__ = ["label_names", "region_stats"]
 
@@ -128,8 +128,15 @@ def _statistics_options(
     percentiles: Sequence[float] | None,
     laa_thresholds_hu: Sequence[int] | None,
     haa_range_hu: Sequence[int] | None,
+    consolidation_range_hu: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     cfg = get_config()["statistics"]
+    dense = list(cfg["consolidation_range_hu"] if consolidation_range_hu is None else consolidation_range_hu)
+    for value in dense:
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise ParameterError(f"HU thresholds must be whole numbers (1-HU bins), got {value!r}")
+    if len(dense) != 2 or dense[0] >= dense[1]:
+        raise ParameterError(f"consolidation_range_hu must be [low, high] with low < high (HU), got {dense!r}")
     qs = list(cfg["percentiles"] if percentiles is None else percentiles)
     laa = list(cfg["laa_thresholds_hu"] if laa_thresholds_hu is None else laa_thresholds_hu)
     haa = list(cfg["haa_range_hu"] if haa_range_hu is None else haa_range_hu)
@@ -141,7 +148,29 @@ def _statistics_options(
             raise ParameterError(f"HU thresholds must be whole numbers (1-HU bins), got {value!r}")
     if len(haa) != 2 or haa[0] >= haa[1]:
         raise ParameterError(f"haa_range_hu must be [low, high] with low < high (HU), got {haa!r}")
-    return {"percentiles": qs, "laa_thresholds_hu": [int(v) for v in laa], "haa_range_hu": [int(v) for v in haa]}
+    return {"percentiles": qs, "laa_thresholds_hu": [int(v) for v in laa], "haa_range_hu": [int(v) for v in haa],
+            "consolidation_range_hu": [int(v) for v in dense]}  # fmt: skip
+
+
+def _statistics(counts: np.ndarray, s: float, s2: float, *, voxel_volume_ml: float, options: Mapping[str, Any]
+                ) -> dict[str, Any]:  # fmt: skip
+    """:func:`statistics_from_counts` plus the consolidated (dense) part of the region.
+
+    ``consolidation_pct`` and ``consolidation_volume_ml``: voxels with
+    low <= HU < high of ``consolidation_range_hu`` (default -100..150 HU:
+    consolidation, atelectasis, and also vessels and airway walls, which make
+    up a few percent of a healthy lung).
+    """
+    histogram = {k: v for k, v in (options or {}).items() if k != "consolidation_range_hu"}
+    out = statistics_from_counts(counts, s, s2, voxel_volume_ml=voxel_volume_ml, **histogram)
+    lo, hi = (options or {}).get("consolidation_range_hu", get_config()["statistics"]["consolidation_range_hu"])
+    counts = np.asarray(counts)
+    left = fine_bin_values()  # the same bins and rule as haa_pct
+    n = int(counts.sum())
+    in_range = int(counts[(left >= lo) & (left < hi)].sum())
+    out["consolidation_pct"] = float(100.0 * in_range / n) if n else np.nan
+    out["consolidation_volume_ml"] = float(in_range * voxel_volume_ml)
+    return out
 
 
 def summarize_labels(
@@ -222,9 +251,10 @@ def summarize_labels(
         sumsq += slice_sumsq
         if per_slice:
             for j in np.flatnonzero(slice_counts.sum(axis=1)):
-                stats = statistics_from_counts(
-                    slice_counts[j], slice_sums[j], slice_sumsq[j], voxel_volume_ml=voxel_volume_ml, **(options or {})
-                )
+                stats = _statistics(
+                    slice_counts[j], slice_sums[j], slice_sumsq[j], voxel_volume_ml=voxel_volume_ml,
+                    options=options or {},
+                )  # fmt: skip
                 rows.append(
                     {"label": int(present[j]), "slice_index": first_slice + k,
                      "area_mm2": stats["voxel_count"] * pixel_area_mm2, **stats}
@@ -258,6 +288,7 @@ def region_stats(
     percentiles: Sequence[float] | None = None,
     laa_thresholds_hu: Sequence[int] | None = None,
     haa_range_hu: Sequence[int] | None = None,
+    consolidation_range_hu: Sequence[int] | None = None,
 ) -> pd.DataFrame:
     """Statistics of HU per region of a label volume, as a tidy table.
 
@@ -281,6 +312,9 @@ def region_stats(
         Override the ``statistics`` configuration (percentiles in [0, 100];
         whole-HU thresholds; high-attenuation range [low, high) in HU,
         default -700..-250).
+    consolidation_range_hu : (int, int), optional
+        The consolidated (dense) part [low, high) in HU, default
+        ``statistics.consolidation_range_hu`` = -100..150.
 
     Returns
     -------
@@ -290,8 +324,10 @@ def region_stats(
         ``hu_std`` (population), ``hu_median``, ``hu_p<q>`` (e.g. ``hu_p15``,
         Perc15), ``laa_950_pct``, ``laa_910_pct``, ``laa_856_pct`` (percent of
         voxels below -950, -910, -856 HU), ``haa_pct`` and ``haa_volume_ml``
-        (low <= HU < high). With `per_slice`, also ``slice_index``,
-        ``slice_position_mm`` and ``area_mm2``. NaN voxels are never counted;
+        (low <= HU < high), ``consolidation_pct`` and
+        ``consolidation_volume_ml`` (the dense part, same rule). With
+        `per_slice`, also ``slice_index``, ``slice_position_mm`` and
+        ``area_mm2``. NaN voxels are never counted;
         statistics of an empty region are NaN.
 
     Raises
@@ -328,7 +364,7 @@ def region_stats(
     _check_inputs(volume, labels)
     if not isinstance(per_slice, bool) or not isinstance(include_background, bool):
         raise ParameterError("per_slice and include_background must be True or False")
-    options = _statistics_options(percentiles, laa_thresholds_hu, haa_range_hu)
+    options = _statistics_options(percentiles, laa_thresholds_hu, haa_range_hu, consolidation_range_hu)
     dz, dy, dx = _spacing(volume)
     voxel_ml = dz * dy * dx / 1000.0
     pixel_mm2 = dy * dx
@@ -368,12 +404,12 @@ def region_stats(
         records = []
         for label in found:
             counts, s, s2 = totals[label]
-            stats = statistics_from_counts(counts, s, s2, voxel_volume_ml=voxel_ml, **options)
+            stats = _statistics(counts, s, s2, voxel_volume_ml=voxel_ml, options=options)
             records.append({"region": region_name(label), "label": label, **stats})
         columns = _columns(options, per_slice=False)
         return pd.DataFrame.from_records(records, columns=columns)
 
-    empty = statistics_from_counts(np.zeros(N_FINE, np.int64), 0.0, 0.0, voxel_volume_ml=voxel_ml, **options)
+    empty = _statistics(np.zeros(N_FINE, np.int64), 0.0, 0.0, voxel_volume_ml=voxel_ml, options=options)
     by_key = {(r["label"], r["slice_index"]): r for r in rows}
     positions = np.asarray(volume["slice"].values, float) if "slice" in volume.coords else np.arange(volume.shape[0])
     records = []
@@ -385,7 +421,7 @@ def region_stats(
 
 
 def _columns(options: Mapping[str, Any], *, per_slice: bool) -> list[str]:
-    stats = list(statistics_from_counts(np.zeros(N_FINE, np.int64), 0.0, 0.0, voxel_volume_ml=1.0, **options).keys())
+    stats = list(_statistics(np.zeros(N_FINE, np.int64), 0.0, 0.0, voxel_volume_ml=1.0, options=options).keys())
     keys = list(_KEY_COLUMNS)
     if per_slice:
         keys += list(_SLICE_COLUMNS)

@@ -33,6 +33,8 @@ def numpy_stats(values: np.ndarray, voxel_ml: float) -> dict[str, float]:
         "laa_856_pct": 100.0 * (x < -856).mean(),
         "haa_pct": 100.0 * ((x >= -700) & (x < -250)).mean(),
         "haa_volume_ml": ((x >= -700) & (x < -250)).sum() * voxel_ml,
+        "consolidation_pct": 100.0 * ((x >= -100) & (x < 150)).mean(),
+        "consolidation_volume_ml": ((x >= -100) & (x < 150)).sum() * voxel_ml,
     }
     return {k: float(v) for k, v in out.items()}
 
@@ -155,6 +157,25 @@ def test_region_stats__options_and_names(phantom_hu: xr.DataArray, truth_labels:
     assert label_names(named) == {0: "background", 1: "lung_r", 2: "lung_l"}
     regions = region_stats(phantom_hu, named, names={2: "left"})["region"].tolist()
     assert regions[:2] == ["lung_r", "left"]
+
+
+def test_region_stats__consolidation_range(phantom: PhantomTruth, phantom_hu: xr.DataArray) -> None:
+    """The dense part of the lungs in its own HU range: the phantom's consolidation (+20 HU) and vessels (+45 HU)."""
+    labels = ctframe.lung_mask(phantom_hu)
+    values = phantom_hu.values
+    lungs = np.isin(labels.values, (1, 2))
+    table = region_stats(phantom_hu, labels, consolidation_range_hu=[0, 100]).set_index("region")
+    for name, value in (("right_lung", 1), ("left_lung", 2)):
+        x = values[labels.values == value]
+        expected = ((x >= 0) & (x < 100)).sum()
+        assert table.loc[name, "consolidation_volume_ml"] == pytest.approx(expected * voxel_ml(phantom_hu))
+        assert table.loc[name, "consolidation_pct"] == pytest.approx(100.0 * expected / np.isfinite(x).sum())
+    # the truth's consolidation (+20 HU, inside the right lung) is all counted
+    dense_truth = phantom.ggo & (phantom.hu > -320) & lungs
+    assert dense_truth.sum() > 100
+    assert table["consolidation_volume_ml"].sum() >= dense_truth.sum() * voxel_ml(phantom_hu)
+    with pytest.raises(ParameterError, match="consolidation_range_hu must be"):
+        region_stats(phantom_hu, labels, consolidation_range_hu=[100, 0])
 
 
 def test_region_stats__bool_mask_and_accessor(phantom_hu: xr.DataArray, phantom_values: np.ndarray) -> None:
