@@ -31,6 +31,7 @@ from ctframe.hu import to_hu
 from ctframe.io import open_series
 from ctframe.masks import read_nifti_labels, read_rtstruct, read_seg
 from ctframe.measure import region_stats
+from ctframe.privacy import linkage_table
 from ctframe.projection import aspect, mean_projection, minip, mip, plane_dim, reformat, resample_isotropic
 from ctframe.scan import problems_table, scan, series_table
 from ctframe.segment import body_mask, lung_mask
@@ -64,6 +65,7 @@ __all__ = [
     "config_context",
     "equalize_adapthist",
     "get_config",
+    "linkage_table",
     "load_config",
     "lung_mask",
     "mean_projection",

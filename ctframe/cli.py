@@ -362,11 +362,17 @@ def summarize(
         bool, typer.Option(help="Replace an existing output folder (once the new one is complete).")
     ] = False,
     include_phi: Annotated[
-        bool, typer.Option("--include-phi", help="Keep PatientID and other identifying values in the tables.")
+        bool,
+        typer.Option(
+            "--keep-identifiers",
+            "--include-phi",
+            help="Also write linkage.csv: pseudonymous keys beside the original PatientID, name, UIDs and dates "
+            "(the shared tables stay de-identified; keep linkage.csv apart). --include-phi is the old name.",
+        ),
     ] = False,
     quiet: QuietOption = False,
 ) -> None:
-    """Run the whole pipeline (HU, lungs, tables, figures, report) into OUTDIR."""
+    """Run the whole pipeline (HU, lungs, tables, figures, report) into OUTDIR, de-identified (see README, Privacy)."""
     run_summarize(
         root, outdir, config_path=config, scheduler=scheduler, workers=workers, overwrite=overwrite, quiet=quiet,
         include_phi=include_phi,

@@ -34,7 +34,7 @@ from pydicom.values import convert_value, default_encoding
 
 from ctframe.errors import CTFrameError, DicomReadError, UnsupportedDicomError
 from ctframe.header_fastpath import _LONG_VRS, RawHeader, element_vr, parse_header
-from ctframe.privacy import patient_key
+from ctframe.privacy import date_offset_days, patient_key, pseudonymous_uid, resolve_salt, shift_date
 
 __all__ = [
     "NATIVE_LITTLE_ENDIAN",
@@ -480,15 +480,21 @@ def read_header(
     path : path-like
         A DICOM file.
     salt : str, optional
-        Key for the patient pseudonym; see :func:`ctframe.privacy.patient_key`.
+        Key of the pseudonyms; see :func:`ctframe.privacy.resolve_salt`.
     include_phi : bool
-        Also return PatientID, name, birth date, accession number, institution
-        and referring physician. Off by default.
+        Also return PatientID, name, birth date, accession number, institution,
+        referring physician and the original UIDs and study date
+        (``original_*``). Off by default.
 
     Returns
     -------
     list of dict
         One record per frame (a single-frame image gives one record).
+        De-identified: Study, Series, SOP Instance and Frame of Reference UIDs
+        are pseudonyms (:func:`~ctframe.privacy.pseudonymous_uid`), the study date is moved
+        by the patient's :func:`~ctframe.privacy.date_offset_days` (an invalid
+        date becomes ``""``), the PatientID is a
+        :func:`~ctframe.privacy.patient_key`.
 
     Raises
     ------
@@ -558,10 +564,18 @@ def _records(path: str, *, salt: str | None, include_phi: bool) -> list[dict[str
     pixel_representation = _get_int(ds, "PixelRepresentation", 0)
     n_frames = max(_get_int(ds, "NumberOfFrames", 1), 1)
     _check_frames_fit(path, size, n_frames, rows, columns, bits_allocated, _get_int(ds, "SamplesPerPixel", 1), ts)
-    study_date = str(_get(ds, "StudyDate", ""))
+    # de-identified here, where every output comes from (ctframe.privacy): UIDs hashed, dates shifted per patient
+    salt = resolve_salt(salt)
+    original_date = str(_get(ds, "StudyDate", ""))
     study_time = str(_get(ds, "StudyTime", ""))
     patient_id = _get(ds, "PatientID")
-    study_uid = str(_get(ds, "StudyInstanceUID", ""))
+    patient_id = None if patient_id is None else str(patient_id)
+    original_study_uid = str(_get(ds, "StudyInstanceUID", ""))
+    original_series_uid = str(_get(ds, "SeriesInstanceUID", ""))
+    original_instance_uid = str(_get(ds, "SOPInstanceUID", ""))
+    original_frame_uid = str(_get(ds, "FrameOfReferenceUID", ""))
+    offset = date_offset_days(patient_id, salt=salt, fallback=original_study_uid)
+    study_date = shift_date(original_date, offset)
     try:
         mtime_ns = os.stat(path).st_mtime_ns
     except OSError:
@@ -572,22 +586,22 @@ def _records(path: str, *, salt: str | None, include_phi: bool) -> list[dict[str
         "file_size": size,
         "mtime_ns": mtime_ns,
         "number_of_frames": n_frames,
-        "patient_key": patient_key(None if patient_id is None else str(patient_id), salt=salt, fallback=study_uid),
-        "study_uid": study_uid,
+        "patient_key": patient_key(patient_id, salt=salt, fallback=original_study_uid),
+        "study_uid": pseudonymous_uid(original_study_uid, salt=salt),
         "study_date": study_date,
         "study_time": study_time,
         "study_datetime": _study_datetime(study_date, study_time),
-        "series_uid": str(_get(ds, "SeriesInstanceUID", "")),
+        "series_uid": pseudonymous_uid(original_series_uid, salt=salt),
         "series_number": _get_int(ds, "SeriesNumber"),
         "series_description": str(_get(ds, "SeriesDescription", "")),
         "acquisition_number": _get_int(ds, "AcquisitionNumber"),
         "modality": str(_get(ds, "Modality", "")),
         "sop_class_uid": sop_class,
         "sop_class": UID(sop_class).name if sop_class else "",
-        "sop_instance_uid": str(_get(ds, "SOPInstanceUID", "")),
+        "sop_instance_uid": pseudonymous_uid(original_instance_uid, salt=salt),
         "instance_number": _get_int(ds, "InstanceNumber"),
         "image_type": _multi_str(_get(ds, "ImageType")),
-        "frame_of_reference_uid": str(_get(ds, "FrameOfReferenceUID", "")),
+        "frame_of_reference_uid": pseudonymous_uid(original_frame_uid, salt=salt),
         "rows": rows,
         "columns": columns,
         "samples_per_pixel": _get_int(ds, "SamplesPerPixel", 1),
@@ -621,6 +635,12 @@ def _records(path: str, *, salt: str | None, include_phi: bool) -> list[dict[str
             accession_number=str(_get(ds, "AccessionNumber", "")),
             institution_name=str(_get(ds, "InstitutionName", "")),
             referring_physician_name=str(_get(ds, "ReferringPhysicianName", "")),
+            original_study_uid=original_study_uid,
+            original_series_uid=original_series_uid,
+            original_sop_instance_uid=original_instance_uid,
+            original_frame_of_reference_uid=original_frame_uid,
+            original_study_date=original_date,
+            original_study_time=study_time,
         )
 
     shared = _first_item(_get(ds, "SharedFunctionalGroupsSequence"))

@@ -4,6 +4,11 @@
 renames it into place at the end, so OUTDIR appears whole or not at all, and an
 existing OUTDIR is replaced only with ``overwrite=True``. File names come from
 fixed names and pseudonyms, never from header values.
+
+Every table is de-identified at its source (:mod:`ctframe.privacy`); here the
+identifying columns of a catalog scanned with ``include_phi=True`` are dropped
+from every shared table once more and written only to ``linkage.csv``, and
+provenance.json names where the salt came from, never the salt.
 """
 
 from __future__ import annotations
@@ -23,8 +28,10 @@ from typing import Any
 import pandas as pd
 
 from ctframe.export import atomic_path
+from ctframe.privacy import linkage_table, salt_source
+from ctframe.scan import PHI_COLUMNS
 
-__all__ = ["DEPENDENCIES", "OUTPUT_FILES", "provenance", "write_summary", "write_table"]
+__all__ = ["DEPENDENCIES", "LINKAGE_FILE", "OUTPUT_FILES", "provenance", "write_summary", "write_table"]
 
 #: Packages whose versions go into provenance.json.
 DEPENDENCIES = (
@@ -37,6 +44,8 @@ OUTPUT_FILES = (
     "longitudinal.parquet", "longitudinal.csv", "slice_areas.parquet", "problems.csv", "input_checksums.csv",
     "provenance.json",
 )  # fmt: skip
+#: Written only when the catalog holds the original identifiers (``--keep-identifiers``).
+LINKAGE_FILE = "linkage.csv"
 
 
 def write_table(table: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
@@ -55,6 +64,13 @@ def write_table(table: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
     else:
         raise ValueError(f"{path}: write tables as .parquet or .csv")
     return path
+
+
+def _shared(table: pd.DataFrame) -> pd.DataFrame:
+    """`table` without identifying columns and attrs (they belong in linkage.csv only)."""
+    out = table.drop(columns=[c for c in PHI_COLUMNS if c in table])
+    out.attrs = {}
+    return out
 
 
 def _sha256(path: str) -> str:
@@ -76,8 +92,27 @@ def input_checksums(catalog: pd.DataFrame, root: str | os.PathLike[str] | None) 
     return pd.DataFrame({"path": names, "file_size": sizes, "sha256": digests})
 
 
-def provenance(config: Mapping[str, Any], checksums: pd.DataFrame, *, command: str, scheduler: str) -> dict[str, Any]:
-    """What produced an output folder: versions, configuration, inputs, time."""
+def _without_salt(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The configuration with ``pseudonym.salt`` replaced by a note (the salt is never written)."""
+    out = dict(config)
+    if isinstance(out.get("pseudonym"), Mapping) and "salt" in out["pseudonym"]:
+        out["pseudonym"] = {**out["pseudonym"], "salt": "(not recorded)"}
+    return out
+
+
+def provenance(
+    config: Mapping[str, Any],
+    checksums: pd.DataFrame,
+    *,
+    command: str,
+    scheduler: str,
+    keep_identifiers: bool = False,
+) -> dict[str, Any]:
+    """What produced an output folder: versions, configuration, inputs, time, de-identification.
+
+    The salt itself is never recorded: ``config`` has it replaced and
+    ``deidentification.salt`` says only where it came from.
+    """
     versions = {}
     for name in DEPENDENCIES:
         try:
@@ -94,7 +129,16 @@ def provenance(config: Mapping[str, Any], checksums: pd.DataFrame, *, command: s
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "versions": versions,
-        "config": config,
+        "config": _without_salt(config),
+        "deidentification": {
+            "profile": "DICOM PS3.15 Annex E Basic Application Level Confidentiality Profile, "
+            "Retain Longitudinal Temporal Information with Modified Dates Option",
+            "uids": "replaced by 2.25.<128 bits of HMAC-SHA256(salt, UID)>",
+            "dates": "moved back by 365 to 3650 whole days per patient (HMAC of the PatientID); times of day kept",
+            "patients": "P-<HMAC-SHA256(salt, PatientID)>",
+            "salt": salt_source(),
+            "original_identifiers": f"only in {LINKAGE_FILE}" if keep_identifiers else "not written",
+        },
         "inputs": {
             "n_files": len(checksums),
             "total_bytes": int(checksums["file_size"].sum()),
@@ -138,6 +182,13 @@ def write_summary(
     extras : callable, optional
         Called with the temporary folder to add figures and the report.
 
+    Notes
+    -----
+    When `catalog` holds the original identifiers (scanned with
+    ``include_phi=True``), they are written to ``linkage.csv``
+    (:func:`ctframe.linkage_table`) and nowhere else; every other table has
+    the identifying columns dropped.
+
     Returns
     -------
     Path
@@ -148,16 +199,17 @@ def write_summary(
     OutputExistsError
         `outdir` exists and `overwrite` is False.
     """
+    keep_identifiers = "original_series_uid" in catalog
     with atomic_path(outdir, overwrite=overwrite) as tmp:
         tmp.mkdir()
-        write_table(summary.series, tmp / "series.parquet")
-        write_table(summary.series, tmp / "series.csv")
-        write_table(summary.regions, tmp / "regions.parquet")
-        write_table(summary.regions, tmp / "regions.csv")
-        write_table(summary.histograms, tmp / "histograms.parquet")
-        write_table(summary.longitudinal, tmp / "longitudinal.parquet")
-        write_table(summary.longitudinal, tmp / "longitudinal.csv")
-        write_table(summary.slice_areas, tmp / "slice_areas.parquet")
+        for name, table in (
+            ("series", summary.series), ("regions", summary.regions), ("histograms", summary.histograms),
+            ("longitudinal", summary.longitudinal), ("slice_areas", summary.slice_areas),
+        ):  # fmt: skip
+            shared = _shared(table)
+            write_table(shared, tmp / f"{name}.parquet")
+            if f"{name}.csv" in OUTPUT_FILES:
+                write_table(shared, tmp / f"{name}.csv")
         problems = pd.concat(
             [
                 scan_problems.assign(stage="scan", stack_key=""),
@@ -168,7 +220,11 @@ def write_summary(
         write_table(problems, tmp / "problems.csv")
         checksums = input_checksums(catalog, root)
         write_table(checksums, tmp / "input_checksums.csv")
-        record = provenance(config, checksums, command=command, scheduler=scheduler)
+        if keep_identifiers:
+            write_table(linkage_table(catalog), tmp / LINKAGE_FILE)
+        record = provenance(
+            config, checksums, command=command, scheduler=scheduler, keep_identifiers=keep_identifiers
+        )
         (tmp / "provenance.json").write_text(json.dumps(record, indent=2, default=str))
         if extras is not None:
             extras(tmp)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import atexit
 import collections
 import contextlib
+import errno
 import hashlib
 import multiprocessing
 import os
@@ -53,9 +54,12 @@ CATALOG_COLUMNS: tuple[str, ...] = (
     "transfer_syntax_uid", "transfer_syntax", "is_compressed", "is_lossy", "pixel_data_offset",
     "convolution_kernel", "kvp", "gantry_tilt_deg", "manufacturer", "manufacturer_model", "body_part",
 )  # fmt: skip
+#: Identifying columns of a catalog scanned with include_phi=True: never in series_table or any written table,
+#: only in ctframe.linkage_table (see ctframe.privacy).
 PHI_COLUMNS: tuple[str, ...] = (
     "patient_id", "patient_name", "patient_birth_date", "accession_number",
-    "institution_name", "referring_physician_name",
+    "institution_name", "referring_physician_name", "original_study_uid", "original_series_uid",
+    "original_sop_instance_uid", "original_frame_of_reference_uid", "original_study_date", "original_study_time",
 )  # fmt: skip
 STACK_COLUMNS: tuple[str, ...] = ("stack_key", "slice_position_mm")
 #: Columns of the series table, in order.
@@ -279,6 +283,8 @@ class _Pool:
                 process.start()
                 how = "fork"
             else:
+                if not sys.executable:  # an embedded interpreter
+                    raise OSError(errno.ENOEXEC, "no Python executable to start (sys.executable is empty)")
                 process = subprocess.Popen(
                     [sys.executable, "-c", _BOOT, str(child.fileno())],
                     pass_fds=(child.fileno(),),
@@ -857,9 +863,9 @@ def series_table(catalog: pd.DataFrame) -> pd.DataFrame:
         and ``qc_notes`` lists the values with their slice counts; see
         :func:`ctframe.geometry.stack_geometry`). ``calibration_issue`` (why the stack cannot
         become HU, from :func:`ctframe.calibration.assess_calibration`; empty
-        when it can) and a readable ``qc_notes``. When the catalog holds the
-        identifying columns (``scan(..., include_phi=True)``), they follow,
-        taken from the first slice of each stack; otherwise there are none.
+        when it can) and a readable ``qc_notes``. Never the identifying
+        columns of ``scan(..., include_phi=True)``: those go only into
+        :func:`ctframe.linkage_table`.
 
     Notes
     -----
@@ -881,7 +887,4 @@ def series_table(catalog: pd.DataFrame) -> pd.DataFrame:
     rows = [_stack_qc(group, qc) for _, group in catalog.groupby("stack_key", sort=True)]
     table = pd.DataFrame(rows, columns=list(SERIES_COLUMNS))
     table[["rows", "columns"]] = table[["rows", "columns"]].astype("Int64")  # NA where the slices differ in size
-    phi = [c for c in PHI_COLUMNS if c in catalog]
-    if phi:  # only a catalog scanned with include_phi=True has them
-        table = table.join(catalog.groupby("stack_key", sort=True)[phi].first(), on="stack_key")
     return table
