@@ -321,6 +321,14 @@ def _window_text(image: xr.DataArray) -> str:
     return f"{name} W{image.attrs['window_width_hu']:g}/L{image.attrs['window_level_hu']:g}"
 
 
+def _date_text(value: Any) -> str:
+    """A DICOM date (YYYYMMDD) as YYYY-MM-DD; anything else as given (empty for missing)."""
+    text = "" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value).strip()
+    if len(text) == 8 and text.isdigit():
+        return f"{text[:4]}-{text[4:6]}-{text[6:]}"
+    return text
+
+
 def _series_label(row: Any) -> str:
     date = str(getattr(row, "study_date", "") or "")
     return f"{row.patient_key} {date}".strip()
@@ -496,7 +504,7 @@ def _histogram_rows(histograms: pd.DataFrame, *, level: str, region: str) -> pd.
 def _group_label(rows: pd.DataFrame, by: str) -> pd.Series:
     if by == "patient":
         return rows["patient_key"].astype(str)
-    return (rows["patient_key"].astype(str) + " " + rows["study_date"].astype(str)).str.strip()
+    return (rows["patient_key"].astype(str) + " " + rows["study_date"].map(_date_text)).str.strip()
 
 
 def _normalized_histograms(
@@ -512,7 +520,8 @@ def _normalized_histograms(
     totals = rows.groupby("label")["count"].transform("sum").replace(0, np.nan)
     rows["percent_per_hu"] = 100.0 * rows["count"] / totals / rows["width_hu"]
     rows = rows[(rows["bin_left_hu"] >= lo) & (rows["bin_right_hu"] <= hi)]
-    return rows.sort_values(["label", "hu"])[["label", "hu", "bin_left_hu", "bin_right_hu", "count", "percent_per_hu"]]
+    columns = ["label", "patient_key", "hu", "bin_left_hu", "bin_right_hu", "count", "percent_per_hu"]
+    return rows.sort_values(["label", "hu"])[columns]
 
 
 def _range(range_hu: Sequence[float]) -> tuple[float, float]:
@@ -626,7 +635,7 @@ def _area_rows(slice_areas: pd.DataFrame, region: str) -> pd.DataFrame:
             f"slice_areas has no rows for region {region!r} (regions: {sorted(set(slice_areas['region']))}); "
             "lung regions need summarize(..., regions=[..., 'lungs'])"
         )
-    rows["label"] = (rows["patient_key"].astype(str) + " " + rows["study_date"].astype(str)).str.strip()
+    rows["label"] = (rows["patient_key"].astype(str) + " " + rows["study_date"].map(_date_text)).str.strip()
     return rows.sort_values(["label", "slice_position_mm"])
 
 
@@ -1124,7 +1133,7 @@ def plot_histogram_grid(
         panels.append(("both", draw_both))
     ncols = 2 if len(panels) > 1 else 1
     nrows = math.ceil(len(panels) / ncols)
-    fig = _new_figure(nrows, ncols, panel_inches=4.2, height_ratio=0.75)
+    fig = _new_figure(nrows, ncols, panel_inches=4.2 if ncols > 1 else 7.0, height_ratio=0.75 if ncols > 1 else 0.5)
     axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
     for ax, (label, draw) in zip(axes, panels, strict=False):
         ax.set_label(label)
@@ -1138,7 +1147,7 @@ def plot_histogram_grid(
     if len(chosen) < 2:
         notes.append("one patient: no patient B and no comparison panel")
     _note(fig, notes)
-    fig.suptitle(f"HU histograms, {_region_name(region)} (padding and outside-the-circle fill excluded)")
+    _suptitle(fig, f"HU histograms, {_region_name(region)} (padding and outside-the-circle fill excluded)")
     return fig
 
 
@@ -1217,20 +1226,19 @@ def plot_histograms(
     1
     """
     rows = _normalized_histograms(histograms, by=by, region=region, range_hu=range_hu)
-    labels = sorted(set(rows["label"]))
+    who = "patients" if by == "patient" else "scans"
+    colors, handles, notes = _curve_colors(rows, what=who)
     fig = _new_figure(1, 1, panel_inches=7.0, height_ratio=0.5)
     ax = fig.subplots()
-    colors = _colors(len(labels))
-    for k, (label, part) in enumerate(rows.groupby("label", sort=True)):
+    width = 1.3 if len(colors) <= MAX_LEGEND_ENTRIES else 0.8
+    for label, part in rows.groupby("label", sort=True):
         edges = np.append(part["bin_left_hu"].to_numpy(), part["bin_right_hu"].to_numpy()[-1])
-        width = 1.3 if len(labels) <= 10 else 0.8
-        ax.stairs(part["percent_per_hu"].to_numpy(), edges, label=str(label), linewidth=width, color=colors[k])
+        ax.stairs(part["percent_per_hu"].to_numpy(), edges, label=str(label), linewidth=width, color=colors[str(label)])
     ax.set_xlabel("Hounsfield units (HU)")
     ax.set_ylabel("% of voxels per HU")
-    who = "patient" if by == "patient" else "scan"
-    ax.set_title(f"HU histogram of each {who}: {_region_name(region)} (padding excluded)", fontsize=10)
+    ax.set_title(f"HU histogram of each {who[:-1]}: {_region_name(region)} (padding excluded)", fontsize=10)
     ax.grid(alpha=0.3)
-    _outside_legend(fig, ax, len(labels), what="patients" if by == "patient" else "scans")
+    _legend_beside(fig, ax, handles, notes)
     return fig
 
 
@@ -1244,12 +1252,40 @@ def _region_name(region: str) -> str:
     return REGION_NAMES.get(region, str(region).replace("_", " "))
 
 
-def _outside_legend(fig: Any, ax: Any, n: int, *, what: str) -> None:
-    """A legend right of the axes (never over the curves); beyond MAX_LEGEND_ENTRIES a note gives the count."""
-    if n > MAX_LEGEND_ENTRIES:
-        _note(fig, [f"{n} {what}, one curve each (no legend beyond {MAX_LEGEND_ENTRIES}; colours run in label order)"])
-        return
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, frameon=False)
+def _curve_colors(rows: pd.DataFrame, *, what: str) -> tuple[dict[str, Any], list[Any], list[str]]:
+    """Colour of each curve (``label``), the legend's entries and notes, legible however many curves there are.
+
+    Up to :data:`MAX_LEGEND_ENTRIES` curves: one colour and legend entry each. More, from at most that many
+    patients: one colour per patient, the legend names patients. More patients still: colours from a ramp in
+    label order, no legend, and a note gives the count.
+    """
+    from matplotlib.lines import Line2D
+
+    labels = sorted(set(rows["label"].astype(str)))
+    patient_of = dict(zip(rows["label"].astype(str), rows["patient_key"].astype(str), strict=False))
+    patients = sorted(set(patient_of.values()))
+    if len(labels) <= MAX_LEGEND_ENTRIES:
+        colors = dict(zip(labels, _colors(len(labels)), strict=True))
+        return colors, [Line2D([], [], color=colors[k], label=k) for k in labels], []
+    if len(patients) <= MAX_LEGEND_ENTRIES:
+        by_patient = dict(zip(patients, _colors(len(patients)), strict=True))
+        handles = [Line2D([], [], color=by_patient[p], label=p) for p in patients]
+        note = f"{len(labels)} {what}, one curve each, coloured by patient"
+        return {k: by_patient[patient_of[k]] for k in labels}, handles, [note]
+    colors = dict(zip(labels, _colors(len(labels)), strict=True))
+    note = (
+        f"{len(labels)} {what} of {len(patients)} patients, one curve each; no legend beyond "
+        f"{MAX_LEGEND_ENTRIES} entries (colours run from the first patient key to the last)"
+    )
+    return colors, [], [note]
+
+
+def _legend_beside(fig: Any, ax: Any, handles: Sequence[Any], notes: Sequence[str]) -> None:
+    """The legend right of the axes, never over the curves; notes under the figure."""
+    if handles:
+        ax.legend(handles=list(handles), fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0),
+                  borderaxespad=0.0, frameon=False)  # fmt: skip
+    _note(fig, notes)
 
 
 def plot_lung_area(slice_areas: pd.DataFrame, *, region: str = "lungs") -> Any:
@@ -1283,18 +1319,19 @@ def plot_lung_area(slice_areas: pd.DataFrame, *, region: str = "lungs") -> Any:
     1
     """
     rows = _area_rows(slice_areas, region)
-    labels = sorted(set(rows["label"]))
+    colors, handles, notes = _curve_colors(rows, what="scans")
     fig = _new_figure(1, 1, panel_inches=7.0, height_ratio=0.5)
     ax = fig.subplots()
-    colors = _colors(len(labels))
-    for k, (label, part) in enumerate(rows.groupby("label", sort=True)):
-        width = 1.3 if len(labels) <= 10 else 0.8
-        ax.plot(part["slice_position_mm"], part["area_mm2"], label=str(label), linewidth=width, color=colors[k])
+    width = 1.3 if len(colors) <= MAX_LEGEND_ENTRIES else 0.8
+    for label, part in rows.groupby("label", sort=True):
+        ax.plot(
+            part["slice_position_mm"], part["area_mm2"], label=str(label), linewidth=width, color=colors[str(label)]
+        )
     ax.set_xlabel("slice position along the slice normal (mm)")
     ax.set_ylabel("area (mm²)")
-    ax.set_title(f"Area of the {_region_name(region)} on each slice", fontsize=10)
+    ax.set_title(f"Area on each slice: {_region_name(region)}", fontsize=10)
     ax.grid(alpha=0.3)
-    _outside_legend(fig, ax, len(labels), what="scans")
+    _legend_beside(fig, ax, handles, notes)
     return fig
 
 
@@ -1345,7 +1382,7 @@ def plot_lung_volumes(regions: pd.DataFrame) -> Any:
     table = table[measured]
     if table.empty:
         raise ParameterError("no scan has a lung volume (the segmentation found no lung; see regions.missing_reason)")
-    labels = [f"{p}  {d}".strip() for p, d, _ in table.index]
+    labels = [f"{p}  {_date_text(d)}".strip() for p, d, _ in table.index]
     # One horizontal bar per scan, first at the top: the labels read across however many scans there are.
     height = 1.2 + 0.24 * len(labels)
     fig = _new_figure(1, 1, panel_inches=7.0, height_ratio=max(2.2, height) / 7.0)
@@ -1483,6 +1520,9 @@ def plot_longitudinal(longitudinal: pd.DataFrame, *, measures: Sequence[str] | N
         ax.set_ylabel(unit, fontsize=8)
         ax.tick_params(labelsize=7)
         ax.xaxis.set_major_locator(_integer_locator())
+        days = part["days_since_baseline"].to_numpy(float)
+        if np.ptp(days) < 1:  # all on one day: a few days either side, not fractions of a day
+            ax.set_xlim(days.min() - 2, days.max() + 2)
         ax.grid(alpha=0.3)
     for ax in axes[len(chosen) :]:
         fig.delaxes(ax)
@@ -1494,16 +1534,22 @@ def plot_longitudinal(longitudinal: pd.DataFrame, *, measures: Sequence[str] | N
         fig.legend(handles, names, loc="outside lower center", ncols=min(4, len(names)), fontsize=8)
     if empty:
         notes.append("no value, not drawn: " + ", ".join(measure_label(m)[0] for m in empty))
-    _note(fig, notes, width=40 * ncols + 20)
-    fig.suptitle("Lung measures over time, per patient")
+    _note(fig, notes)
+    _suptitle(fig, "Lung measures over time, per patient")
     return fig
 
 
-def _note(fig: Any, notes: Sequence[str], *, width: int = 100) -> None:
+def _note(fig: Any, notes: Sequence[str]) -> None:
     """Say under the figure what it leaves out (``gid`` ``note``), where constrained layout keeps room for it."""
     if notes:
+        width = int(fig.get_size_inches()[0] * 15)  # characters of 8 pt text per line
         text = fig.supxlabel(_wrap("; ".join(notes), width), fontsize=8, color="0.35")
         text.set_gid("note")
+
+
+def _suptitle(fig: Any, title: str) -> None:
+    """The figure's title, wrapped to its width."""
+    fig.suptitle(_wrap(title, int(fig.get_size_inches()[0] * 9)))
 
 
 def _wrap(text: str, width: int) -> str:

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import dask
 import numpy as np
@@ -17,6 +18,7 @@ import pandas as pd
 import pydicom
 import pytest
 import xarray as xr
+from _figure_checks import assert_legible
 from dask.callbacks import Callback
 from dask.utils import key_split
 from PIL import Image
@@ -733,3 +735,117 @@ def test_direction_labels__tilted_series_reformat(shared_data, test_output):
     grows_right, grows_up = drawn_axes(ax)
     assert_directions(ax, row_dir if grows_right else -row_dir, step if grows_up else -step)
     assert edge_texts(ax)["top"] == "S"  # head up
+
+
+# --------------------------------------------------------------------------- legible with 1 and with 50 scans
+
+
+@pytest.fixture(scope="module")
+def one_scan_summary(tmp_path_factory: pytest.TempPathFactory):
+    """A real summary of a cohort of one patient with one scan."""
+    root = tmp_path_factory.mktemp("one-scan")
+    write_phantom_cohort(root, n_patients=1, n_time_points=1, shape=(24, 64, 64), spacing_mm=(10.0, 5.0, 5.0))
+    return summarize(open_cohort(root), progress=False)
+
+
+def replicate_summary(summary, *, n_patients: int, scans_per_patient: int) -> SimpleNamespace:
+    """Tables of a cohort of n_patients x scans_per_patient scans, built from a real summary's rows.
+
+    Each new scan copies the rows of one real scan (round robin) under a new patient key, scan reference and
+    date (37 days apart), its values scaled by a small factor so that the curves differ. Only the figures'
+    legibility is tested on these tables, never a number.
+    """
+    real = list(dict.fromkeys(summary.regions["series"]))
+    regions, areas, histograms, longitudinal = [], [], [], []
+    base = pd.Timestamp("2020-01-06")
+    k = 0
+    for p in range(n_patients):
+        patient = f"P-{p:012x}"
+        for t in range(scans_per_patient):
+            source, factor = real[k % len(real)], 1.0 + 0.02 * ((7 * k) % 11)
+            k += 1
+            series, date = f"s{k:03d}", (base + pd.Timedelta(days=37 * t + 3 * p)).strftime("%Y%m%d")
+            names = {"patient_key": patient, "series": series, "study_date": date}
+            part = summary.regions[summary.regions["series"] == source].assign(**names)
+            regions.append(part.assign(volume_ml=part["volume_ml"] * factor))
+            part = summary.slice_areas[summary.slice_areas["series"] == source].assign(**names)
+            areas.append(part.assign(area_mm2=part["area_mm2"] * factor))
+            part = summary.histograms[summary.histograms["series"] == source].assign(**names)
+            histograms.append(part)
+            if scans_per_patient > 1:  # as summarize: no longitudinal rows without a second scan
+                part = summary.longitudinal[summary.longitudinal["series"] == source].assign(**names)
+                longitudinal.append(part.assign(value=part["value"] * factor, days_since_baseline=37.0 * t))
+        source_patient = summary.histograms.loc[summary.histograms["level"] == "patient", "patient_key"].iloc[0]
+        rows = summary.histograms[(summary.histograms["level"] == "patient")]
+        histograms.append(rows[rows["patient_key"] == source_patient].assign(patient_key=patient))
+    return SimpleNamespace(
+        regions=pd.concat(regions, ignore_index=True),
+        slice_areas=pd.concat(areas, ignore_index=True),
+        histograms=pd.concat(histograms, ignore_index=True),
+        longitudinal=pd.concat(longitudinal, ignore_index=True) if longitudinal else summary.longitudinal.iloc[:0],
+    )
+
+
+def table_figures(tables) -> dict[str, tuple[object, str]]:
+    """Every table figure of the report, with the axis that carries the values.
+
+    The longitudinal figure only where the table has rows: a cohort without a second scan of anyone has
+    none, and the report then draws no such figure (tests/test_report.py).
+    """
+    figures = {
+        "histogram_grid": (plot.plot_histogram_grid(tables.histograms), "y"),
+        "histograms_by_patient": (plot.plot_histograms(tables.histograms, by="patient", region="scan"), "y"),
+        "histograms_lungs_by_scan": (plot.plot_histograms(tables.histograms, by="series", region="lungs"), "y"),
+        "lung_area": (plot.plot_lung_area(tables.slice_areas, region="lungs"), "y"),
+        "lung_volumes": (plot.plot_lung_volumes(tables.regions), "x"),
+    }
+    if not tables.longitudinal.empty:
+        figures["longitudinal"] = (plot.plot_longitudinal(tables.longitudinal), "y")
+    return figures
+
+
+@pytest.mark.parametrize(
+    ("n_patients", "scans_per_patient"), [(1, 1), (5, 10), (25, 2)],
+    ids=["1-scan", "50-scans-of-5-patients", "50-scans-of-25-patients"],
+)  # fmt: skip
+def test_table_figures__legible_with_1_and_50_scans(
+    one_scan_summary, cohort_summary, test_output, n_patients, scans_per_patient
+):
+    if n_patients == 1:
+        tables = one_scan_summary  # the real summary itself
+    else:
+        tables = replicate_summary(cohort_summary[1], n_patients=n_patients, scans_per_patient=scans_per_patient)
+    n_scans = n_patients * scans_per_patient
+    assert tables.regions["series"].nunique() == n_scans
+    for name, (fig, value_axis) in table_figures(tables).items():
+        plot.save_figure(fig, test_output / f"figures_{n_patients}x{scans_per_patient}_{name}.png")
+        assert_legible(fig, value_axis=value_axis, allow_inside_legend=name == "histogram_grid")
+        if name == "lung_volumes":
+            assert len(fig.axes[0].get_yticklabels()) == n_scans  # every scan named
+    assert tables.longitudinal.empty == (scans_per_patient == 1 and n_patients == 1)
+    grid = plot.plot_histogram_grid(tables.histograms)  # no slice-level rows in a default summary
+    labels = [ax.get_label() for ax in grid.axes]
+    assert labels == (["A"] if n_patients == 1 else ["A", "B", "both"])
+    note = " ".join(t.get_text() for t in grid.texts if t.get_gid() == "note")
+    assert "no single-slice panel" in note
+    assert ("one patient" in note) == (n_patients == 1)
+
+
+def test_plot_longitudinal__plain_titles_units_and_no_empty_panel(cohort_summary, test_output):
+    _, summary = cohort_summary
+    table = summary.longitudinal.copy()
+    table.loc[table["measure"] == "lung_haa_pct", "value"] = np.nan  # a measure nobody has
+    fig = plot.plot_longitudinal(table)
+    plot.save_figure(fig, test_output / "plot_longitudinal_missing_measure.png")
+    assert_legible(fig)
+    drawn = [ax.get_label() for ax in fig.axes]
+    assert "lung_haa_pct" not in drawn and "lung_volume_ml" in drawn
+    note = " ".join(t.get_text() for t in fig.texts if t.get_gid() == "note")
+    assert "High-attenuation area" in note and "not drawn" in note
+    ax = axes_labelled(fig, "lung_volume_ml")
+    assert ax.get_title() == "Lung volume" and ax.get_ylabel() == "mL"
+    assert axes_labelled(fig, "lung_hu_mean").get_ylabel() == "HU"
+    assert axes_labelled(fig, "lung_laa_950_pct").get_ylabel().startswith("%")
+    table["value"] = np.nan
+    with pytest.raises(ParameterError, match=r"no measure .* has a value"):
+        plot.plot_longitudinal(table)
