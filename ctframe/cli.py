@@ -404,15 +404,89 @@ def demo(
     _say(quiet, f"demo done: DICOM in {outdir / 'dicom'}, summary in {outdir / 'summary'} (open report.html)")
 
 
+def _export_plan(
+    output: Path,
+    format: str | None,
+    *,
+    fill_value: float | None,
+    resample_mm: float | None,
+    stored: bool,
+    labels: bool,
+    overwrite: bool,
+) -> tuple[str, float, list[Path]]:
+    """Check the export options before any work: the format, the fill, the resampling, existing outputs."""
+    import math
+
+    from ctframe.errors import OutputExistsError, ParameterError
+    from ctframe.export import FORMAT_SUFFIXES, format_for_path
+
+    suffixes = ", ".join(f"{s} ({fmt})" for fmt, group in FORMAT_SUFFIXES.items() for s in group)
+    if format is not None and format not in FORMAT_SUFFIXES:
+        raise ParameterError(f"--format must be one of {', '.join(FORMAT_SUFFIXES)}, got {format!r}")
+    found = format_for_path(output)
+    if found is None:
+        raise ParameterError(f"--output {output.name!r} has no known suffix; end it in {suffixes}")
+    if format is not None and format != found:
+        raise ParameterError(
+            f"--format {format} does not match --output {output.name!r} (a {found} name); "
+            f"end the output in {' or '.join(FORMAT_SUFFIXES[format])}, or leave out --format"
+        )
+    if fill_value is not None and math.isinf(fill_value):
+        raise ParameterError(f"--fill-value must be a finite number or nan, got {fill_value}")
+    fill = fill_value if fill_value is not None else (-1024.0 if found == "nifti" else math.nan)
+    if resample_mm is not None and not (math.isfinite(resample_mm) and resample_mm > 0):
+        raise ParameterError(f"--resample-mm must be a positive number of mm, got {resample_mm}")
+    if resample_mm is not None and stored:
+        raise ParameterError("--resample-mm resamples HU; leave out --stored to use it")
+    outputs = [output]
+    if labels and found == "nifti":
+        cut = len(next(s for s in sorted(FORMAT_SUFFIXES["nifti"], key=len, reverse=True)
+                       if output.name.lower().endswith(s)))  # fmt: skip
+        outputs.append(output.with_name(f"{output.name[:-cut]}_labels{output.name[-cut:]}"))
+    for path in outputs:
+        if path.exists() and not overwrite:
+            raise OutputExistsError(f"{path} already exists; choose another path or pass --overwrite")
+    return found, fill, outputs
+
+
 @app.command()
 @handle_errors
 def export(
     root: Annotated[Path, typer.Argument(help="Folder (or file) holding the series.")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Output path (.nii/.nii.gz, .zarr or .nc).")],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Output path: .nii or .nii.gz (NIfTI), .zarr (Zarr), .nc (NetCDF).")
+    ],
     series: Annotated[
         str | None, typer.Option(help="Stack key or SeriesInstanceUID (needed when ROOT has several).")
     ] = None,
-    format: Annotated[str, typer.Option("--format", "-f", help="zarr, nifti or netcdf.")] = "nifti",
+    format: Annotated[
+        str | None,
+        typer.Option(
+            "--format",
+            "-f",
+            help="nifti, zarr or netcdf; must match the suffix of --output (default: from the suffix).",
+            show_default=False,
+        ),
+    ] = None,
+    fill_value: Annotated[
+        float | None,
+        typer.Option(
+            "--fill-value",
+            help="Value written for NaN voxels (padding, outside the scan circle), or nan "
+            "(default: -1024 for NIfTI, nan for Zarr and NetCDF).",
+            show_default=False,
+        ),
+    ] = None,
+    resample_mm: Annotated[
+        float | None,
+        typer.Option(
+            "--resample-mm",
+            metavar="MM",
+            help="Resample HU onto slices MM apart along the slice normal: "
+            "for a NIfTI of a stack with gaps, irregular spacing or gantry tilt, which is refused otherwise.",
+            show_default=False,
+        ),
+    ] = None,
     labels: Annotated[
         bool, typer.Option("--labels", help="Add the lung labels (zarr/netcdf: a variable; nifti: a second file).")
     ] = False,
@@ -422,11 +496,10 @@ def export(
     quiet: QuietOption = False,
 ) -> None:
     """Export one volume (HU by default) with its geometry."""
-    formats = ("zarr", "nifti", "netcdf")
-    if format not in formats:
-        from ctframe.errors import ParameterError
-
-        raise ParameterError(f"--format must be one of {', '.join(formats)}, got {format!r}")
+    fmt, fill, outputs = _export_plan(
+        output, format, fill_value=fill_value, resample_mm=resample_mm, stored=stored, labels=labels,
+        overwrite=overwrite,
+    )  # fmt: skip
     _require_folder(root)
     with _configured(config, quiet):
         import ctframe
@@ -439,22 +512,29 @@ def export(
             raise ctframe.MultipleSeriesError(
                 f"{root} holds {count}; choose one with --series KEY (`ctframe scan {root}` lists the keys)"
             ) from None
+        if fmt == "nifti" and resample_mm is None and (problem := writers.grid_problem(volume)) is not None:
+            raise ctframe.ParameterError(
+                f"the series is not one NIfTI grid ({problem[0]}: {problem[1]}); "
+                "pass --resample-mm MM to resample it onto a regular grid, or export to .zarr or .nc, "
+                "which keep each slice's position"
+            )
         data = volume if stored else ctframe.to_hu(volume)
+        if resample_mm is not None:
+            data = writers.resample_slices(data, resample_mm)
         label_volume = None
         if labels:
             from ctframe.segment import lung_mask
 
-            label_volume = lung_mask(ctframe.to_hu(volume))
-        if format == "nifti":
-            writers.to_nifti(data, output, overwrite=overwrite)
+            label_volume = lung_mask(data if not stored else ctframe.to_hu(volume))
+        if fmt == "nifti":
+            writers.to_nifti(data, output, fill_value=fill, overwrite=overwrite)
             if label_volume is not None:
-                name = output.name.replace(".nii", "_labels.nii")
-                writers.to_nifti(label_volume, output.with_name(name), overwrite=overwrite)
-        elif format == "zarr":
-            writers.to_zarr(data, output, labels=label_volume, overwrite=overwrite)
+                writers.to_nifti(label_volume, outputs[1], overwrite=overwrite)
+        elif fmt == "zarr":
+            writers.to_zarr(data, output, labels=label_volume, fill_value=fill, overwrite=overwrite)
         else:
-            writers.to_netcdf(data, output, labels=label_volume, overwrite=overwrite)
-    _say(quiet, f"wrote {output}")
+            writers.to_netcdf(data, output, labels=label_volume, fill_value=fill, overwrite=overwrite)
+    _say(quiet, f"wrote {', '.join(str(p) for p in outputs)}")
 
 
 @app.command("show-config")
