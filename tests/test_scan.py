@@ -531,3 +531,21 @@ def test_scan__a_bug_in_a_worker_process_reaches_the_caller(shared_data: Path) -
     assert read == f"while ctframe.scan read the header of {shared_data / victim}"
     assert worker.startswith("raised in scan worker process ")
     assert result.stdout.splitlines()[1] == "True"  # the worker's frames are in the cause
+
+
+def test_scan__two_threads_scanning_at_once_share_the_pool_safely(lidc_dir: Path) -> None:
+    """Scans from several threads (a notebook's background jobs): each gets the in-process catalog, none hangs."""
+    import concurrent.futures
+
+    serial = _scan_quiet(lidc_dir, workers=1)
+    with ctframe.config_context(scan={"min_files_for_processes": 1}):
+        _scan_until_workers_serve(lidc_dir, workers=2)  # a warm pool
+        with concurrent.futures.ThreadPoolExecutor(4) as threads:
+            catalogs = list(threads.map(lambda _: _scan_quiet(lidc_dir, workers=2), range(8)))
+    modes = [c.attrs["scan_mode"] for c in catalogs]
+    assert any(m.startswith("processes:") for m in modes), modes
+    assert set(modes) <= {m for m in modes if m.startswith("processes:")} | {
+        "in-process: the worker processes are busy with another scan in this process"
+    }, modes
+    for catalog in catalogs:
+        pd.testing.assert_frame_equal(serial, catalog)
