@@ -59,7 +59,7 @@ __all__ = [
 ]
 
 #: Output format -> the suffixes that name it (lower case).
-FORMAT_SUFFIXES: dict[str, tuple[str, ...]] = {"nifti": (".nii", ".nii.gz"), "zarr": (".zarr",), "netcdf": (".nc",)}
+FORMAT_SUFFIXES: dict[str, tuple[str, ...]] = {"zarr": (".zarr",), "nifti": (".nii", ".nii.gz"), "netcdf": (".nc",)}
 #: NIfTI sform/qform code written (1: scanner-based anatomical coordinates, as dcm2niix writes).
 NIFTI_XFORM_SCANNER = 1
 #: A sheared grid is refused when the shear moves the last slice by more than this fraction of a pixel.

@@ -194,7 +194,11 @@ def test_export__nifti_round_trip_lidc(lidc_dir: Path, tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     image = nib.load(out)
     hu = ctframe.to_hu(ctframe.open_series(lidc_dir))
-    np.testing.assert_array_equal(np.asarray(image.dataobj), hu.transpose("col", "row", "slice").values)
+    expected = hu.transpose("col", "row", "slice").values
+    assert np.isnan(expected).any()  # the scan circle: written as the NIfTI default fill, -1024
+    np.testing.assert_array_equal(np.asarray(image.dataobj), np.where(np.isnan(expected), -1024.0, expected))
+    assert int(image.header["qform_code"]) == int(image.header["sform_code"]) == 1
+    np.testing.assert_allclose(image.get_qform(), image.get_sform(), atol=1e-4)
     first = hu.isel(slice=0)
     lps = np.array([float(first[c]) for c in ("position_x_mm", "position_y_mm", "position_z_mm")])
     ras = lps * np.array([-1, -1, 1])

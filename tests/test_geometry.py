@@ -241,7 +241,7 @@ def test_nifti_affine__equals_simpleitk_nifti(real_series, tmp_path: Path) -> No
 
 def test_to_nifti__writes_the_geometry_affine(shared_data: Path, tmp_path: Path) -> None:
     volume = _open(shared_data / SERIES["tilt"][0]).isel(slice=slice(3, 9), row=slice(200, 260), col=slice(10, 90))
-    image = nib.load(to_nifti(volume, tmp_path / "crop.nii"))
+    image = nib.load(to_nifti(volume, tmp_path / "crop.nii", allow_shear=True))  # tilted: the sheared sform
     np.testing.assert_allclose(image.affine, nifti_affine(volume), atol=1e-5)  # float32 in the header
     data = np.asarray(image.dataobj)
     # file voxel (j, i, k) is volume voxel (k, i, j), and both sit at the same point of the patient
