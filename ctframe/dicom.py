@@ -574,8 +574,8 @@ def _records(path: str, *, salt: str | None, include_phi: bool) -> list[dict[str
     original_series_uid = str(_get(ds, "SeriesInstanceUID", ""))
     original_instance_uid = str(_get(ds, "SOPInstanceUID", ""))
     original_frame_uid = str(_get(ds, "FrameOfReferenceUID", ""))
-    offset = date_offset_days(patient_id, salt=salt, fallback=original_study_uid)
-    study_date = shift_date(original_date, offset)
+    shift_days = date_offset_days(patient_id, salt=salt, fallback=original_study_uid)
+    study_date = shift_date(original_date, shift_days)
     try:
         mtime_ns = os.stat(path).st_mtime_ns
     except OSError:
