@@ -1,4 +1,4 @@
-"""Lung segmentation and region statistics: time and peak memory on LIDC-IDRI-0001 and a 300-slice phantom.
+"""Lung segmentation and region statistics: time and peak memory on every shared chest CT and a 300-slice phantom.
 
 Run::
 
@@ -8,7 +8,18 @@ Cases (group per dataset):
 
 * ``lung_mask``: open + HU + :func:`ctframe.lung_mask`, computed to numpy;
 * ``lung_mask+region_stats``: the full sink, :func:`ctframe.region_stats` of the
-  lazy labels over the lazy volume (the volume is read twice, see its Notes).
+  lazy labels over the lazy volume (the volume is read twice, see its Notes);
+* ``from_hu``: :func:`ctframe.lung_mask` alone on HU already in memory (the
+  issue's target: at most 3 s per 100 slices of 512x512 on 2 cores, peak
+  memory at most 4x the HU volume);
+* ``from_hu_previous``: the same with the implementation before issue 15
+  (``ctframe/segment.py`` at commit ``PREVIOUS_COMMIT``, read with
+  ``git show``), measured in the same run so that a busy machine slows both:
+  compare the ratio, not the seconds. Skipped outside a git checkout.
+
+Datasets: LIDC-IDRI-0001 (133 slices), NSCLC-Radiomics LUNG1-003 (107),
+Lung-PET-CT-Dx A0001 (64, 5 mm) and the 300-slice phantom. ``extra_info``
+has ``seconds_per_100_slices`` (from the benchmark's median).
 
 Timings come from pytest-benchmark (threaded scheduler, this machine's cores).
 Peak memory is measured once per case in a fresh subprocess (this file run as a
@@ -33,7 +44,15 @@ from pathlib import Path
 
 import pytest
 
-CASES = ("lung_mask", "lung_mask+region_stats")
+CASES = ("lung_mask", "lung_mask+region_stats", "from_hu", "from_hu_previous")
+#: The last commit with the segmentation before issue 15 (the geometry helper's change only).
+PREVIOUS_COMMIT = "56286c6"
+SHARED_DATA = Path(os.environ.get("CTFRAME_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+REAL = {
+    "lidc": "lidc-idri-0001",
+    "lung1_003": "nsclc-radiomics-lung1-003/ct",
+    "lung_pet_ct_dx": "lung-pet-ct-dx-a0001",
+}
 
 
 def _rss_mib(field: str = "VmRSS") -> float:
@@ -44,10 +63,47 @@ def _rss_mib(field: str = "VmRSS") -> float:
     return float("nan")
 
 
-def run_case(case: str, folder: str | Path) -> dict[str, float]:
-    """Run one case on one series folder; returns seconds and the volume's shape."""
+def previous_lung_mask():
+    """``lung_mask`` of ctframe/segment.py at PREVIOUS_COMMIT, or None outside a git checkout."""
+    import importlib.util
+    import tempfile
+
+    root = Path(__file__).resolve().parents[1]
+    try:
+        source = subprocess.run(["git", "show", f"{PREVIOUS_COMMIT}:ctframe/segment.py"], cwd=root, check=True,
+                                capture_output=True, text=True, timeout=60).stdout  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    path = Path(tempfile.mkdtemp()) / "segment_previous.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location("segment_previous", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.lung_mask
+
+
+def load_hu(folder: str | Path):
+    """HU of a series in memory (numpy-backed DataArray)."""
     import ctframe
 
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ctframe.ScanWarning)
+        return ctframe.to_hu(ctframe.open_series(folder)).compute()
+
+
+def run_case(case: str, folder: str | Path, hu=None) -> dict[str, float]:
+    """Run one case on one series folder (or on `hu` in memory); returns seconds and the volume's size."""
+    import ctframe
+
+    if case in ("from_hu", "from_hu_previous"):
+        if hu is None:
+            hu = load_hu(folder)
+        function = ctframe.lung_mask if case == "from_hu" else previous_lung_mask()
+        start = time.perf_counter()
+        values = function(hu).values
+        return {"seconds": time.perf_counter() - start, "voxels": float(hu.size), "slices": float(hu.shape[0]),
+                "right_ml": float((values == 1).sum()), "left_ml": float((values == 2).sum())}  # fmt: skip
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ctframe.ScanWarning)
@@ -63,7 +119,7 @@ def run_case(case: str, folder: str | Path) -> dict[str, float]:
     else:
         raise ValueError(case)
     voxels = hu.size
-    return {"seconds": time.perf_counter() - start, "voxels": float(voxels), **result}
+    return {"seconds": time.perf_counter() - start, "voxels": float(voxels), "slices": float(hu.shape[0]), **result}
 
 
 def measure_memory(case: str, folder: Path, *, traced: bool = False) -> dict[str, float]:
@@ -73,13 +129,27 @@ def measure_memory(case: str, folder: Path, *, traced: bool = False) -> dict[str
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+_HU_CACHE: dict[str, object] = {}
+
+
 @pytest.mark.parametrize("case", CASES)
-@pytest.mark.parametrize("dataset", ["lidc", "phantom300"])
+@pytest.mark.parametrize("dataset", [*REAL, "phantom300"])
 def test_bench_segment(benchmark, case: str, dataset: str, request: pytest.FixtureRequest) -> None:
-    folder = request.getfixturevalue("lidc_dir" if dataset == "lidc" else "phantom_300")
+    if dataset == "phantom300":
+        folder = request.getfixturevalue("phantom_300")
+    else:
+        if not SHARED_DATA.is_dir():
+            pytest.skip(f"real DICOM data not found at {SHARED_DATA}")
+        folder = SHARED_DATA / REAL[dataset]
+    if case == "from_hu_previous" and previous_lung_mask() is None:
+        pytest.skip("the previous implementation needs a git checkout")
+    hu = None
+    if case.startswith("from_hu"):
+        hu = _HU_CACHE.get(dataset) or _HU_CACHE.setdefault(dataset, load_hu(folder))
     benchmark.group = f"lung segmentation: {dataset}"
-    result = benchmark.pedantic(run_case, args=(case, folder), rounds=3, warmup_rounds=0)
+    result = benchmark.pedantic(run_case, args=(case, folder, hu), rounds=3, warmup_rounds=1)
     assert result["right_ml"] > 0 and result["left_ml"] > 0
+    benchmark.extra_info["seconds_per_100_slices"] = round(benchmark.stats.stats.median * 100 / result["slices"], 2)
     memory = measure_memory(case, folder)
     traced = measure_memory(case, folder, traced=True)
     voxels = memory["voxels"]

@@ -400,11 +400,17 @@ def _body(code: np.ndarray, geometry: _Geometry, settings: Mapping[str, float]) 
     radius = math.floor(settings["body_opening_mm"] / max(geometry.spacing_mm[1:]))
     if radius >= 1:
         dense = ndimage.binary_opening(dense, structure=_disk(radius)[None])
-    # holes: low voxels not connected to the in-plane border; the head and feet
-    # faces are closed (a trachea reaching the top slice is inside the body)
-    closed = np.pad(dense, ((1, 1), (0, 0), (0, 0)), constant_values=True)
-    filled = ndimage.binary_fill_holes(closed)[1:-1]
-    del closed, dense
+    # holes: per slice, low voxels not connected to the in-plane border (one
+    # labelling of the volume with in-plane connectivity, instead of the
+    # iterative 3-D fill); the trachea, enclosed by the neck in every slice,
+    # is inside the body
+    outside, count = _label(~dense, structure=_IN_PLANE)
+    border = np.zeros(count + 1, bool)
+    for edge in (outside[:, 0, :], outside[:, -1, :], outside[:, :, 0], outside[:, :, -1]):
+        border[np.unique(edge)] = True
+    border[0] = False
+    filled = ~border[outside]
+    del outside, dense
     labels, n = _label(filled)
     del filled
     if n == 0:

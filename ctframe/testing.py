@@ -154,7 +154,7 @@ def _airways(an: _Anatomy, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.nd
     if an.trachea_touching_apex:
         # the trachea leans to the right above the carina: at the apex its wall
         # (and, with the lung's own dome, its lumen's partial volume) meets the right apex
-        top = np.array([-0.30 * a, 0.22 * b, an.z0 + 2.0 * an.height])
+        top = np.array([-0.85 * a, 0.22 * b, an.z0 + 2.0 * an.height])
     trachea = _segment_distance((x, y, z), carina, top) < 8.0
     bronchi = np.zeros_like(trachea)
     for side in (-1.0, 1.0):
