@@ -34,6 +34,7 @@ from ctframe.errors import (
     UnsupportedDicomError,
 )
 from ctframe.geometry import StackGeometry, stack_geometry
+from ctframe.privacy import pseudonymous_uid
 from ctframe.scan import PHI_COLUMNS, assign_stacks, problems_table, scan, series_table
 
 __all__ = ["catalog_for", "open_series", "volume_from_catalog"]
@@ -97,13 +98,17 @@ def _describe(source: Source) -> str:
     return f"the {len(list(source))} files given"
 
 
-def _choose_stack(catalog: pd.DataFrame, series: str | None, source: Source) -> pd.DataFrame:
+def _choose_stack(catalog: pd.DataFrame, series: str | None, source: Source, salt: str | None = None) -> pd.DataFrame:
     if catalog.empty:
         raise NoSeriesError(
             f"no DICOM image found in {_describe(source)}; check the path (see scan(...).attrs['problems'])"
         )
     if series is not None:
-        chosen = catalog[(catalog["stack_key"] == series) | (catalog["series_uid"] == series)]
+        # an original SeriesInstanceUID (or stack key made from one) finds its pseudonym (ctframe.privacy)
+        uid, sep, k = series.partition("#")
+        pseudo = pseudonymous_uid(uid, salt=salt)
+        keys, uids = catalog["stack_key"], catalog["series_uid"]
+        chosen = catalog[(keys == series) | (uids == series) | (keys == pseudo + sep + k) | (uids == pseudo)]
         if chosen.empty:
             raise NoSeriesError(
                 f"series {series!r} not found in {_describe(source)}; available: "
@@ -334,14 +339,16 @@ def open_series(
         A folder holding one series, a list of files, or rows of the catalog
         from :func:`ctframe.scan`.
     series : str, optional
-        Stack key or SeriesInstanceUID to pick when `source` holds several.
+        Stack key or series UID (the pseudonym, or the original
+        SeriesInstanceUID, which is hashed with the salt to find it) to pick
+        when `source` holds several.
     slices_per_chunk : int, optional
         Slices per dask chunk (default ``io.slices_per_chunk`` = 32; ``io.compressed_slices_per_chunk`` = 8
         for compressed series, where decoding is the cost).
     include_phi : bool
         Keep PatientID, name, birth date and other identifying values in attrs.
     salt : str, optional
-        Key of the patient pseudonym in ``attrs["patient_key"]``.
+        Key of the pseudonyms (patient key, UIDs, date shift); see :mod:`ctframe.privacy`.
 
     Returns
     -------
@@ -393,5 +400,5 @@ def open_series(
     catalog = catalog_for(source, salt=salt, include_phi=include_phi)
     if not include_phi:
         catalog = catalog.drop(columns=[c for c in PHI_COLUMNS if c in catalog])
-    rows = _choose_stack(catalog, series, source)
+    rows = _choose_stack(catalog, series, source, salt)
     return volume_from_catalog(rows, slices_per_chunk=slices_per_chunk)
