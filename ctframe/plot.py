@@ -845,7 +845,7 @@ def plot_images(
     axes = np.atleast_1d(fig.subplots(1, len(mapping)))
     for ax, (label, image) in zip(axes, zip(mapping, shown, strict=True), strict=True):
         _show(ax, image, cmap=_cmap("gray", "black"), vmin=0.0, vmax=1.0, label=label)
-        ax.set_title(f"{label}\n{_describe_image(image)}", fontsize=9)
+        ax.set_title("\n".join(_wrap(t, 48) for t in (str(label), _describe_image(image)) if t), fontsize=9)
     if title:
         fig.suptitle(title)
     return fig

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from _figure_checks import assert_legible
 from PIL import Image
 
 from ctframe.cli import run_summarize
@@ -145,16 +146,49 @@ def phantom_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+def write_and_keep_figures(summary, cohort, folder: Path, figures: dict, **options) -> Path:
+    """write_figures_and_report, keeping every matplotlib figure it saves in `figures` (file stem -> figure)."""
+    from ctframe import plot
+
+    save = plot.save_figure
+
+    def keep(figure, path, **kwargs):
+        figures[Path(path).stem] = figure
+        return save(figure, path, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(plot, "save_figure", keep)
+        return write_figures_and_report(summary, cohort, folder, **options)
+
+
 @pytest.fixture(scope="module")
-def report(phantom_root: Path, tmp_path_factory: pytest.TempPathFactory):
+def report_figures() -> dict:
+    """The figures of the `report` fixture, by file stem."""
+    return {}
+
+
+@pytest.fixture(scope="module")
+def report(phantom_root: Path, tmp_path_factory: pytest.TempPathFactory, report_figures: dict):
     """A report on a cohort opened WITH identifying values, to prove none leaks."""
     cohort = open_cohort(phantom_root, include_phi=True)
     assert "PHANTOM-0001" in {v.attrs.get("patient_id") for v in cohort.volumes.values()}
     assert "patient_id" in cohort.catalog
     summary = summarize(cohort, progress=False)
     folder = tmp_path_factory.mktemp("report")
-    path = write_figures_and_report(summary, cohort, folder)
+    path = write_and_keep_figures(summary, cohort, folder, report_figures)
     return path, cohort, summary
+
+
+@pytest.fixture(scope="module")
+def one_scan_report(tmp_path_factory: pytest.TempPathFactory):
+    """The report of a cohort of one patient with one scan, and its figures."""
+    root = tmp_path_factory.mktemp("one-scan-cohort")
+    write_phantom_cohort(root, n_patients=1, n_time_points=1, shape=(24, 64, 64), spacing_mm=(10.0, 5.0, 5.0))
+    cohort = open_cohort(root)
+    summary = summarize(cohort, progress=False)
+    figures: dict = {}
+    path = write_and_keep_figures(summary, cohort, tmp_path_factory.mktemp("one-scan-report"), figures)
+    return path, summary, figures
 
 
 # --------------------------------------------------------------------------- files and content
@@ -250,6 +284,56 @@ def test_write_figures_and_report__written_by_summarize(phantom_root, tmp_path):
     assert (outdir / "report.html").is_file()
     assert (outdir / "figures" / "histogram_grid.png").is_file()
     assert (outdir / "figures" / "lung_volumes.png").is_file()
+
+
+# --------------------------------------------------------------------------- figures: legible, labelled, in mm
+
+#: Image figures (no value axis; every image axis carries patient directions) by file-name prefix.
+IMAGE_FIGURES = ("axial_slice_", "coronal_middle", "coronal_mip_", "axial_mip_", "mask_overlay_")
+
+
+def check_report_figures(figures: dict, folder: Path, test_output: Path, tag: str) -> None:
+    assert figures
+    for name, fig in figures.items():
+        image = name.startswith(IMAGE_FIGURES)
+        assert_legible(fig, value_axis=None if image else ("x" if name == "lung_volumes" else "y"),
+                       allow_inside_legend=name == "histogram_grid")  # fmt: skip
+        shutil.copyfile(folder / "figures" / f"{name}.png", test_output / f"report_{tag}_{name}.png")
+        if image:
+            for ax in fig.axes:
+                if not ax.get_images() or ax.get_label() == "<colorbar>":
+                    continue
+                letters = {t.get_gid(): t.get_text() for t in ax.texts if str(t.get_gid()).startswith("direction-")}
+                assert set(letters) == {"direction-left", "direction-right", "direction-top", "direction-bottom"}
+                assert all(re.fullmatch(r"[RLAPSI]{1,3}", v) for v in letters.values()), letters
+                assert "\u2190" in ax.get_xlabel() and "\u2190" in ax.get_ylabel()
+        if "_mip_" in name:
+            for ax in fig.axes:
+                if ax.get_images() and ax.get_label() != "<colorbar>":
+                    assert re.search(r"MIP of a \d+\.\d mm slab", ax.get_title()), ax.get_title()
+                    assert not re.search(r"\[\d+, \d+\)", ax.get_title())  # no index range
+            assert "mm slab" in fig.get_suptitle()
+
+
+def test_write_figures_and_report__figures_legible(report, report_figures, test_output):
+    check_report_figures(report_figures, report[0].parent, test_output, "2x2")
+    assert {"longitudinal", "histogram_grid", "lung_volumes"} <= set(report_figures)
+    grid = report_figures["histogram_grid"]
+    assert [ax.get_label() for ax in grid.axes] == ["slice", "A", "B", "both"]
+
+
+def test_write_figures_and_report__one_scan(one_scan_report, test_output):
+    """One patient, one scan: no empty panel, no longitudinal figure, and the report says why."""
+    path, summary, figures = one_scan_report
+    check_report_figures(figures, path.parent, test_output, "1scan")
+    assert summary.longitudinal.empty and "longitudinal" not in figures
+    grid = figures["histogram_grid"]
+    assert [ax.get_label() for ax in grid.axes] == ["slice", "A"]
+    assert "one patient" in " ".join(t.get_text() for t in grid.texts if t.get_gid() == "note")
+    text = path.read_text(encoding="utf-8")
+    assert "HU histograms: one slice, patient A<" in text or "HU histograms: one slice, patient A." in text
+    assert "patient B" not in text
+    assert {f.stem for f in (path.parent / "figures").iterdir()} == set(figures)
 
 
 # --------------------------------------------------------------------------- in a browser
