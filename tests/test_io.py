@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import warnings
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from ctframe.errors import (
     ScanWarning,
     UnsupportedDicomError,
 )
+from ctframe.privacy import pseudonymous_uid
 from ctframe.testing import raise_if_dask_computes, write_phantom_series
 
 
@@ -44,7 +46,9 @@ def test_open_series__lidc_dims_coords_attrs(lidc) -> None:
     assert attrs["slice_spacing_mm"] == pytest.approx(2.5)
     assert attrs["convolution_kernel"] == "STANDARD"
     assert attrs["manufacturer"] == "GE MEDICAL SYSTEMS"
-    assert attrs["study_date"] == "20000101"
+    shift = dt.date(2000, 1, 1) - dt.datetime.strptime(attrs["study_date"], "%Y%m%d").date()  # stored 20000101
+    assert 365 <= shift.days <= 3650  # de-identified: moved back by the patient's offset (ctframe.privacy)
+    assert attrs["series_uid"].startswith("2.25.") and "6279" not in attrs["series_uid"]  # a pseudonymous UID
     assert "LIDC-IDRI-0001" not in str(attrs)  # PatientID never in attrs by default
 
 
@@ -258,6 +262,7 @@ def test_open_cohort__mixed_spacing_stack_is_flagged_and_the_healthy_one_opens(l
     _mixed_spacing(lidc_dir, tmp_path / "mixed")
     uid = pydicom.uid.generate_uid()
     write_variant(lidc_dir, tmp_path / "healthy", lambda k, ds: setattr(ds, "SeriesInstanceUID", uid))
+    uid = pseudonymous_uid(uid)  # tables and attrs hold the pseudonym (ctframe.privacy)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         cohort = open_cohort(tmp_path)
