@@ -582,8 +582,10 @@ def histogram_view(
 
     rows = _normalized_histograms(histograms, by=by, region=region, range_hu=range_hu)
     return rows.hvplot.step(
-        x="hu", y="percent_per_hu", by="label", where="mid", xlabel="HU", ylabel="% of voxels per HU",
-        title=f"HU histograms by {by} ({region}; padding excluded)", responsive=False, width=700, height=350,
+        x="hu", y="percent_per_hu", by="label", where="mid", xlabel="Hounsfield units (HU)",
+        ylabel="% of voxels per HU", responsive=False, width=700, height=350,
+        title=f"HU histogram of each {'patient' if by == 'patient' else 'scan'}: {_region_name(region)} "
+        "(padding excluded)",
     )  # fmt: skip
 
 
@@ -622,8 +624,8 @@ def lung_area_view(slice_areas: pd.DataFrame, *, region: str = "lungs") -> Any:
 
     rows = _area_rows(slice_areas, region)
     return rows.hvplot.line(
-        x="slice_position_mm", y="area_mm2", by="label", xlabel="slice position (mm)", ylabel="area (mm²)",
-        title=f"{region} area per slice", width=700, height=350,
+        x="slice_position_mm", y="area_mm2", by="label", xlabel="slice position along the slice normal (mm)",
+        ylabel="area (mm²)", title=f"Area on each slice: {_region_name(region)}", width=700, height=350,
     )  # fmt: skip
 
 
@@ -684,17 +686,19 @@ def longitudinal_view(longitudinal: pd.DataFrame, *, measures: Sequence[str] | N
     >>> longitudinal_view(table).kdims
     [Dimension('measure')]
     """
+    import holoviews as hv
     import hvplot.pandas  # noqa: F401  (registers .hvplot)
 
-    rows, _ = _longitudinal_rows(longitudinal, measures)
-    lines = rows.hvplot.line(
-        x="days_since_baseline", y="value", by="patient_key", groupby="measure", dynamic=False,
-        xlabel="days since baseline", width=420, height=260,
-    )  # fmt: skip
-    dots = rows.hvplot.scatter(
-        x="days_since_baseline", y="value", by="patient_key", groupby="measure", dynamic=False, width=420, height=260
-    )
-    return (lines * dots).layout("measure").cols(2)
+    rows, chosen = _longitudinal_rows(longitudinal, measures)
+    panels = {}
+    for measure in chosen:
+        part = rows[rows["measure"] == measure]
+        title, unit = measure_label(measure)
+        options = {"x": "days_since_baseline", "y": "value", "by": "patient_key", "width": 420, "height": 260}
+        lines = part.hvplot.line(xlabel="days since baseline", ylabel=unit, title=title, **options)
+        dots = part.hvplot.scatter(**options)
+        panels[measure] = (lines * dots).opts(title=title)
+    return hv.NdLayout(panels, kdims="measure").cols(2)
 
 
 # --------------------------------------------------------------------------- static figures

@@ -509,6 +509,11 @@ def test_longitudinal_view__panel_per_measure(cohort_summary):
     assert sorted(key[0] for key in view.data) == sorted(summary.longitudinal["measure"].unique())
     panel = view.data[("lung_volume_ml",)]
     assert len(panel.get(0)) == summary.longitudinal["patient_key"].nunique()  # one curve per patient
+    for measure, (title, unit) in [("lung_volume_ml", ("Lung volume", "mL")), ("lung_hu_mean", (None, "HU"))]:
+        rendered = hv.render(view.data[(measure,)])  # the bokeh figure a notebook would show
+        assert "_" not in rendered.title.text and (title is None or rendered.title.text == title)
+        assert rendered.yaxis[0].axis_label == unit
+        assert rendered.xaxis[0].axis_label == "days since baseline"
 
 
 def test_longitudinal_view__empty_table():
