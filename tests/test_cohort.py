@@ -20,6 +20,7 @@ from ctframe.cohort import (
     summarize,
 )
 from ctframe.errors import CohortWarning, NoSeriesError, ScanWarning
+from ctframe.privacy import pseudonymous_uid
 from ctframe.testing import raise_if_dask_computes, write_phantom_cohort, write_phantom_series
 
 EDGES = histogram_edges()
@@ -45,7 +46,7 @@ def scan_summary(cohort) -> CohortSummary:
 
 def test_open_cohort__tree_and_selection(cohort, cohort_root) -> None:
     _, truths = cohort_root
-    assert set(cohort.volumes) == {t.series_uid for t in truths}
+    assert set(cohort.volumes) == {pseudonymous_uid(t.series_uid) for t in truths}  # keys are pseudonyms
     assert len(cohort.tree.children) == 2  # two patients
     for patient in cohort.tree.children.values():
         assert len(patient.children) == 2  # two studies each
@@ -70,10 +71,11 @@ def test_select_series__prefers_thin_then_long_and_explains(tmp_path: Path) -> N
     # the phantom writer derives the study UID from patient, date and seed: give both one study
     table["study_uid"] = "1.2.3"
     chosen = select_series(table).set_index("stack_key")
-    assert chosen.at[thin.series_uid, "selected"] and not chosen.at[thick.series_uid, "selected"]
-    assert "another stack of the study is preferred" in chosen.at[thick.series_uid, "selection_reason"]
+    thin_key, thick_key = pseudonymous_uid(thin.series_uid), pseudonymous_uid(thick.series_uid)
+    assert chosen.at[thin_key, "selected"] and not chosen.at[thick_key, "selected"]
+    assert "another stack of the study is preferred" in chosen.at[thick_key, "selection_reason"]
     by_count = select_series(table, {"prefer": ["most_slices"]}).set_index("stack_key")
-    assert by_count.at[thin.series_uid, "selected"]  # 12 > 10 slices
+    assert by_count.at[thin_key, "selected"]  # 12 > 10 slices
     coronal_only = select_series(table, {"orientations": ["CORONAL"]})
     assert not coronal_only["selected"].any()
     assert coronal_only["selection_reason"].str.contains("excluded: orientation not in CORONAL").all()
@@ -158,19 +160,20 @@ def test_summarize__unreadable_stack_is_skipped(tmp_path: Path) -> None:
     cohort = open_cohort(tmp_path)
     broken = truths[1]
     broken.paths[3].write_bytes(broken.paths[3].read_bytes()[:-500])  # truncated after the scan
+    good_key, broken_key = pseudonymous_uid(truths[0].series_uid), pseudonymous_uid(broken.series_uid)
     with pytest.warns(CohortWarning, match="skipped"):
         summary = summarize(cohort, regions=["scan"], progress=False)
-    assert list(summary.problems["stack_key"]) == [broken.series_uid]
+    assert list(summary.problems["stack_key"]) == [broken_key]
     assert "changed since it was scanned" in summary.problems["reason"].iloc[0]
-    ok = summary.regions[summary.regions["series"] == truths[0].series_uid]
+    ok = summary.regions[summary.regions["series"] == good_key]
     assert ok["volume_ml"].notna().all() and (ok["missing_reason"] == "").all()
-    failed = summary.regions[summary.regions["series"] == broken.series_uid]
+    failed = summary.regions[summary.regions["series"] == broken_key]
     assert len(failed) == 1 and failed["volume_ml"].isna().all() and failed["voxel_count"].isna().all()
     assert failed["missing_reason"].iloc[0].startswith("stack not summarised: ")
     assert "changed since it was scanned" in failed["missing_reason"].iloc[0]
     outcome = summary.series.set_index("stack_key")["outcome"]
-    assert outcome[truths[0].series_uid] == "summarised" and outcome[broken.series_uid].startswith("failed: ")
-    assert set(summary.histograms["series"]) - {""} == {truths[0].series_uid}
+    assert outcome[good_key] == "summarised" and outcome[broken_key].startswith("failed: ")
+    assert set(summary.histograms["series"]) - {""} == {good_key}
 
 
 def test_longitudinal_table__changes_and_comparability() -> None:
@@ -210,7 +213,10 @@ def test_open_cohort__covid_patients_prior_and_current(shared_data: Path) -> Non
         rows = cohort.catalog[cohort.catalog["path"].str.startswith(str(folder) + os.sep)]
         (key,) = rows["patient_key"].unique()
         mine = selected[selected["patient_key"] == key].sort_values("study_datetime")
-        assert mine["study_date"].tolist() == dates, folder.name  # prior first, then current
+        # de-identified: both studies moved back by one offset of 1-10 years, so the interval is exact
+        shift = pd.to_datetime(dates, format="%Y%m%d") - pd.to_datetime(mine["study_date"], format="%Y%m%d").values
+        assert len(dates) == 2 and shift.nunique() == 1, folder.name  # prior first, then current
+        assert 365 <= shift[0].days <= 3650 and not set(dates) & set(mine["study_date"]), folder.name
         assert folder.name not in key
     # coronal and sagittal reformats are recorded as excluded, with the reason
     excluded = cohort.series[~cohort.series["selected"]]
