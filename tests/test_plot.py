@@ -854,3 +854,20 @@ def test_plot_longitudinal__plain_titles_units_and_no_empty_panel(cohort_summary
     table["value"] = np.nan
     with pytest.raises(ParameterError, match=r"no measure .* has a value"):
         plot.plot_longitudinal(table)
+
+
+def test_browse__axis_labels_give_patient_directions(small_phantom):
+    """The phantom is axial head-first supine (IOP 1,0,0,0,1,0): R to L across, A at the top, head up."""
+    import holoviews as hv
+
+    header = pydicom.dcmread(next(iter(sorted(Path(small_phantom.folder).glob("*.dcm")))), stop_before_pixels=True)
+    row_dir, col_dir = iop(header)
+    assert expected_letters(row_dir) == "L" and expected_letters(col_dir) == "P"
+    volume = ctframe.open_series(small_phantom.folder)
+    axial = hv.render(plot.browse(volume, plane="axial")[3, "lung"])
+    assert axial.xaxis[0].axis_label == "col (mm), R \u2190 \u2192 L"
+    assert axial.yaxis[0].axis_label == "row (mm), P \u2190 \u2192 A"  # y drawn downwards: A at the top
+    assert axial.y_range.start > axial.y_range.end  # flipped: larger row values lower
+    coronal = hv.render(plot.browse(volume, plane="coronal")[3, "lung"])
+    assert coronal.yaxis[0].axis_label == "slice (mm), I \u2190 \u2192 S"
+    assert coronal.y_range.start < coronal.y_range.end
