@@ -46,6 +46,7 @@ import ctframe
 from ctframe import dicom
 from ctframe.cohort import open_cohort
 from ctframe.errors import DicomReadError, NoSeriesError, QCWarning
+from ctframe.privacy import pseudonymous_uid
 from ctframe.testing import write_phantom_series
 
 EDGE = SHARED_DATA / "edge-cases"
@@ -732,12 +733,14 @@ def test_bad_input__not_hu_calibrated_stacks_are_not_summarised(tmp_path: Path) 
     _rewrite(partial.paths[2], _delete("RescaleIntercept"))
 
     table = ctframe.series_table(ctframe.scan(tmp_path)).set_index("series_uid")
-    expected = {good.series_uid: False, derived.series_uid: True, partial.series_uid: True}
+    truths = {"good": good, "derived": derived, "partial": partial}
+    uid = {name: pseudonymous_uid(t.series_uid) for name, t in truths.items()}
+    expected = {uid["good"]: False, uid["derived"]: True, uid["partial"]: True}  # tables hold pseudonyms
     assert table["not_hu_calibrated"].to_dict() == expected
-    assert table["usable"].to_dict() == {uid: not flag for uid, flag in expected.items()}
+    assert table["usable"].to_dict() == {key: not flag for key, flag in expected.items()}
     cohort = open_cohort(tmp_path)
-    assert list(cohort.volumes) == [good.series_uid]
-    assert cohort.series.set_index("series_uid").loc[derived.series_uid, "selection_reason"] == "excluded: not usable"
+    assert list(cohort.volumes) == [uid["good"]]
+    assert cohort.series.set_index("series_uid").loc[uid["derived"], "selection_reason"] == "excluded: not usable"
 
 
 def test_cli__closed_stdout_pipe_stops_quietly(edge_cases: Path) -> None:
