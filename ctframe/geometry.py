@@ -46,6 +46,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+import ctframe.accessor  # noqa: F401  (registers .ct on every volume ctframe makes)
 from ctframe.config import get_config
 from ctframe.errors import ParameterError
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
+import ctframe.accessor  # noqa: F401  (registers .ct on every volume ctframe makes)
 from ctframe.calibration import calibration_of_volume
 from ctframe.config import get_config
 from ctframe.errors import NotHUCalibratedError

@@ -409,3 +409,86 @@ def test_cli__truncated_file_alone_is_bad_input_named_once(lidc_dir: Path, tmp_p
             message = " ".join(pd.read_csv(tmp_path / "out" / "problems.csv")["reason"])
         assert message.count(str(cut)) == 1, message  # not wrapped a second time
         assert "DicomReadError" not in message and "cannot read pixel data (" not in message, message
+
+
+# --------------------------------------------------------------------------- a light start
+
+HEAVY = ("xarray", "dask", "distributed", "pydicom", "numpy", "pandas", "scipy", "skimage", "numba", "matplotlib")
+
+
+def _heavy_modules_after(code: str) -> list[str]:
+    probe = f"{code}\nimport sys\nprint(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r}))"
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return eval(result.stdout.strip().splitlines()[-1])  # a list of module names
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "import ctframe.cli",
+        "from ctframe.cli import app\ntry:\n    app(['--help'], prog_name='ctframe')\nexcept SystemExit:\n    pass",
+        "from ctframe.cli import app\ntry:\n    app(['scan', '--help'], prog_name='ctframe')\nexcept SystemExit:\n    pass",
+        "import ctframe\nctframe.__version__\nctframe.CTFrameError\nctframe.load_config",
+    ],
+    ids=["import-cli", "help", "scan-help", "version-errors-config"],
+)
+def test_cli__help_and_version_import_no_heavy_library(code: str) -> None:
+    assert _heavy_modules_after(code) == []
+
+
+def test_cli__console_script_help_lists_the_commands() -> None:
+    result = ctframe_cmd("--help")
+    assert result.returncode == 0, result.stderr
+    for command in ("scan", "summarize", "demo", "export", "show-config"):
+        assert command in result.stdout
+
+
+def test_init__every_public_name_resolves_lazily() -> None:
+    code = (
+        "import ctframe\n"
+        "names = [n for n in ctframe.__all__ if n != '__version__']\n"
+        "import ctframe.io, ctframe.scan\n"  # importing the submodule keeps ctframe.scan the function
+        "assert ctframe.scan.__module__ == 'ctframe.scan' and callable(ctframe.scan), ctframe.scan\n"
+        "missing = [n for n in names if getattr(ctframe, n, None) is None]\n"
+        "assert not missing, missing\n"
+        "assert set(names) <= set(dir(ctframe))\n"
+        "ns = {}\n"
+        "exec('from ctframe import *', ns)\n"
+        "assert set(names) <= set(ns) and callable(ns['scan']), sorted(set(names) - set(ns))\n"
+        "print('ok')"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
+
+
+def test_init__unknown_name_is_an_attribute_error() -> None:
+    with pytest.raises(AttributeError, match="no attribute 'no_such_thing'"):
+        ctframe.no_such_thing  # noqa: B018
+
+
+def test_init__ct_accessor_on_a_volume_and_after_import_accessor(lidc_dir: Path) -> None:
+    """`import ctframe` then open_series gives `.ct`; a plain DataArray has it after `import ctframe.accessor`."""
+    code = textwrap.dedent(
+        f"""
+        import ctframe
+        volume = ctframe.open_series({str(lidc_dir)!r})
+        hu = volume.ct.to_hu()
+        print(type(volume.ct).__name__, hu.dims)
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split()[0] == "CTAccessor"
+    code = textwrap.dedent(
+        """
+        import xarray as xr, numpy as np
+        plain = xr.DataArray(np.zeros((2, 3, 3), "int16"), dims=("slice", "row", "col"))
+        print(hasattr(plain, "ct"))
+        import ctframe.accessor
+        print(hasattr(plain, "ct"), type(plain.ct).__name__)
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["False", "True", "CTAccessor"]
