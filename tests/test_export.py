@@ -342,4 +342,6 @@ def test_nifti__tilt_refused_sheared_on_request_resampled_orthogonal(shared_data
     mine = ours[ii.ravel(), jj.ravel(), kk.ravel()]
     both = np.isfinite(theirs) & (mine > -1024) & (theirs > -1024)
     assert both.sum() > 1000
-    assert np.median(np.abs(mine[both] - theirs[both])) < 20, np.median(np.abs(mine[both] - theirs[both]))
+    diff = np.abs(mine[both] - theirs[both])
+    # measured: 90th percentile 0.36 HU, correlation 0.9999999 (without the in-plane shift: 814 HU, 0.36)
+    assert np.percentile(diff, 90) < 2 and np.corrcoef(mine[both], theirs[both])[0, 1] > 0.999, np.percentile(diff, 90)
