@@ -758,13 +758,25 @@ def _column_fill(
 def _split(
     field: np.ndarray, geometry: _Geometry, settings: Mapping[str, float]
 ) -> tuple[np.ndarray, np.ndarray] | None:
-    """Part one 3-D field into two lungs by in-plane erosion and regrowth, or None."""
+    """Part one 3-D field into two lungs by in-plane erosion and regrowth, or None.
+
+    Runs on an in-plane grid coarsened to about ``envelope_grid_mm`` (a coarse
+    pixel is field where any of its pixels is): the parting line is placed to
+    a coarse pixel, and the erosions, labellings and regrowth cost a fraction.
+    """
     box = _bbox(field)
     if box is None:
         return None
-    sub = field[box]
+    full = field[box]
     _, dy, dx = geometry.spacing_mm
-    steps = max(math.ceil(settings["split_max_mm"] / min(dy, dx)), 1)
+    f = max(1, round(settings["envelope_grid_mm"] / min(dy, dx)))
+    n, h, w = full.shape
+    hc, wc = -(-h // f), -(-w // f)
+    padded = np.zeros((n, hc * f, wc * f), bool)
+    padded[:, :h, :w] = full
+    sub = padded.reshape(n, hc, f, wc, f).any(axis=(2, 4))
+    del padded
+    steps = max(math.ceil(settings["split_max_mm"] / (f * min(dy, dx))), 1)
     eroded = sub
     for _ in range(steps):
         eroded = ndimage.binary_erosion(eroded, structure=_IN_PLANE)
@@ -782,10 +794,11 @@ def _split(
         markers[labels == order[0]] = 1
         markers[labels == order[1]] = 2
         grown = _propagate_labels(markers, sub)
+        grown = np.repeat(np.repeat(grown, f, axis=1), f, axis=2)[:, :h, :w]
         first = np.zeros(field.shape, bool)
         second = np.zeros(field.shape, bool)
-        first[box] = grown == 1
-        second[box] = grown == 2
+        first[box] = full & (grown == 1)
+        second[box] = full & (grown == 2)
         return first, second
     return None
 
