@@ -501,8 +501,10 @@ def test_bad_input__missing_slices_open_with_a_qc_warning(tmp_path: Path) -> Non
     _assert_expected(outcome, "ok")
     assert outcome.hu.shape == (5, 32, 32)
     assert [w for w in outcome.ctframe_warnings if re.search(r"QCWarning: .*missing slices", w)]
-    code, output = check_cli(["export", str(tmp_path), "-o", str(tmp_path / "v.nii")])
+    code, output = check_cli(["export", str(tmp_path), "-o", str(tmp_path / "v.zarr")])  # positions kept
     assert code == 0 and re.search(r"^ctframe: warning: series .*missing slices", output, re.M), output
+    code, output = check_cli(["export", str(tmp_path), "-o", str(tmp_path / "v.nii")])  # one NIfTI grid: refused
+    assert code == 2 and re.search(r"^ctframe: error: .*not one NIfTI grid \(has_gaps: .*--resample-mm", output, re.M)
 
 
 @pytest.mark.parametrize("where", ["preamble", "magic", "meta", "patient_name", "pixel_tag", "pixels", "last_bytes"])
