@@ -34,6 +34,7 @@ run with the threads' task order) and the volume's own size for scale
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -63,6 +64,7 @@ def _rss_mib(field: str = "VmRSS") -> float:
     return float("nan")
 
 
+@functools.cache
 def previous_lung_mask():
     """``lung_mask`` of ctframe/segment.py at PREVIOUS_COMMIT, or None outside a git checkout."""
     import importlib.util
@@ -79,6 +81,7 @@ def previous_lung_mask():
     spec = importlib.util.spec_from_file_location("segment_previous", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is made
     spec.loader.exec_module(module)
     return module.lung_mask
 
