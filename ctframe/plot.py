@@ -849,13 +849,24 @@ def plot_images(
     axes = np.atleast_1d(fig.subplots(1, len(mapping)))
     for ax, (label, image) in zip(axes, zip(mapping, shown, strict=True), strict=True):
         _show(ax, image, cmap=_cmap("gray", "black"), vmin=0.0, vmax=1.0, label=label)
-        ax.set_title("\n".join(_wrap(t, 48) for t in (str(label), _describe_image(image)) if t), fontsize=9)
+        ax.set_title("\n".join([_wrap(str(label), 48), *_lines(_describe_parts(image), 48)]), fontsize=9)
     if title:
         fig.suptitle(title)
     return fig
 
 
-def _describe_image(image: xr.DataArray) -> str:
+def _lines(parts: Sequence[str], width: int) -> list[str]:
+    """Join phrases with ", " into lines of about `width` characters, never splitting a phrase."""
+    lines: list[str] = []
+    for part in parts:
+        if lines and len(lines[-1]) + 2 + len(part) <= width:
+            lines[-1] += ", " + part
+        else:
+            lines.append(part)
+    return lines
+
+
+def _describe_parts(image: xr.DataArray) -> list[str]:
     parts = []
     if "plane" in image.attrs:
         fixed = next((c for c in ("slice", "row", "col") if c in image.coords and c not in image.dims), None)
@@ -866,7 +877,7 @@ def _describe_image(image: xr.DataArray) -> str:
     window = _window_text(image)
     if window:
         parts.append(window)
-    return ", ".join(parts)
+    return parts
 
 
 def _slab_mm(image: xr.DataArray) -> float:
@@ -1002,7 +1013,7 @@ def plot_mip(
     >>> _ = write_phantom_series(folder, shape=(8, 32, 32), spacing_mm=(10.0, 10.0, 10.0))
     >>> fig = plot_mip({"A": ctframe.open_series(folder)}, plane="axial", slab=4)
     >>> fig.axes[0].get_title().splitlines()[1]
-    'MIP of a 40.0 mm slab, position -60.0 to -30.0 mm, lung W1500/L-600'
+    'MIP of a 40.0 mm slab, position -60.0 to -30.0 mm'
     """
     from ctframe.projection import mip, plane_dim
 
