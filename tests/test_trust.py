@@ -10,7 +10,9 @@ read exactly once, and the bad stack must be reported with its reason.
 from __future__ import annotations
 
 import collections
+import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -24,9 +26,27 @@ import ctframe.dicom
 from ctframe.cli import app
 from ctframe.cohort import open_cohort, summarize
 from ctframe.errors import CohortWarning, NotHUCalibratedError
+from ctframe.privacy import pseudonymous_uid
 
 UID_A = "1.2.826.0.1.3680043.8.498.4.5.1"
 UID_B = "1.2.826.0.1.3680043.8.498.4.5.10"  # UID_A is a prefix of it
+#: The salt of these tests; tables and stack keys hold the UIDs' pseudonyms (ctframe.privacy).
+SALT = "test-trust-salt"
+KEY_A, KEY_B = pseudonymous_uid(UID_A, salt=SALT), pseudonymous_uid(UID_B, salt=SALT)
+
+
+@pytest.fixture(autouse=True)
+def _salt() -> Iterator[None]:
+    """CTFRAME_SALT for the test (set by hand: a test's monkeypatch.undo() must not reset it)."""
+    previous = os.environ.get("CTFRAME_SALT")
+    os.environ["CTFRAME_SALT"] = SALT
+    yield
+    if previous is None:
+        os.environ.pop("CTFRAME_SALT", None)
+    else:
+        os.environ["CTFRAME_SALT"] = previous
+
+
 N_SLICES = 8
 
 
@@ -88,18 +108,18 @@ STATS = ["voxel_count", "volume_ml", "hu_mean", "hu_std", "hu_median", "hu_p15",
 
 def test_summarize__truncated_file_blames_its_own_stack_only(two_stacks, tmp_path, monkeypatch) -> None:
     cohort = open_cohort(two_stacks["root"][0])
-    assert set(cohort.volumes) == {UID_A, UID_B}
+    assert set(cohort.volumes) == {KEY_A, KEY_B}
     truncated = two_stacks[UID_B][2]  # IM30: its name holds "IM3", a file of stack A
     truncated.write_bytes(truncated.read_bytes()[:-4000])
     reads = _count_reads(monkeypatch)
     with pytest.warns(CohortWarning, match="skipped"):
         summary = summarize(cohort, regions=["scan"], progress=False)
     # the failure belongs to B, with its file named once; A is untouched
-    assert summary.problems["stack_key"].tolist() == [UID_B]
+    assert summary.problems["stack_key"].tolist() == [KEY_B]
     reason = summary.problems["reason"].iloc[0]
     assert "IM30" in reason and reason.count(str(truncated)) <= 1
     outcome = summary.series.set_index("stack_key")["outcome"]
-    assert outcome[UID_A] == "summarised" and outcome[UID_B].startswith("failed: ")
+    assert outcome[KEY_A] == "summarised" and outcome[KEY_B].startswith("failed: ")
     # one compute: every file of A read exactly once, B's files at most once
     assert {reads[p.name] for p in two_stacks[UID_A]} == {1}
     assert max(reads[p.name] for p in two_stacks[UID_B]) == 1
@@ -107,9 +127,9 @@ def test_summarize__truncated_file_blames_its_own_stack_only(two_stacks, tmp_pat
     regions = summary.regions.set_index("series")
     monkeypatch.undo()
     reference = _alone(two_stacks[UID_A], tmp_path).set_index("series")
-    pd.testing.assert_series_equal(regions.loc[UID_A, STATS], reference.loc[UID_A, STATS], check_names=False)
-    assert regions.loc[UID_B, STATS].isna().all()
-    assert "IM30" in regions.loc[UID_B, "missing_reason"]
+    pd.testing.assert_series_equal(regions.loc[KEY_A, STATS], reference.loc[KEY_A, STATS], check_names=False)
+    assert regions.loc[KEY_B, STATS].isna().all()
+    assert "IM30" in regions.loc[KEY_B, "missing_reason"]
 
 
 def test_summarize__every_stack_failing_keeps_the_schema(two_stacks) -> None:
@@ -119,7 +139,7 @@ def test_summarize__every_stack_failing_keeps_the_schema(two_stacks) -> None:
         path.write_bytes(path.read_bytes()[:-4000])
     with pytest.warns(CohortWarning):
         summary = summarize(cohort, regions=["scan"], progress=False)
-    assert sorted(summary.problems["stack_key"]) == sorted([UID_A, UID_B])
+    assert sorted(summary.problems["stack_key"]) == sorted([KEY_A, KEY_B])
     assert len(summary.regions) == 2 and summary.regions["volume_ml"].isna().all()
     assert {"volume_ml", "hu_mean", "missing_reason"} <= set(summary.regions.columns)
     assert list(summary.histograms.columns)[:3] == ["level", "patient_key", "study_date"]
@@ -161,11 +181,11 @@ def missing_slope(lidc_dir: Path, tmp_path: Path) -> dict[str, list[Path]]:
 
 def test_series_table__missing_slope_on_one_slice_is_flagged(missing_slope) -> None:
     table = ctframe.series_table(ctframe.scan(missing_slope["root"][0], progress=False)).set_index("stack_key")
-    assert table.loc[UID_A, "usable"] and table.loc[UID_A, "calibration_issue"] == ""
-    assert not table.loc[UID_B, "usable"] and table.loc[UID_B, "not_hu_calibrated"]
-    issue = table.loc[UID_B, "calibration_issue"]
+    assert table.loc[KEY_A, "usable"] and table.loc[KEY_A, "calibration_issue"] == ""
+    assert not table.loc[KEY_B, "usable"] and table.loc[KEY_B, "not_hu_calibrated"]
+    issue = table.loc[KEY_B, "calibration_issue"]
     assert issue == "RescaleSlope missing or not a finite number on 1 of 8 slice(s) (first: B03.dcm)"
-    assert issue in table.loc[UID_B, "qc_notes"]
+    assert issue in table.loc[KEY_B, "qc_notes"]
 
 
 def test_to_hu__refuses_what_series_table_flags(missing_slope) -> None:
@@ -183,13 +203,13 @@ def test_to_hu__refuses_what_series_table_flags(missing_slope) -> None:
 
 def test_summarize__missing_slope_stack_excluded_healthy_unchanged(missing_slope, tmp_path) -> None:
     cohort = open_cohort(missing_slope["root"][0])
-    assert set(cohort.volumes) == {UID_A}  # B is not selected, with the reason in the series table
-    reason = cohort.series.set_index("stack_key").loc[UID_B, "selection_reason"]
+    assert set(cohort.volumes) == {KEY_A}  # B is not selected, with the reason in the series table
+    reason = cohort.series.set_index("stack_key").loc[KEY_B, "selection_reason"]
     assert reason.startswith("excluded:") and "not usable" in reason
     summary = summarize(cohort, regions=["scan"], progress=False)
     reference = _alone(missing_slope[UID_A], tmp_path).set_index("series")
     regions = summary.regions.set_index("series")
-    pd.testing.assert_series_equal(regions.loc[UID_A, STATS], reference.loc[UID_A, STATS], check_names=False)
+    pd.testing.assert_series_equal(regions.loc[KEY_A, STATS], reference.loc[KEY_A, STATS], check_names=False)
     assert not (summary.slice_areas["voxel_count"] == 0).any()
 
 
