@@ -9,7 +9,8 @@ years. A Content-Security-Policy forbids the page any network request.
 Patients appear only under their pseudonymous keys (``P-`` + HMAC of the
 PatientID, see :mod:`ctframe.privacy`); series under short references
 (``series_`` + 8 hex digits of a hash of the stack key, the node names of
-``Cohort.tree``), never their UIDs; file paths in error messages are elided.
+``Cohort.tree``), never their UIDs; dates are the de-identified (shifted)
+ones of the catalog; file paths in error messages are elided.
 Figure file names come from fixed names and patient keys via
 :func:`ctframe.privacy.safe_name`.
 """
@@ -588,7 +589,8 @@ def _render(summary: Any, cohort: Any, figures: list[_Figure], notes: list[str],
 <body>
 <header><h1>ctframe cohort report</h1>
 <p>{n_patients} patient(s), generated {created} by ctframe {html.escape(__version__)}.
-Patients appear under pseudonymous keys only; series under short references.</p></header>
+Patients appear under pseudonymous keys only; series under short references; study dates are moved back by
+one offset per patient (1 to 10 years), so intervals between a patient's scans are exact.</p></header>
 <main>
 <div class="cards">{card_html}</div>
 <nav><ol>{toc}</ol></nav>
