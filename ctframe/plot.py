@@ -1389,12 +1389,12 @@ def plot_lung_volumes(regions: pd.DataFrame) -> Any:
         raise ParameterError(
             "the region table has no lung regions; run summarize(..., regions=['lungs', 'right_lung', 'left_lung'])"
         )
-    table = regions[regions["region"].isin(shown)].pivot_table(
+    lung_rows = regions[regions["region"].isin(shown)]
+    table = lung_rows.pivot_table(
         index=["patient_key", "study_date", "series"], columns="region", values="volume_ml", sort=True
-    )
-    measured = np.isfinite(table.to_numpy(float)).any(axis=1)
-    dropped = int((~measured).sum())
-    table = table[measured]
+    )  # drops the scans without any lung volume
+    table = table[np.isfinite(table.to_numpy(float)).any(axis=1)]
+    dropped = lung_rows["series"].nunique() - len(table)
     if table.empty:
         raise ParameterError("no scan has a lung volume (the segmentation found no lung; see regions.missing_reason)")
     labels = [f"{p}  {_date_text(d)}".strip() for p, d, _ in table.index]

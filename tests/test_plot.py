@@ -871,3 +871,18 @@ def test_browse__axis_labels_give_patient_directions(small_phantom):
     coronal = hv.render(plot.browse(volume, plane="coronal")[3, "lung"])
     assert coronal.yaxis[0].axis_label == "slice (mm), I \u2190 \u2192 S"
     assert coronal.y_range.start < coronal.y_range.end
+
+
+def test_plot_lung_volumes__scans_without_lungs_left_out_with_a_note(cohort_summary):
+    _, summary = cohort_summary
+    regions = summary.regions.copy()
+    first = regions["series"].iloc[0]
+    regions.loc[regions["series"] == first, "volume_ml"] = np.nan  # the segmentation found no lung there
+    fig = plot.plot_lung_volumes(regions)
+    assert_legible(fig, value_axis="x")
+    assert len(fig.axes[0].get_yticklabels()) == regions["series"].nunique() - 1
+    note = " ".join(t.get_text() for t in fig.texts if t.get_gid() == "note")
+    assert "1 scan(s) without a lung volume not drawn" in note
+    regions["volume_ml"] = np.nan
+    with pytest.raises(ParameterError, match="no scan has a lung volume"):
+        plot.plot_lung_volumes(regions)
