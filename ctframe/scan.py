@@ -527,8 +527,11 @@ def scan(
     salt : str, optional
         Key of the patient pseudonym (see :mod:`ctframe.privacy`).
     include_phi : bool
-        Add PatientID, name, birth date, accession number, institution and
-        referring physician columns. Off by default: the catalog is safe to share.
+        Add PatientID, name, birth date, accession number, institution,
+        referring physician and the original UIDs and study date and time
+        (``PHI_COLUMNS``), for :func:`ctframe.linkage_table`. Off by default:
+        the catalog is de-identified (pseudonymous patient keys and UIDs, dates
+        moved per patient; see :mod:`ctframe.privacy`) and safe to share.
     workers : int, optional
         Header-reading processes. Default from ``scan.workers`` (0: one per CPU);
         small trees (``scan.min_files_for_processes``) are read in-process. The
