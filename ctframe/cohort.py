@@ -37,8 +37,8 @@ import xarray as xr
 from ctframe.calibration import calibration_of_volume
 from ctframe.config import get_config
 from ctframe.errors import CohortWarning, CTFrameError, NoSeriesError, NotHUCalibratedError, ParameterError
-from ctframe.geometry import pixel_spacing, voxel_spacing
 from ctframe.execution import Scheduler, compute
+from ctframe.geometry import pixel_spacing, voxel_spacing
 from ctframe.histogram import (
     CATEGORIES,
     N_FINE,
@@ -215,7 +215,9 @@ def open_cohort(
     salt : str, optional
         Key of the patient pseudonyms.
     include_phi : bool
-        Keep identifying columns (PatientID...) in the catalog and attrs.
+        Keep identifying columns (PatientID..., the original UIDs and dates) in
+        the catalog (for :func:`ctframe.linkage_table`) and the volumes'
+        attrs; never in the series table or the summary tables.
     slices_per_chunk : int, optional
         Slices per dask chunk.
 
