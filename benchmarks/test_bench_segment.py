@@ -148,7 +148,9 @@ def test_bench_segment(benchmark, case: str, dataset: str, request: pytest.Fixtu
         pytest.skip("the previous implementation needs a git checkout")
     hu = None
     if case.startswith("from_hu"):
-        hu = _HU_CACHE.get(dataset) or _HU_CACHE.setdefault(dataset, load_hu(folder))
+        if dataset not in _HU_CACHE:
+            _HU_CACHE[dataset] = load_hu(folder)
+        hu = _HU_CACHE[dataset]
     benchmark.group = f"lung segmentation: {dataset}"
     result = benchmark.pedantic(run_case, args=(case, folder, hu), rounds=3, warmup_rounds=1)
     assert result["right_ml"] > 0 and result["left_ml"] > 0
