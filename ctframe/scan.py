@@ -65,7 +65,7 @@ STACK_COLUMNS: tuple[str, ...] = ("stack_key", "slice_position_mm")
 #: Columns of the series table, in order.
 SERIES_COLUMNS: tuple[str, ...] = (
     "stack_key", "series_uid", "patient_key", "study_uid", "study_date", "study_datetime", "series_number",
-    "series_description", "modality", "orientation", "n_files", "n_slices", "rows", "columns",
+    "series_description", "folder", "modality", "orientation", "n_files", "n_slices", "rows", "columns",
     "pixel_spacing_row_mm", "pixel_spacing_col_mm", "slice_thickness_mm", "spacing_median_mm", "spacing_min_mm",
     "spacing_max_mm", "n_missing_slices", "tilt_angle_deg", "gantry_tilt_deg", "convolution_kernel", "kvp",
     "manufacturer", "manufacturer_model", "transfer_syntax", "has_duplicates", "has_gaps", "irregular_spacing",
@@ -588,7 +588,8 @@ def scan(
     (8, 1)
     """
     cfg = get_config()["scan"]
-    paths = list(iter_files(root))
+    roots = [root] if isinstance(root, str | os.PathLike) else list(root)
+    paths = list(iter_files(roots))
     salt = resolve_salt(salt)
     n_workers = cfg["workers"] if workers is None else workers
     n_workers = n_workers or os.cpu_count() or 1
@@ -613,6 +614,7 @@ def scan(
     # attrs hold plain tuples (pandas compares and copies attrs on every operation)
     catalog.attrs["problems"] = tuple(sorted((p["path"], p["reason"]) for p in problems))
     catalog.attrs["scan_mode"] = mode
+    catalog.attrs["roots"] = tuple(os.path.abspath(os.fspath(r)) for r in roots)  # series_table's folder column
     catalog.attrs["scan_worker_pids"] = pids
     problems_df = problems_table(catalog)
     if len(problems_df):
@@ -839,6 +841,20 @@ def _agreed(group: pd.DataFrame, column: str) -> tuple[Any, str]:
     return joined, f"{name} differs between slices ({listing})"
 
 
+def _stack_folder(paths: pd.Series, roots: Sequence[str]) -> str:
+    """The folder holding a stack's files (their common folder), relative to the scanned root that holds it.
+
+    Absolute when no scanned root holds it (a catalog put together by other means).
+    """
+    folders = sorted({os.path.dirname(os.path.abspath(p)) for p in paths.unique()})
+    common = os.path.commonpath(folders) if folders else ""
+    for root in roots:
+        base = root if os.path.isdir(root) else os.path.dirname(root)
+        if common == base or common.startswith(base.rstrip(os.sep) + os.sep):
+            return os.path.relpath(common, base)
+    return common
+
+
 def series_table(catalog: pd.DataFrame) -> pd.DataFrame:
     """One row per stack of the catalog, with geometry and QC flags.
 
@@ -864,7 +880,9 @@ def series_table(catalog: pd.DataFrame) -> pd.DataFrame:
         ``columns`` and ``pixel_spacing_row_mm``/``_col_mm`` hold the value every
         slice shares and are missing where the slices disagree (the flag is set
         and ``qc_notes`` lists the values with their slice counts; see
-        :func:`ctframe.geometry.stack_geometry`). ``calibration_issue`` (why the stack cannot
+        :func:`ctframe.geometry.stack_geometry`). ``folder`` is the folder holding
+        the stack's files, relative to the root given to :func:`scan` (``.`` for
+        the root itself). ``calibration_issue`` (why the stack cannot
         become HU, from :func:`ctframe.calibration.assess_calibration`; empty
         when it can) and a readable ``qc_notes``. Never the identifying
         columns of ``scan(..., include_phi=True)``: those go only into
@@ -888,6 +906,9 @@ def series_table(catalog: pd.DataFrame) -> pd.DataFrame:
         catalog = assign_stacks(catalog)
     qc = get_config()["qc"]
     rows = [_stack_qc(group, qc) for _, group in catalog.groupby("stack_key", sort=True)]
+    roots = sorted(catalog.attrs.get("roots", ()), key=len, reverse=True)  # the deepest root holding a folder
+    for row, (_, group) in zip(rows, catalog.groupby("stack_key", sort=True), strict=True):
+        row["folder"] = _stack_folder(group["path"], roots)
     table = pd.DataFrame(rows, columns=list(SERIES_COLUMNS))
     table[["rows", "columns"]] = table[["rows", "columns"]].astype("Int64")  # NA where the slices differ in size
     return table

@@ -33,7 +33,7 @@ import ctframe
 from ctframe.cli import app
 from ctframe.cohort import longitudinal_table, open_cohort, summarize
 from ctframe.errors import CTFrameError
-from ctframe.privacy import patient_key
+from ctframe.privacy import patient_key, pseudonymous_uid
 from ctframe.scan import PHI_COLUMNS
 from ctframe.testing import write_phantom_series
 
@@ -506,3 +506,29 @@ def test_privacy__intervals_between_a_patients_scans_are_exact(planted_root: Pat
         days = longitudinal[longitudinal["patient_key"] == key]["days_since_baseline"]
         assert sorted(set(days)) == pytest.approx([0, interval_days], abs=1e-9)
         assert int(interval_days) == planted_days or stamps[1].time() < stamps[0].time()
+
+
+def test_privacy__worker_processes_use_the_callers_salt(planted_root: Path, lidc_dir: Path) -> None:
+    """Headers read in the scan's worker processes get the caller's salt, not one of their own."""
+    import time
+
+    def quiet_scan(**kwargs: Any) -> pd.DataFrame:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ctframe.CTFrameWarning)
+            return ctframe.scan([planted_root, lidc_dir], salt=SALT_A, **kwargs)
+
+    serial = quiet_scan(workers=1)
+    deadline = time.monotonic() + 120
+    with ctframe.config_context(scan={"min_files_for_processes": 1}):
+        while True:  # a cold pool of fresh interpreters serves from the second scan on
+            parallel = quiet_scan(workers=2)
+            if parallel.attrs["scan_mode"].startswith("processes:") or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+    assert parallel.attrs["scan_mode"].startswith("processes:"), parallel.attrs["scan_mode"]
+    columns = ["path", "patient_key", "study_uid", "series_uid", "sop_instance_uid", "study_date", "stack_key"]
+    pd.testing.assert_frame_equal(serial[columns], parallel[columns])
+    lidc = serial[serial["path"].str.startswith(str(lidc_dir))]
+    assert lidc["series_uid"].iloc[0] == pseudonymous_uid(
+        pydicom.dcmread(lidc["path"].iloc[0]).SeriesInstanceUID, salt=SALT_A
+    )
