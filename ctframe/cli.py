@@ -192,6 +192,57 @@ def _say(quiet: bool, message: str) -> None:
 # --------------------------------------------------------------------------- commands
 
 
+TABLE_SUFFIXES = (".csv", ".parquet")
+
+
+def _table_path(path: Path | None, option: str, what: str, overwrite: bool) -> None:
+    """Check an output table's path before any work: a .csv or .parquet name, not there unless --overwrite."""
+    from ctframe.errors import OutputExistsError, ParameterError
+
+    if path is None:
+        return
+    if path.suffix.lower() not in TABLE_SUFFIXES:
+        raise ParameterError(f"{option} {str(path)!r}: {what} is written as .csv or .parquet; change the suffix")
+    if path.exists() and not overwrite:
+        raise OutputExistsError(f"{path} already exists; choose another path or pass --overwrite")
+
+
+def _no_dicom(root: Path, n_skipped: int) -> str:
+    """The one CLI wording for a tree without any DICOM image."""
+    if not n_skipped:
+        return f"no DICOM image found under {root} (no files there)"
+    return (
+        f"no DICOM image found under {root} ({n_skipped} file(s) skipped); "
+        f"`ctframe scan {root} --problems problems.csv` writes each file and reason"
+    )
+
+
+def _elapsed(start: float) -> str:
+    import time
+
+    seconds = time.monotonic() - start
+    return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
+def _scan_stage(root: Path, *, quiet: bool, include_phi: bool = False) -> Any:
+    """Scan `root` for the CLI: a bar on a terminal, else one line with counts and elapsed time."""
+    import sys
+    import time
+
+    import ctframe
+
+    start = time.monotonic()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ctframe.ScanWarning)  # the CLI says it in its own words
+        catalog = ctframe.scan(root, progress=not quiet and sys.stderr.isatty(), include_phi=include_phi)
+    n_skipped = len(catalog.attrs.get("problems", ()))
+    n_files = catalog["path"].nunique() if len(catalog) else 0
+    n_stacks = catalog["stack_key"].nunique() if len(catalog) else 0
+    _say(quiet, f"scanned {root}: {n_files} DICOM file(s), {n_stacks} stack(s), {n_skipped} file(s) skipped, "
+                f"{_elapsed(start)}")  # fmt: skip
+    return catalog
+
+
 @app.command()
 @handle_errors
 def scan(
@@ -199,74 +250,156 @@ def scan(
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Write the series table (.csv or .parquet).")
     ] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing output file.")] = False,
+    problems_path: Annotated[
+        Path | None,
+        typer.Option(
+            "--problems",
+            metavar="PATH",
+            help="Write the skipped files and the reason for each (.csv or .parquet).",
+            show_default=False,
+        ),
+    ] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace existing output files.")] = False,
     config: ConfigOption = None,
     quiet: QuietOption = False,
 ) -> None:
-    """Print the series table with QC flags; list files that were skipped."""
+    """Print the series table with QC flags and each stack's key and folder; list files that were skipped.
+
+    The keys printed are what `ctframe export --series` takes (a unique start of one is enough).
+    """
+    _table_path(output, "--output", "the series table", overwrite)
+    _table_path(problems_path, "--problems", "the problems table", overwrite)
+    if output is not None and problems_path is not None and output.resolve() == problems_path.resolve():
+        from ctframe.errors import ParameterError
+
+        raise ParameterError("--output and --problems name the same file; give each its own")
     _require_folder(root)
     with _configured(config, quiet):
         import ctframe
-        from ctframe.errors import NoSeriesError, ParameterError
+        from ctframe.errors import NoSeriesError
         from ctframe.export import atomic_path
         from ctframe.outputs import write_table
 
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ctframe.ScanWarning)  # skipped files are listed below
-            catalog = ctframe.scan(root, progress=None if not quiet else False)
+        catalog = _scan_stage(root, quiet=quiet)
         problems = ctframe.problems_table(catalog)
+        if problems_path is not None:  # written even when nothing was found: it says why
+            with atomic_path(problems_path, overwrite=overwrite) as tmp:
+                write_table(problems, tmp)
         if catalog.empty:
-            raise NoSeriesError(f"no DICOM image found under {root} ({len(problems)} file(s) skipped)")
+            raise NoSeriesError(_no_dicom(root, len(problems)))
         table = ctframe.series_table(catalog)
         if output is not None:
-            if output.suffix not in (".csv", ".parquet"):
-                raise ParameterError(f"{output}: the series table is written as .csv or .parquet; change the suffix")
             with atomic_path(output, overwrite=overwrite) as tmp:
                 write_table(table, tmp)
         if not quiet:
-            _print_scan(table, catalog, problems)
+            _print_scan(table, catalog, problems, root=root, problems_path=problems_path)
 
 
-def _print_scan(table: Any, catalog: Any, problems: Any) -> None:
+def _print_scan(table: Any, catalog: Any, problems: Any, *, root: Path, problems_path: Path | None) -> None:
     import pandas as pd
 
     shown = table[
-        ["stack_key", "modality", "orientation", "n_slices", "spacing_median_mm", "usable", "qc_notes"]
-    ].copy()
-    shown["stack_key"] = shown["stack_key"].str.slice(-24)
-    with pd.option_context("display.width", 200, "display.max_colwidth", 60, "display.max_rows", 500):
+        ["stack_key", "folder", "modality", "orientation", "n_slices", "spacing_median_mm", "usable", "qc_notes"]
+    ]
+    with pd.option_context(
+        "display.width", 250, "display.max_colwidth", 80, "display.max_rows", 10_000, "display.max_columns", 20
+    ):
         typer.echo(shown.to_string(index=False))
     typer.echo(f"\n{len(table)} stack(s) in {catalog['path'].nunique()} file(s); {len(problems)} file(s) skipped")
+    typer.echo(f"choose a stack with `ctframe export {root} --series KEY` (a unique start of a key is enough)")
     if len(problems):
         kinds = problems["reason"].str.split(r"[;(]", n=1, regex=True).str[0].str.strip().value_counts()
         for kind, n in kinds.items():
             typer.echo(f"  {n:5d} x {kind}")
         for path, reason in problems.head(20).itertuples(index=False):
             typer.echo(f"  skipped {path}: {reason}")
-        if len(problems) > 20:
-            typer.echo(f"  ... and {len(problems) - 20} more (write them with the Python API: ctframe.problems_table)")
+        if len(problems) > 20 and problems_path is None:
+            typer.echo(f"  ... and {len(problems) - 20} more (add --problems problems.csv to write them all)")
+        elif len(problems) > 20:
+            typer.echo(f"  ... and {len(problems) - 20} more, all in {problems_path}")
 
 
-def _scheduler_for(scheduler: str | None, workers: int | None) -> contextlib.AbstractContextManager[Any]:
+#: Seconds to wait for the scheduler given with --scheduler before giving up (checked before any work).
+SCHEDULER_TIMEOUT_S = 10.0
+#: The local schedulers --scheduler also takes by name.
+LOCAL_SCHEDULERS = ("threads", "synchronous", "processes")
+
+
+def _check_execution(scheduler: str | None, workers: int | None) -> None:
+    """Check --scheduler and --workers before any work (no connection yet)."""
     from ctframe.errors import ParameterError
 
-    if scheduler and workers:
+    if scheduler is not None and workers is not None:
         raise ParameterError("give either --scheduler or --workers, not both")
-    if workers:
-        if workers < 1:
-            raise ParameterError(f"--workers must be >= 1, got {workers}")
+    if workers is not None and workers < 1:
+        raise ParameterError(f"--workers must be a number of worker processes, 1 or more, got {workers}")
+    if scheduler is not None and "://" not in scheduler and scheduler not in LOCAL_SCHEDULERS:
+        raise ParameterError(
+            f"--scheduler takes a dask.distributed scheduler address such as tcp://10.0.0.5:8786 "
+            f"(or one of {', '.join(LOCAL_SCHEDULERS)}), got {scheduler!r}"
+        )
 
-        @contextlib.contextmanager
-        def cluster() -> Iterator[Any]:
-            from distributed import Client
 
-            from ctframe.execution import local_cluster
+def _check_reachable(scheduler: str | None) -> None:
+    """Check that something listens at a tcp:// or tls:// --scheduler address (a plain socket, no threads left)."""
+    import socket
+    from urllib.parse import urlsplit
 
-            with local_cluster(workers) as lc, Client(lc) as client:
-                yield client
+    from ctframe.errors import ParameterError
 
-        return cluster()
-    return contextlib.nullcontext(scheduler)
+    if scheduler is None or not scheduler.startswith(("tcp://", "tls://")):
+        return
+    try:
+        parts = urlsplit(scheduler)
+        host, port = parts.hostname, parts.port or 8786
+    except ValueError as exc:  # a port that is not a number
+        raise ParameterError(f"--scheduler {scheduler}: not an address such as tcp://10.0.0.5:8786 ({exc})") from None
+    try:
+        with socket.create_connection((host or "localhost", port), timeout=SCHEDULER_TIMEOUT_S):
+            pass
+    except OSError as exc:
+        raise ParameterError(
+            f"--scheduler {scheduler}: no dask scheduler answered within {SCHEDULER_TIMEOUT_S:g} s "
+            f"({exc.strerror or type(exc).__name__}); start one with `dask scheduler`, or leave out --scheduler "
+            "to run locally"
+        ) from None
+
+
+@contextlib.contextmanager
+def _execution(scheduler: str | None, workers: int | None, *, quiet: bool) -> Iterator[Any]:
+    """Yield what ``summarize(scheduler=...)`` takes: a connected Client, a local scheduler's name, or None.
+
+    Entered after the scan (whose worker processes fork best before any
+    thread starts); :func:`_check_reachable` has checked the address before it.
+    """
+    from ctframe.errors import ParameterError
+
+    _check_execution(scheduler, workers)
+    if workers is None and (scheduler is None or "://" not in scheduler):
+        yield scheduler
+        return
+    from distributed import Client
+
+    from ctframe.execution import local_cluster
+
+    if workers is not None:
+        with local_cluster(workers, dashboard_address=":0") as lc, Client(lc, set_as_default=False) as client:
+            _say(quiet, f"local cluster of {workers} worker process(es); dashboard {client.dashboard_link}")
+            yield client
+        return
+    try:
+        client = Client(scheduler, timeout=SCHEDULER_TIMEOUT_S, set_as_default=False)
+    except (OSError, ValueError) as exc:  # OSError covers timeouts; ValueError a malformed address
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ParameterError(
+            f"--scheduler {scheduler}: no dask scheduler answered within {SCHEDULER_TIMEOUT_S:g} s ({reason}); "
+            "start one with `dask scheduler`, or leave out --scheduler to run locally"
+        ) from None
+    try:
+        _say(quiet, f"connected to the dask scheduler at {scheduler}; dashboard {client.dashboard_link}")
+        yield client
+    finally:
+        client.close()
 
 
 def run_summarize(
@@ -283,29 +416,38 @@ def run_summarize(
     announce: bool = True,
 ) -> Path:
     """The summarize pipeline (also used by ``ctframe demo``, which announces its own paths)."""
+    import time
+
+    from ctframe.errors import NoSeriesError, OutputExistsError
+
+    _check_execution(scheduler, workers)
     _require_folder(root)
     if outdir.exists() and not overwrite:
-        from ctframe.errors import OutputExistsError
-
         raise OutputExistsError(f"{outdir} already exists; choose another folder or pass --overwrite")
+    _check_reachable(scheduler)
     with _configured(config_path, quiet) as cfg:
         import ctframe
         from ctframe.cohort import open_cohort, summarize
         from ctframe.outputs import write_summary
 
-        _say(quiet or not announce, f"scanning {root} ...")
-        catalog = ctframe.scan(root, progress=None if not quiet else False, include_phi=include_phi)
+        catalog = _scan_stage(root, quiet=quiet or not announce, include_phi=include_phi)
+        problems = ctframe.problems_table(catalog)
+        if catalog.empty:
+            raise NoSeriesError(_no_dicom(root, len(problems)))
         cohort = open_cohort(catalog, include_phi=include_phi)
         _say(quiet, f"{len(cohort.volumes)} series selected from {cohort.series['study_uid'].nunique()} studies")
-        with _scheduler_for(scheduler, workers) as sched:
+        with _execution(scheduler, workers, quiet=quiet) as sched:
+            start = time.monotonic()
             summary = summarize(cohort, scheduler=sched, progress=not quiet)
+            _say(quiet, f"computed the cohort tables in {_elapsed(start)}")
+            start = time.monotonic()
             # figures compute inside the block: on the cluster when one was given
             with _default_scheduler(sched):
                 write_summary(
                     summary,
                     outdir,
                     catalog=catalog,
-                    scan_problems=ctframe.problems_table(catalog),
+                    scan_problems=problems,
                     config=cfg,
                     root=root,
                     command=command,
@@ -313,11 +455,11 @@ def run_summarize(
                     overwrite=overwrite,
                     extras=_figures_and_report(summary, cohort, quiet),
                 )
-    _say(quiet or not announce, f"wrote {outdir}")
+    if len(problems):
+        _say(quiet, f"{len(problems)} file(s) skipped by the scan; each one and why is in {outdir / 'problems.csv'}")
+    _say(quiet or not announce, f"wrote {outdir} (tables, figures and report) in {_elapsed(start)}")
     failed = summary.series["outcome"].astype(str).str.startswith("failed")
     if failed.any() and not (summary.series["selected"] & ~failed).any():  # nothing succeeded: bad input
-        from ctframe.errors import NoSeriesError
-
         raise NoSeriesError(
             f"none of the {int(failed.sum())} selected stack(s) could be read; "
             f"the reasons are in {outdir / 'problems.csv'}"
@@ -548,6 +690,39 @@ def show_config(config: ConfigOption = None) -> None:
     typer.echo(yaml.safe_dump(load_config(config), sort_keys=False).rstrip())
 
 
-def run() -> None:  # pragma: no cover - console-script entry point
-    """Entry point of the ``ctframe`` console script."""
-    app(prog_name="ctframe")
+def _click_exceptions() -> tuple[type[Exception], type[Exception]]:
+    """Click's ``ClickException`` and ``NoArgsIsHelpError`` (typer vendors click from 0.26 on)."""
+    try:
+        from typer._click.exceptions import ClickException, NoArgsIsHelpError
+    except ImportError:  # pragma: no cover - typer before it vendored click
+        from click.exceptions import ClickException
+
+        NoArgsIsHelpError = ClickException
+    return ClickException, NoArgsIsHelpError
+
+
+def run(argv: list[str] | None = None) -> None:
+    """Entry point of the ``ctframe`` console script.
+
+    Usage errors (an unknown option, a value that is not a number, one out of
+    range...) are one ``ctframe: error:`` line with status 2, like every other
+    bad input; the line names the ``--help`` to read.
+    """
+    import sys
+
+    click_exception, no_args_is_help = _click_exceptions()
+    try:
+        code = app(args=argv, prog_name="ctframe", standalone_mode=False)
+    except no_args_is_help as exc:  # `ctframe` alone: the help, as no_args_is_help promises
+        typer.echo(exc.format_message(), err=True)  # type: ignore[attr-defined]
+        sys.exit(EXIT_ERROR)
+    except click_exception as exc:
+        ctx = getattr(exc, "ctx", None)
+        where = f"{ctx.command_path} --help" if ctx is not None else "ctframe --help"
+        message = " ".join(exc.format_message().split())  # type: ignore[attr-defined]
+        typer.echo(f"ctframe: error: {message} (see `{where}`)", err=True)
+        sys.exit(getattr(exc, "exit_code", EXIT_ERROR))
+    except typer.Abort:  # Ctrl-C while click itself was reading
+        typer.echo("ctframe: error: interrupted; nothing was written", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    sys.exit(code if isinstance(code, int) else 0)

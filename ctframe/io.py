@@ -29,6 +29,7 @@ from ctframe.errors import (
     InconsistentSeriesError,
     MultipleSeriesError,
     NoSeriesError,
+    ParameterError,
     QCWarning,
     ScanWarning,
     UnsupportedDicomError,
@@ -98,17 +99,45 @@ def _describe(source: Source) -> str:
     return f"the {len(list(source))} files given"
 
 
+def _matching_stacks(catalog: pd.DataFrame, series: str, salt: str | None) -> pd.DataFrame:
+    """The rows `series` names: a stack key or series UID, exactly or by a unique prefix.
+
+    An original SeriesInstanceUID (or a stack key made from one) finds its
+    pseudonym (see :mod:`ctframe.privacy`). A prefix may name several stacks of
+    one series (``UID#1``, ``UID#2``); a prefix shared by several series is
+    ambiguous.
+
+    Raises
+    ------
+    ParameterError
+        `series` is the start of the keys of several series (they are listed).
+    """
+    uid, sep, k = series.partition("#")
+    pseudo = pseudonymous_uid(uid, salt=salt)
+    keys, uids = catalog["stack_key"], catalog["series_uid"]
+    chosen = catalog[(keys == series) | (uids == series) | (keys == pseudo + sep + k) | (uids == pseudo)]
+    if not chosen.empty or not series:
+        return chosen
+    by_prefix = catalog[keys.str.startswith(series)]
+    if by_prefix["series_uid"].nunique() > 1:
+        matches = sorted(by_prefix["stack_key"].unique())
+        raise ParameterError(
+            f"series {series!r} is the start of {len(matches)} stack keys ({', '.join(matches[:10])}"
+            f"{', ...' if len(matches) > 10 else ''}); give more of the key"
+        )
+    return by_prefix
+
+
 def _choose_stack(catalog: pd.DataFrame, series: str | None, source: Source, salt: str | None = None) -> pd.DataFrame:
-    if catalog.empty:
+    if catalog.empty:  # said so that it fits a Python caller and a CLI user alike: the reason itself
+        problems = catalog.attrs.get("problems", ())
+        first = f"; {os.path.basename(problems[0][0])}: {problems[0][1]}" if problems else ""
+        more = ", the first" if len(problems) > 1 else ""
         raise NoSeriesError(
-            f"no DICOM image found in {_describe(source)}; check the path (see scan(...).attrs['problems'])"
+            f"no DICOM image found in {_describe(source)} ({len(problems)} file(s) skipped{more}{first})"
         )
     if series is not None:
-        # an original SeriesInstanceUID (or stack key made from one) finds its pseudonym (ctframe.privacy)
-        uid, sep, k = series.partition("#")
-        pseudo = pseudonymous_uid(uid, salt=salt)
-        keys, uids = catalog["stack_key"], catalog["series_uid"]
-        chosen = catalog[(keys == series) | (uids == series) | (keys == pseudo + sep + k) | (uids == pseudo)]
+        chosen = _matching_stacks(catalog, series, salt)
         if chosen.empty:
             raise NoSeriesError(
                 f"series {series!r} not found in {_describe(source)}; available: "
@@ -126,7 +155,7 @@ def _choose_stack(catalog: pd.DataFrame, series: str | None, source: Source, sal
         ]
         raise MultipleSeriesError(
             f"{_describe(source)} holds {len(table)} series/stacks; choose one with "
-            "open_series(..., series='<stack key or series UID>'):\n" + "\n".join(lines)
+            "open_series(..., series='<stack key or series UID, or the start of one>'):\n" + "\n".join(lines)
         )
     return catalog
 
@@ -341,7 +370,8 @@ def open_series(
     series : str, optional
         Stack key or series UID (the pseudonym, or the original
         SeriesInstanceUID, which is hashed with the salt to find it) to pick
-        when `source` holds several.
+        when `source` holds several; a unique start of a key is enough
+        (``series="2.25.1234"``).
     slices_per_chunk : int, optional
         Slices per dask chunk (default ``io.slices_per_chunk`` = 32; ``io.compressed_slices_per_chunk`` = 8
         for compressed series, where decoding is the cost).
@@ -370,6 +400,8 @@ def open_series(
         Nothing to open, or `series` not found.
     MultipleSeriesError
         Several stacks and no `series`; the message lists them.
+    ParameterError
+        `series` is the start of the keys of several series; the message lists them.
     InconsistentSeriesError
         Slices that differ in size, pixel spacing or orientation (beyond
         ``qc.pixel_spacing_tolerance`` / ``qc.orientation_tolerance``; the

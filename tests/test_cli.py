@@ -427,8 +427,8 @@ def _heavy_modules_after(code: str) -> list[str]:
     "code",
     [
         "import ctframe.cli",
-        "from ctframe.cli import app\ntry:\n    app(['--help'], prog_name='ctframe')\nexcept SystemExit:\n    pass",
-        "from ctframe.cli import app\ntry:\n    app(['scan', '--help'], prog_name='ctframe')\nexcept SystemExit:\n    pass",
+        "from ctframe.cli import run\ntry:\n    run(['--help'])\nexcept SystemExit:\n    pass",
+        "from ctframe.cli import run\ntry:\n    run(['scan', '--help'])\nexcept SystemExit:\n    pass",
         "import ctframe\nctframe.__version__\nctframe.CTFrameError\nctframe.load_config",
     ],
     ids=["import-cli", "help", "scan-help", "version-errors-config"],
@@ -492,3 +492,183 @@ def test_init__ct_accessor_on_a_volume_and_after_import_accessor(lidc_dir: Path)
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["False", "True", "CTAccessor"]
+
+
+# --------------------------------------------------------------------------- keys a person can type
+
+
+def _files_by_series(root: Path) -> dict[str, list[Path]]:
+    """SeriesInstanceUID -> files, read with pydicom (the reference, independent of ctframe's scan)."""
+    import pydicom
+
+    found: dict[str, list[Path]] = {}
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+        except Exception:  # not DICOM: part of no series
+            continue
+        if "PixelData" in ds or hasattr(ds, "Rows"):
+            found.setdefault(str(ds.SeriesInstanceUID), []).append(path)
+    return found
+
+
+def _printed_keys(stdout: str) -> list[str]:
+    return [line.split()[0] for line in stdout.splitlines() if line.startswith("2.25.")]
+
+
+def test_scan__prints_whole_keys_that_export_accepts_by_unique_prefix(shared_data: Path, tmp_path: Path) -> None:
+    import xarray as xr
+
+    from ctframe.privacy import pseudonymous_uid
+
+    root = shared_data / "dcm_qa_ct"
+    reference = _files_by_series(root)
+    assert len(reference) == 2
+    result = runner.invoke(app, ["scan", str(root)])
+    assert result.exit_code == 0, result.output
+    keys = _printed_keys(result.stdout)
+    # the whole pseudonymous key of each series, as the privacy module derives it from the original UID
+    assert sorted(keys) == sorted(pseudonymous_uid(uid) for uid in reference), result.stdout
+    for uid, files in reference.items():
+        key = pseudonymous_uid(uid)
+        others = [k for k in keys if k != key]
+        n = next(n for n in range(6, len(key) + 1) if not any(k.startswith(key[:n]) for k in others))
+        out = tmp_path / f"{key[:n]}.nc"  # NetCDF: the tilted series is no NIfTI grid
+        exported = runner.invoke(app, ["export", str(root), "--series", key[:n], "-o", str(out), "-q"])
+        assert exported.exit_code == 0, exported.output
+        with xr.open_dataset(out) as ds:
+            assert ds.sizes["slice"] == len(files)  # the series that prefix names, every slice
+    ambiguous = runner.invoke(app, ["export", str(root), "--series", "2.25.", "-o", str(tmp_path / "a.nc")])
+    assert ambiguous.exit_code == 2
+    lines = _error_lines(ambiguous.output)
+    assert len(lines) == 1 and all(k in lines[0] for k in keys), ambiguous.output
+    assert "give more of the key" in lines[0] and not (tmp_path / "a.nc").exists()
+
+
+def test_scan__series_table_has_each_stacks_folder_relative_to_the_root(shared_data: Path, tmp_path: Path) -> None:
+    from ctframe.privacy import pseudonymous_uid
+
+    for root, prefix in ((shared_data / "dcm_qa_ct", ""), (shared_data, "dcm_qa_ct/")):
+        out = tmp_path / "series.csv"
+        result = runner.invoke(app, ["scan", str(root), "-o", str(out), "-q", "--overwrite"])
+        assert result.exit_code == 0, result.output
+        table = pd.read_csv(out).set_index("stack_key")
+        for uid, files in _files_by_series(shared_data / "dcm_qa_ct").items():
+            (folder,) = {f.parent.relative_to(shared_data / "dcm_qa_ct") for f in files}
+            assert table.loc[pseudonymous_uid(uid), "folder"] == f"{prefix}{folder}"
+    lidc = runner.invoke(app, ["scan", str(shared_data / "lidc-idri-0001"), "-o", str(out), "-q", "--overwrite"])
+    assert lidc.exit_code == 0 and pd.read_csv(out)["folder"].tolist() == ["."]
+
+
+def test_scan__problems_option_writes_every_skipped_file_with_its_reason(edge_cases: Path, tmp_path: Path) -> None:
+    import os
+
+    out, problems = tmp_path / "series.parquet", tmp_path / "problems.csv"
+    result = runner.invoke(app, ["scan", str(edge_cases), "-o", str(out), "--problems", str(problems), "-q"])
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(problems)
+    assert list(table.columns) == ["path", "reason"] and table["reason"].str.len().gt(0).all()
+    with pytest.warns(ctframe.ScanWarning):
+        catalog = ctframe.scan(edge_cases, progress=False)
+    every_file = {os.path.join(d, f) for d, _, names in os.walk(edge_cases) for f in names}
+    # each file is either in the catalog or a problem row, never both, never neither
+    assert set(table["path"]) | set(catalog["path"]) == every_file
+    assert not set(table["path"]) & set(catalog["path"])
+    assert table["reason"].str.contains("truncated|not a DICOM", regex=True).any()
+
+
+def test_scan__no_dicom_is_one_wording_for_scan_and_summarize(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("not dicom")
+    root = tmp_path / "empty"
+    scan_line = _error_lines(runner.invoke(app, ["scan", str(root)]).output)
+    summarize_line = _error_lines(runner.invoke(app, ["summarize", str(root), "-o", str(tmp_path / "o")]).output)
+    assert scan_line == summarize_line, (scan_line, summarize_line)
+    (line,) = scan_line
+    assert "--problems" in line and "1 file(s) skipped" in line
+    assert "ctframe." not in line and "(...)" not in line  # no Python call in a CLI message
+    with pytest.raises(ctframe.NoSeriesError) as info:
+        ctframe.open_series(root)
+    # the library's message fits either side: it gives the reason itself, naming no option and no call
+    assert "1 file(s) skipped; notes.txt: not a DICOM file" in str(info.value) and "--" not in str(info.value)
+
+
+# --------------------------------------------------------------------------- options checked before any work
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["summarize", "{root}", "-o", "{out}", "--workers", "0"], r"--workers must be .* 1 or more, got 0$"),
+        (["summarize", "{root}", "-o", "{out}", "--workers", "-1"], r"--workers must be .* 1 or more, got -1$"),
+        (["summarize", "{root}", "-o", "{out}", "--scheduler", "localhost"], r"--scheduler takes .*'localhost'$"),
+        (["summarize", "{root}", "-o", "{out}", "--scheduler", "tcp://127.0.0.1:{port}"],
+         r"--scheduler tcp://127.0.0.1:\d+: no dask scheduler answered within 10 s .*leave out --scheduler"),
+        (["scan", "{root}", "-o", "{out}.txt"], r"--output .*: the series table is written as .csv or .parquet"),
+        (["scan", "{root}", "--problems", "{out}.json"], r"--problems .*: the problems table is written as .csv"),
+        (["scan", "{root}", "-o", "{out}.csv", "--problems", "{out}.csv"], r"name the same file"),
+    ],
+)  # fmt: skip
+def test_cli__options_are_checked_before_any_work(
+    lidc_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], message: str
+) -> None:
+    import socket
+
+    with socket.socket() as sock:  # a port where nothing listens
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the scan started before the options were checked")
+
+    monkeypatch.setattr(ctframe, "scan", no_work)
+    out = tmp_path / "out"
+    result = runner.invoke(app, [a.format(root=lidc_dir, out=out, port=port) for a in args])
+    assert result.exit_code == 2, result.output
+    lines = _error_lines(result.output)
+    assert len(lines) == 1 and len(result.output.strip().splitlines()) == 1, result.output
+    assert re.search(message, lines[0]), lines[0]
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["summarize", ".", "-o", "o", "--workers", "two"], r"Invalid value for '--workers'.*\(see `ctframe summarize"),
+        (["demo", "--patients", "0"], r"Invalid value for '--patients'.*greater than or equal to 1"),
+        (["scan", ".", "--no-such-option"], r"No such option: --no-such-option \(see `ctframe scan --help`\)"),
+    ],
+)
+def test_cli__usage_errors_are_one_line_with_exit_2(tmp_path: Path, args: list[str], message: str) -> None:
+    result = ctframe_cmd(*args, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert re.search(message, result.stderr), result.stderr
+    assert not list(tmp_path.iterdir())
+
+
+# --------------------------------------------------------------------------- progress
+
+
+def test_summarize__progress_off_a_terminal_is_lines_per_stage(
+    cohort_root: Path, scan_only_config: Path, tmp_path: Path
+) -> None:
+    result = ctframe_cmd("summarize", str(cohort_root), "-o", str(tmp_path / "o"), "-c", str(scan_only_config))
+    assert result.returncode == 0, result.stderr
+    assert "\r" not in result.stderr and "\x1b" not in result.stderr  # no bar redrawn in a log
+    n_files = len(list(cohort_root.rglob("*.dcm")))
+    assert re.search(rf"^scanned .*: {n_files} DICOM file\(s\), 4 stack\(s\), 0 file\(s\) skipped, [\d.]+ s$",
+                     result.stderr, re.M), result.stderr  # fmt: skip
+    assert re.search(r"^computing: done, \d+ tasks in [\d.]+ s$", result.stderr, re.M), result.stderr
+    assert re.search(r"^wrote .* in [\d.]+ s$", result.stderr, re.M), result.stderr
+
+
+def test_summarize__workers_progress_from_the_cluster_and_its_dashboard(
+    cohort_root: Path, scan_only_config: Path, tmp_path: Path
+) -> None:
+    args = ("summarize", str(cohort_root), "-o", str(tmp_path / "o"), "-c", str(scan_only_config), "--workers", "1")
+    result = ctframe_cmd(*args)
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"^local cluster of 1 worker process\(es\); dashboard http://\S+/status$", result.stderr, re.M)
+    assert re.search(r"^computing: done, \d+ tasks in [\d.]+ s$", result.stderr, re.M), result.stderr
+    assert "\r" not in result.stderr
