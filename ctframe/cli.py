@@ -438,7 +438,8 @@ def run_summarize(
         _say(quiet, f"{len(cohort.volumes)} series selected from {cohort.series['study_uid'].nunique()} studies")
         with _execution(scheduler, workers, quiet=quiet) as sched:
             start = time.monotonic()
-            summary = summarize(cohort, scheduler=sched, progress=not quiet)
+            with _stack_warnings_counted(outdir, quiet=quiet):
+                summary = summarize(cohort, scheduler=sched, progress=not quiet)
             _say(quiet, f"computed the cohort tables in {_elapsed(start)}")
             start = time.monotonic()
             # figures compute inside the block: on the cluster when one was given
@@ -465,6 +466,27 @@ def run_summarize(
             f"the reasons are in {outdir / 'problems.csv'}"
         )
     return outdir
+
+
+@contextlib.contextmanager
+def _stack_warnings_counted(outdir: Path, *, quiet: bool) -> Iterator[None]:
+    """One line for the cohort's per-stack warnings (each is a row of problems.csv); others pass through."""
+    from ctframe.errors import CohortWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        if not quiet:
+            warnings.simplefilter("always", CohortWarning)
+        yield
+    per_stack = [w for w in caught if issubclass(w.category, CohortWarning)]
+    for w in caught:
+        if w not in per_stack:
+            _one_line_warning(w.message, w.category)
+    if per_stack and not quiet:
+        typer.echo(
+            f"ctframe: warning: {len(per_stack)} stack(s) skipped or measured as the whole scan only "
+            f"(no lungs or body); each one and why is in {outdir / 'problems.csv'}",
+            err=True,
+        )
 
 
 @contextlib.contextmanager

@@ -672,3 +672,21 @@ def test_summarize__workers_progress_from_the_cluster_and_its_dashboard(
     assert re.search(r"^local cluster of 1 worker process\(es\); dashboard http://\S+/status$", result.stderr, re.M)
     assert re.search(r"^computing: done, \d+ tasks in [\d.]+ s$", result.stderr, re.M), result.stderr
     assert "\r" not in result.stderr
+
+
+def test_summarize__per_stack_warnings_are_one_cli_line_pointing_to_problems_csv(
+    shared_data: Path, tmp_path: Path
+) -> None:
+    """20 single-slice CT studies: none can be segmented; the CLI says so once, in its own words."""
+    outdir = tmp_path / "o"
+    result = ctframe_cmd("summarize", str(shared_data / "covid19-ny-sbu-slices"), "-o", str(outdir))
+    assert result.returncode == 0, result.stderr
+    problems = pd.read_csv(outdir / "problems.csv")
+    n_stacks = int((problems["stage"] == "compute").sum())
+    assert n_stacks == 20  # one per study: single slices, never enough for lungs
+    warned = [line for line in result.stderr.splitlines() if line.startswith("ctframe: warning:")]
+    assert warned == [
+        f"ctframe: warning: {n_stacks} stack(s) skipped or measured as the whole scan only (no lungs or body); "
+        f"each one and why is in {outdir / 'problems.csv'}"
+    ], result.stderr
+    assert "ctframe.segment" not in result.stderr and "(...)" not in result.stderr
