@@ -5,9 +5,15 @@ PatientID, accession number, institution, referring physician); patient 2's are
 also invalid for their VR, so that pydicom's validation messages would carry
 them if anything read them. Every table, attr, warning, log record, printed
 line, error message and every byte of every file a default run writes is
-searched; ``include_phi=True`` / ``--include-phi`` must be the only way to keep
-them. Tag values never become paths: PatientIDs such as ``../../etc`` cannot
-write outside OUTDIR.
+searched; ``include_phi=True`` / ``--keep-identifiers`` must be the only way to
+keep them, and then only in the linkage table. Tag values never become paths:
+PatientIDs such as ``../../etc`` cannot write outside OUTDIR.
+
+On real files (LIDC-IDRI-0001 slices, a COVID-19-NY-SBU prior/current pair),
+every instance UID and every date is planted; a default ``ctframe summarize``
+must write none of them (nor the salt) anywhere, ``--keep-identifiers`` only into
+``linkage.csv``; the same salt gives the same pseudonyms, another salt others,
+and intervals between a patient's scans survive the date shift exactly.
 """
 
 from __future__ import annotations
@@ -338,6 +344,8 @@ def _plant(ds: pydicom.Dataset, p: int, s: int, k: int, patient: str, date: str)
             role = roles.get(elem.keyword, 9)
             per_file = role in (3, 9)
             elem.value = f"{PLANTED_ROOT}.{p}{s}.{role}" + (f".{k + 1}" if per_file else "")
+            if (p, s, role) == (2, 2, 3):  # 93 characters: invalid for UI, so pydicom's messages would quote it
+                elem.value += "." + "9" * 60
         elif elem.VR == "DA" and elem.value:
             elem.value = date
         elif elem.VR == "DT" and elem.value:
@@ -360,11 +368,13 @@ def planted_root(tmp_path_factory: pytest.TempPathFactory, lidc_dir: Path, share
             folder.mkdir(parents=True)
             for k, path in enumerate(files):
                 ds = pydicom.dcmread(path)
-                _plant(ds, p, s, k, patient, date)
-                ds.save_as(folder / f"slice{k:03d}.dcm", enforce_file_format=True)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", UserWarning)  # pydicom on the invalid UID
+                    _plant(ds, p, s, k, patient, date)
+                    ds.save_as(folder / f"slice{k:03d}.dcm", enforce_file_format=True)
     # the planted values really are in the files (a search that cannot fail proves nothing)
     raw = b"".join(f.read_bytes() for f in root.rglob("*.dcm")).decode("latin-1")
-    assert all(v in raw for v in [PLANTED_ROOT, *PLANTED_DATES]), "planting failed"
+    assert all(v in raw for v in [PLANTED_ROOT, *PLANTED_DATES, "9" * 60]), "planting failed"
     return root
 
 
