@@ -439,6 +439,7 @@ def test_privacy__keep_identifiers_writes_them_only_to_the_linkage_table(planted
     assert set(leaking) == {"linkage.csv"}, leaking
     assert SALT_A not in leaking["linkage.csv"]  # the salt is in no output, the linkage table included
     assert not _planted_leaks(printed, (SALT_A,))
+    assert "linkage.csv holds the original identifiers: keep it apart" in printed
     provenance = json.loads(texts["provenance.json"])
     assert "configuration" in provenance["deidentification"]["salt"]
     assert provenance["deidentification"]["original_identifiers"] == "only in linkage.csv"
