@@ -438,7 +438,7 @@ def run_summarize(
         _say(quiet, f"{len(cohort.volumes)} series selected from {cohort.series['study_uid'].nunique()} studies")
         with _execution(scheduler, workers, quiet=quiet) as sched:
             start = time.monotonic()
-            with contextlib.nullcontext():
+            with _stack_warnings_counted(outdir, quiet=quiet):
                 summary = summarize(cohort, scheduler=sched, progress=not quiet)
             _say(quiet, f"computed the cohort tables in {_elapsed(start)}")
             start = time.monotonic()
