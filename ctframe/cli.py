@@ -459,6 +459,8 @@ def run_summarize(
     if len(problems):
         _say(quiet, f"{len(problems)} file(s) skipped by the scan; each one and why is in {outdir / 'problems.csv'}")
     _say(quiet or not announce, f"wrote {outdir} (tables, figures and report) in {_elapsed(start)}")
+    if include_phi:
+        _say(quiet, f"{outdir / 'linkage.csv'} holds the original identifiers: keep it apart from the shared tables")
     failed = summary.series["outcome"].astype(str).str.startswith("failed")
     if failed.any() and not (summary.series["selected"] & ~failed).any():  # nothing succeeded: bad input
         raise NoSeriesError(
