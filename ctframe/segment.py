@@ -1195,21 +1195,28 @@ def lung_mask(hu: xr.DataArray, *, threshold_hu: float | None = None, airways: b
     Method (docs/segmentation.md has the details and the reasons):
 
     1. candidates: HU below `threshold_hu` inside :func:`body_mask`;
-    2. airways: the trachea is found near the head end of the stack (air below
-       ``airway_hu``, trachea-sized, near the body midline) and grown in 3-D
-       through air; growth that leaks into the lungs is retried stricter. The
-       grown airway and a thin wall around it leave the candidates;
-    3. lung fields: 3-D components of at least ``min_lung_ml`` that are not
-       mostly gas; below the widest slice, pockets that hang under the lung
-       base across a slice boundary (in-plane apart from it) and read mostly
-       below ``gas_hu`` are stomach or bowel gas and are cut off, which 3-D
-       connectivity alone cannot do with thick slices;
+    2. airways: the trachea is found near the head end of the stack
+       (trachea-sized air near the body midline), followed slice by slice
+       down the trachea and main bronchi (``airway_track_hu``; it cannot
+       leak) and grown in 3-D through air below ``airway_hu`` where that does
+       not leak. The airway and a thin wall around it leave the candidates;
+    3. gas pockets: below the widest slice, 3-D gas components with a mostly
+       dense wall (stomach over an air-fluid level, bowel) leave the
+       candidates with their partial-volume rim, however thin the diaphragm;
+       lung fields: 3-D components of at least ``min_lung_ml`` that are not
+       mostly gas; below the widest slice, pieces that hang under the lung
+       base across a slice boundary (in-plane apart from it) whose core reads
+       mostly below ``gas_hu`` are cut off too;
     4. right and left: two fields side by side, or one field parted by
        in-plane erosion (the anterior junction) and regrown; the side comes
        from patient x (LPS), not from the array;
-    5. filling: holes enclosed in 3-D, and in-slice holes (vessels, nodules,
-       consolidation) with lung above and below in their column, become lung;
-       the diaphragm dome under the lung base does not.
+    5. envelope and filling: each slice of each lung is closed with a disk of
+       ``envelope_mm`` (never into bone, the other lung or the airway wall),
+       so dense lung in narrow bites of the outline (subpleural and dependent
+       consolidation, the hilum) is lung; holes enclosed in 3-D, and in-slice
+       holes (vessels, nodules, consolidation) with lung above and below in
+       their column, become lung; the diaphragm dome under the lung base does
+       not.
 
     Parameters
     ----------
