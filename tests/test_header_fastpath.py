@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import functools
 import io
 import math
 import struct
@@ -279,7 +280,8 @@ def test_pyproject__pins_pydicom_to_the_tested_minor_versions() -> None:
     assert all(f"{major}.{minor}.9" in spec for major, minor in TESTED_PYDICOM)
 
 
-def _pydicom_private_names() -> set[str]:
+@functools.cache
+def _pydicom_private_names() -> frozenset[str]:
     """Every single-underscore name defined or used in pydicom's source (functions, classes, attributes)."""
     names: set[str] = set()
     for source in Path(pydicom.__file__).parent.rglob("*.py"):
@@ -287,10 +289,10 @@ def _pydicom_private_names() -> set[str]:
             name = getattr(node, "name", None) or getattr(node, "attr", None) or getattr(node, "id", None)
             if isinstance(name, str) and name.startswith("_") and not name.endswith("__"):
                 names.add(name)
-    return names
+    return frozenset(names)
 
 
-def private_pydicom_uses(source: str, private: set[str]) -> list[str]:
+def private_pydicom_uses(source: str, private: frozenset[str]) -> list[str]:
     """Places in `source` that reach a private pydicom name: imports, attributes, ``getattr`` with a string."""
     found = []
     for node in ast.walk(ast.parse(source)):
