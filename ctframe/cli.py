@@ -358,11 +358,16 @@ def _check_reachable(scheduler: str | None) -> None:
         with socket.create_connection((host or "localhost", port), timeout=SCHEDULER_TIMEOUT_S):
             pass
     except OSError as exc:
-        raise ParameterError(
-            f"--scheduler {scheduler}: no dask scheduler answered within {SCHEDULER_TIMEOUT_S:g} s "
-            f"({exc.strerror or type(exc).__name__}); start one with `dask scheduler`, or leave out --scheduler "
-            "to run locally"
-        ) from None
+        reason = exc.strerror or f"no answer within {SCHEDULER_TIMEOUT_S:g} s"
+        raise ParameterError(_unreachable(scheduler, reason)) from None
+
+
+def _unreachable(scheduler: str, reason: str) -> str:
+    """The one CLI wording for a --scheduler address where no dask scheduler answers."""
+    return (
+        f"--scheduler {scheduler}: no dask scheduler answers there ({reason}); "
+        "start one with `dask scheduler`, or leave out --scheduler to run locally"
+    )
 
 
 @contextlib.contextmanager
@@ -390,11 +395,8 @@ def _execution(scheduler: str | None, workers: int | None, *, quiet: bool) -> It
     try:
         client = Client(scheduler, timeout=SCHEDULER_TIMEOUT_S, set_as_default=False)
     except (OSError, ValueError) as exc:  # OSError covers timeouts; ValueError a malformed address
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ParameterError(
-            f"--scheduler {scheduler}: no dask scheduler answered within {SCHEDULER_TIMEOUT_S:g} s ({reason}); "
-            "start one with `dask scheduler`, or leave out --scheduler to run locally"
-        ) from None
+        reason = str(exc).splitlines()[0] if str(exc) else f"no answer within {SCHEDULER_TIMEOUT_S:g} s"
+        raise ParameterError(_unreachable(scheduler, reason)) from None
     try:
         _say(quiet, f"connected to the dask scheduler at {scheduler}; dashboard {client.dashboard_link}")
         yield client
