@@ -7,11 +7,15 @@ checkout) and fail when ``CI=true`` (CI always has it).
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from ctframe.testing import PhantomTruth, write_phantom_series
+
+# the default pseudonym salt is kept in a file (see ctframe.privacy): the test run keeps its own, not the user's
+os.environ.setdefault("CTFRAME_SALT_FILE", str(Path(tempfile.mkdtemp(prefix="ctframe-test-salt-")) / "salt"))
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("CTFRAME_SHARED_DATA", REPO.parent / "shared" / "data"))
