@@ -163,6 +163,10 @@ def _normal(orientation: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- one stack from its catalog rows
 
 
+#: A stack whose slices advance further than this from their normal is tilted (``is_tilted``).
+TILT_LIMIT_DEG = 0.5
+
+
 @dataclass(frozen=True)
 class StackGeometry:
     """The geometry of one stack, from all of its catalog rows.
@@ -195,6 +199,11 @@ class StackGeometry:
     def slice_spacing_mm(self) -> float:
         """The median step between slice positions along the normal (NaN for one slice)."""
         return self.spacing_median_mm
+
+    @property
+    def is_tilted(self) -> bool:
+        """The slices advance more than :data:`TILT_LIMIT_DEG` away from their normal (gantry tilt: sheared)."""
+        return bool(self.tilt_angle_deg > TILT_LIMIT_DEG)
 
 
 def _columns(rows: pd.DataFrame, names: Sequence[str]) -> np.ndarray:

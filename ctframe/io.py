@@ -22,7 +22,7 @@ import xarray as xr
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
-from ctframe.calibration import calibration_of_rows
+from ctframe.calibration import HUCalibration, calibration_of_rows
 from ctframe.config import get_config
 from ctframe.dicom import SliceRef, read_frames, stored_dtype
 from ctframe.errors import (
@@ -207,12 +207,17 @@ def _check_stack(rows: pd.DataFrame, geometry: StackGeometry) -> None:
             )
 
 
-def _qc_notes(rows: pd.DataFrame) -> list[str]:
-    """The QC flags of one stack worth a warning, in words."""
-    qc = series_table(rows).iloc[0]
-    notes = [text for flag, text in WARN_FLAGS.items() if qc[flag]]
-    if qc["n_missing_slices"]:
-        notes.append(f"about {qc['n_missing_slices']} slice(s) missing")
+def _qc_notes(geometry: StackGeometry, calibration: HUCalibration) -> list[str]:
+    """The QC flags of one stack worth a warning, in words (the flags :func:`ctframe.series_table` sets)."""
+    flags = {
+        "has_gaps": geometry.has_gaps,
+        "irregular_spacing": geometry.irregular_spacing,
+        "is_tilted": geometry.is_tilted,
+        "rescale_varies": calibration.rescale_varies,
+    }
+    notes = [text for flag, text in WARN_FLAGS.items() if flags[flag]]
+    if geometry.n_missing_slices:
+        notes.append(f"about {geometry.n_missing_slices} slice(s) missing")
     return notes
 
 
@@ -259,8 +264,9 @@ def volume_from_catalog(
     rows.attrs = {}  # the catalog's problems list: pandas would deep-copy it on every operation below
     geometry = stack_geometry(rows)
     _check_stack(rows, geometry)
+    calibration = calibration_of_rows(rows)
     key = str(rows["stack_key"].iloc[0])
-    notes = _qc_notes(rows) if qc_warnings else []
+    notes = _qc_notes(geometry, calibration) if qc_warnings else []
     if notes:
         warnings.warn(f"series {key}: {'; '.join(notes)}", QCWarning, stacklevel=3)
 
@@ -306,7 +312,7 @@ def volume_from_catalog(
     for column in SLICE_COORDS:
         coords[column] = ("slice", rows[column].to_numpy())
     return xr.DataArray(
-        data, dims=("slice", "row", "col"), coords=coords, name="stored", attrs=_series_attrs(rows, geometry)
+        data, dims=("slice", "row", "col"), coords=coords, name="stored", attrs=_series_attrs(rows, geometry, calibration)
     )
 
 
@@ -314,9 +320,8 @@ def _read_chunk(refs: tuple[SliceRef, ...], dtype: str) -> np.ndarray:
     return read_frames(refs, dtype=np.dtype(dtype))
 
 
-def _series_attrs(rows: pd.DataFrame, geometry: StackGeometry) -> dict[str, Any]:
+def _series_attrs(rows: pd.DataFrame, geometry: StackGeometry, calibration: HUCalibration) -> dict[str, Any]:
     first = rows.iloc[0]
-    calibration = calibration_of_rows(rows)
     attrs: dict[str, Any] = {
         "stack_key": first["stack_key"],
         "series_uid": first["series_uid"],

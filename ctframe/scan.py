@@ -745,7 +745,7 @@ def _stack_qc(group: pd.DataFrame, qc: dict[str, Any]) -> dict[str, Any]:
         "has_duplicates": geometry.has_duplicates,
         "has_gaps": geometry.has_gaps,
         "irregular_spacing": geometry.irregular_spacing,
-        "is_tilted": bool(geometry.tilt_angle_deg > 0.5),
+        "is_tilted": geometry.is_tilted,
         "rescale_varies": calibration.rescale_varies,
         "is_compressed": bool(group["is_compressed"].any()),
         "is_lossy": bool(group["is_lossy"].any()),
