@@ -304,7 +304,8 @@ def _print_scan(table: Any, catalog: Any, problems: Any, *, root: Path, problems
     with pd.option_context(
         "display.width", 250, "display.max_colwidth", 80, "display.max_rows", 10_000, "display.max_columns", 20
     ):
-        typer.echo(shown.to_string(index=False))
+        left = {c: f"{{:<{shown[c].astype(str).str.len().max()}}}".format for c in ("stack_key", "folder")}
+        typer.echo(shown.to_string(index=False, formatters=left, justify="left"))
     typer.echo(f"\n{len(table)} stack(s) in {catalog['path'].nunique()} file(s); {len(problems)} file(s) skipped")
     typer.echo(f"choose a stack with `ctframe export {root} --series KEY` (a unique start of a key is enough)")
     if len(problems):

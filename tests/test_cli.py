@@ -513,7 +513,7 @@ def _files_by_series(root: Path) -> dict[str, list[Path]]:
 
 
 def _printed_keys(stdout: str) -> list[str]:
-    return [line.split()[0] for line in stdout.splitlines() if line.startswith("2.25.")]
+    return [line.split()[0] for line in stdout.splitlines() if line.startswith("2.25.")]  # keys flush left
 
 
 def test_scan__prints_whole_keys_that_export_accepts_by_unique_prefix(shared_data: Path, tmp_path: Path) -> None:
