@@ -437,7 +437,14 @@ def run_summarize(
         problems = ctframe.problems_table(catalog)
         if catalog.empty:
             raise NoSeriesError(_no_dicom(root, len(problems)))
-        cohort = open_cohort(catalog, include_phi=include_phi)
+        try:
+            cohort = open_cohort(catalog, include_phi=include_phi)
+        except NoSeriesError:  # images were found (checked above): none passes the selection rule
+            raise NoSeriesError(
+                f"none of the {catalog['stack_key'].nunique()} stack(s) under {root} passes the series-selection "
+                f"rule (CT, axial, not a localizer...); `ctframe scan {root}` shows each stack's QC flags, and the "
+                "'selection' section of a --config file sets the rule (see `ctframe show-config`)"
+            ) from None
         _say(quiet, f"{len(cohort.volumes)} series selected from {cohort.series['study_uid'].nunique()} studies")
         with _execution(scheduler, workers, quiet=quiet) as sched:
             start = time.monotonic()

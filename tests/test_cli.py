@@ -577,6 +577,19 @@ def test_scan__problems_option_writes_every_skipped_file_with_its_reason(edge_ca
     assert table["reason"].str.contains("truncated|not a DICOM", regex=True).any()
 
 
+def test_summarize__nothing_selectable_is_said_in_cli_terms(edge_cases: Path, tmp_path: Path) -> None:
+    """A real MR image only: found, but no stack passes the CT selection rule."""
+    root = tmp_path / "mr"
+    root.mkdir()
+    (root / "mr.dcm").write_bytes((edge_cases / "pydicom-3.0.2" / "MR_small_implicit.dcm").read_bytes())
+    result = runner.invoke(app, ["summarize", str(root), "-o", str(tmp_path / "o")])
+    assert result.exit_code == 2, result.output
+    (line,) = _error_lines(result.output)
+    assert line.startswith(f"ctframe: error: none of the 1 stack(s) under {root} passes the series-selection rule")
+    assert "--config" in line and "ctframe." not in line and "(...)" not in line
+    assert not (tmp_path / "o").exists()
+
+
 def test_scan__no_dicom_is_one_wording_for_scan_and_summarize(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "notes.txt").write_text("not dicom")
