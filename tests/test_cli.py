@@ -696,3 +696,23 @@ def test_summarize__per_stack_warnings_are_one_cli_line_pointing_to_problems_csv
         f"each one and why is in {outdir / 'problems.csv'}"
     ], result.stderr
     assert "ctframe.segment" not in result.stderr and "(...)" not in result.stderr
+
+
+def test_summarize__scheduler_address_prints_its_dashboard_and_gives_the_same_tables(
+    cohort_root: Path, scan_only_config: Path, tmp_path: Path
+) -> None:
+    from distributed import LocalCluster
+
+    local = tmp_path / "threads"
+    result = runner.invoke(app, ["summarize", str(cohort_root), "-o", str(local), "-c", str(scan_only_config), "-q"])
+    assert result.exit_code == 0, result.output
+    with LocalCluster(n_workers=1, processes=False, dashboard_address=":0") as cluster:
+        outdir = tmp_path / "remote"
+        args = ["summarize", str(cohort_root), "-o", str(outdir), "-c", str(scan_only_config)]
+        result = runner.invoke(app, [*args, "--scheduler", cluster.scheduler_address])
+    assert result.exit_code == 0, result.output
+    line = f"connected to the dask scheduler at {cluster.scheduler_address}; dashboard http://"
+    assert any(s.startswith(line) for s in result.stderr.splitlines()), result.stderr
+    assert re.search(r"^computing: done, \d+ tasks in [\d.]+ s$", result.stderr, re.M), result.stderr
+    regions = [pd.read_parquet(folder / "regions.parquet") for folder in (local, outdir)]
+    pd.testing.assert_frame_equal(*regions)
