@@ -11,8 +11,16 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from ctframe.testing import PhantomTruth, write_phantom_series
+
+# No wall-clock deadline per example in any profile: a slow example on a busy machine is not a failure.
+# The default profile keeps the run short; HYPOTHESIS_PROFILE=slow (with CTFRAME_FUZZ_EXAMPLES for the fuzz
+# tests, which set their own example counts) is the long fuzzing run.
+settings.register_profile("default", deadline=None)
+settings.register_profile("slow", deadline=None, max_examples=2000)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 # the default pseudonym salt is kept in a file (see ctframe.privacy): the test run keeps its own, not the user's
 os.environ.setdefault("CTFRAME_SALT_FILE", str(Path(tempfile.mkdtemp(prefix="ctframe-test-salt-")) / "salt"))

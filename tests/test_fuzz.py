@@ -17,7 +17,6 @@ keeps failing examples in ``.hypothesis/`` so that the next run replays them fir
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import os
 import tempfile
 from collections.abc import Iterator
@@ -34,11 +33,12 @@ from ctframe.testing import write_phantom_series
 
 LONG_RUN = "CTFRAME_FUZZ_EXAMPLES" in os.environ
 FUZZ_EXAMPLES = int(os.environ.get("CTFRAME_FUZZ_EXAMPLES", "30"))
-#: Hard limit of one ctframe call; the hypothesis deadline reports slow examples earlier.
-GUARD_S = 30.0
+#: Hang guard of one ctframe call (bounded work on hostile headers), generous enough for a loaded machine;
+#: there is no per-example deadline (a slow example on a busy machine is not a failure).
+GUARD_S = 120.0
 FUZZ_SETTINGS = settings(
     max_examples=FUZZ_EXAMPLES,
-    deadline=dt.timedelta(seconds=10),
+    deadline=None,
     derandomize=not LONG_RUN,  # the normal run sees the same examples every time
     database=None if not LONG_RUN else settings.default.database,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
