@@ -18,6 +18,7 @@ and intervals between a patient's scans survive the date shift exactly.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import json
 import logging
@@ -135,11 +136,16 @@ def _assert_clean(where: str, *objects: Any) -> None:
         assert not leaks, f"{where}: {leaks} in {type(obj).__name__}"
 
 
+_BASE64_IMAGE = re.compile(r"data:image/[a-z+]+;base64,([A-Za-z0-9+/=]+)")
+
+
 def _files_leaking(folder: Path) -> dict[str, list[str]]:
     """Search every byte of every file under `folder`, parquet also decoded as tables."""
     found: dict[str, list[str]] = {}
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         text = path.read_bytes().decode("latin-1")
+        if path.suffix == ".html":  # embedded images: search their bytes, not their base64 text (random matches)
+            text = _BASE64_IMAGE.sub(lambda m: base64.b64decode(m.group(1)).decode("latin-1"), text)
         if path.suffix == ".parquet":
             text += _strings_of(pd.read_parquet(path)) + str(pq.read_schema(path).metadata)
         leaks = _leaks(text)
@@ -383,6 +389,8 @@ def _all_text(folder: Path) -> dict[str, str]:
     texts = {}
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         text = path.read_bytes().decode("latin-1")
+        if path.suffix == ".html":  # embedded images: search their bytes, not their base64 text (random matches)
+            text = _BASE64_IMAGE.sub(lambda m: base64.b64decode(m.group(1)).decode("latin-1"), text)
         if path.suffix == ".parquet":
             table = pq.read_table(path)
             frame = table.to_pandas()
