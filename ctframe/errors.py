@@ -34,6 +34,7 @@ __all__ = [
     "PerformanceWarning",
     "QCWarning",
     "ScanWarning",
+    "ShortStackError",
     "UnsupportedDicomError",
 ]
 
@@ -68,6 +69,10 @@ class GridMismatchError(InconsistentSeriesError):
 
 class NotHUCalibratedError(CTFrameError, ValueError):
     """Stored values cannot be mapped to Hounsfield units."""
+
+
+class ShortStackError(CTFrameError, ValueError):
+    """A stack too short along the head-foot axis for lung segmentation (lung values: NaN with this reason)."""
 
 
 class ConfigError(CTFrameError, ValueError):

@@ -203,7 +203,7 @@ def summarize_block(
             summarize_block(
                 stored[k : k + 1], slope[k], intercept[k], None if category is None else category[k : k + 1],
                 padding_value=padding_value[k], padding_range_limit=padding_range_limit[k], **options,
-            )  # fmt: skip
+            )
             for k in range(n_slices)
         )
         return functools.reduce(operator.add, parts)

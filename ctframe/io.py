@@ -312,7 +312,8 @@ def volume_from_catalog(
     for column in SLICE_COORDS:
         coords[column] = ("slice", rows[column].to_numpy())
     return xr.DataArray(
-        data, dims=("slice", "row", "col"), coords=coords, name="stored", attrs=_series_attrs(rows, geometry, calibration)
+        data, dims=("slice", "row", "col"), coords=coords, name="stored",
+        attrs=_series_attrs(rows, geometry, calibration),
     )
 
 

@@ -284,7 +284,7 @@ def read_nifti_labels(
     try:
         image = nib.load(path)
     except Exception as exc:  # nibabel raises several types
-        raise DicomReadError(f"{path}: cannot read as NIfTI ({exc}); check the file") from None
+        raise DicomReadError(f"{path}: cannot read as NIfTI ({type(exc).__name__}: {exc}); check the file") from None
     shape = tuple(int(s) for s in image.shape)
     if len(shape) == 4 and shape[3] == 1:
         shape = shape[:3]
@@ -352,7 +352,8 @@ def read_seg(path: str | os.PathLike[str], like: xr.DataArray) -> xr.DataArray:
     try:
         seg = hd.seg.segread(path, lazy_frame_retrieval=True)
     except Exception as exc:  # pydicom / highdicom raise several types
-        raise DicomReadError(f"{path}: cannot read as DICOM SEG ({exc}); check the file") from None
+        reason = f"{type(exc).__name__}: {exc}"
+        raise DicomReadError(f"{path}: cannot read as DICOM SEG ({reason}); check the file") from None
     geometry = seg.get_volume_geometry()
     if geometry is None:
         raise ParameterError(
@@ -433,7 +434,7 @@ def read_rtstruct(
     try:
         ds = pydicom.dcmread(path)
     except Exception as exc:  # pydicom raises several types
-        raise DicomReadError(f"{path}: cannot read as DICOM ({exc}); check the file") from None
+        raise DicomReadError(f"{path}: cannot read as DICOM ({type(exc).__name__}: {exc}); check the file") from None
     if getattr(ds, "Modality", None) != "RTSTRUCT" or "ROIContourSequence" not in ds:
         raise DicomReadError(f"{path}: not an RT Structure Set (Modality {getattr(ds, 'Modality', None)!r})")
     roi_names = {int(item.ROINumber): str(item.ROIName) for item in ds.get("StructureSetROISequence", [])}

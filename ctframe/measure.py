@@ -16,7 +16,6 @@ from the sums and are exact for any data.
 
 from __future__ import annotations
 
-import math
 import numbers
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -30,6 +29,7 @@ from dask.base import tokenize
 
 from ctframe.config import get_config
 from ctframe.errors import NotHUCalibratedError, ParameterError
+from ctframe.geometry import voxel_spacing
 from ctframe.histogram import N_FINE, fine_bin_values, fine_index, statistics_from_counts
 
 __all__ = ["label_names", "region_stats"]
@@ -71,24 +71,6 @@ def label_names(labels: xr.DataArray) -> dict[int, str]:
     if len(words) != len(values):
         return {}
     return {int(v): w for v, w in zip(values, words, strict=True)}
-
-
-def _spacing(volume: xr.DataArray) -> tuple[float, float, float]:
-    """(slice, row, col) spacing in mm from the coordinates, falling back to attrs."""
-    attrs = volume.attrs
-    pixel = attrs.get("pixel_spacing_mm") or [None, None]
-    fallbacks = (attrs.get("slice_spacing_mm", attrs.get("slice_thickness_mm")), pixel[0], pixel[1])
-    out = []
-    for dim, fallback in zip(("slice", "row", "col"), fallbacks, strict=True):
-        values = np.asarray(volume[dim].values, float) if dim in volume.coords else np.array([])
-        step = float(np.median(np.abs(np.diff(values)))) if values.size > 1 else float(fallback or "nan")
-        if not (math.isfinite(step) and step > 0):
-            raise ParameterError(
-                f"series {_series_name(volume)}: the spacing along {dim!r} is unknown or zero, so volumes in mL "
-                f"cannot be computed; give the volume a '{dim}' coordinate in mm (open it with ctframe.open_series)"
-            )
-        out.append(step)
-    return out[0], out[1], out[2]
 
 
 def _check_inputs(volume: xr.DataArray, labels: xr.DataArray) -> None:
@@ -365,7 +347,7 @@ def region_stats(
     if not isinstance(per_slice, bool) or not isinstance(include_background, bool):
         raise ParameterError("per_slice and include_background must be True or False")
     options = _statistics_options(percentiles, laa_thresholds_hu, haa_range_hu, consolidation_range_hu)
-    dz, dy, dx = _spacing(volume)
+    dz, dy, dx = voxel_spacing(volume)
     voxel_ml = dz * dy * dx / 1000.0
     pixel_mm2 = dy * dx
     kwargs = {"per_slice": per_slice, "voxel_volume_ml": voxel_ml, "pixel_area_mm2": pixel_mm2, "options": options}

@@ -34,7 +34,7 @@ import xarray as xr
 from scipy import ndimage
 
 from ctframe.config import RANGES, get_config
-from ctframe.errors import CTFrameError, NotHUCalibratedError, ParameterError
+from ctframe.errors import NotHUCalibratedError, ParameterError, ShortStackError
 from ctframe.geometry import voxel_spacing
 
 __all__ = [
@@ -53,10 +53,6 @@ __all__ = [
     "lung_mask",
     "lung_qc",
 ]
-
-
-class ShortStackError(CTFrameError, ValueError):
-    """The stack is too short along the head-foot axis for lung segmentation (lung values: NaN with this reason)."""
 
 
 #: Label values of :func:`lung_mask`.
