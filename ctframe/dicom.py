@@ -121,6 +121,12 @@ class SliceRef(NamedTuple):
 
 
 @functools.lru_cache(maxsize=512)
+def _uid(value: str) -> UID:
+    """pydicom's ``UID`` of `value`, memoised (every slice of a series repeats its SOP class and syntax)."""
+    return UID(value)
+
+
+@functools.lru_cache(maxsize=512)
 def _tag(keyword: str) -> int | None:
     return tag_for_keyword(keyword)
 
@@ -557,7 +563,7 @@ def _records(path: str, *, salt: str | None, include_phi: bool) -> list[dict[str
         ts_uid = "1.2.840.10008.1.2" if ds.is_implicit_VR else "1.2.840.10008.1.2.1"
         if not ds.is_little_endian:
             ts_uid = "1.2.840.10008.1.2.2"
-    ts = UID(ts_uid)
+    ts = _uid(ts_uid)
     lossy_flag = str(_get(ds, "LossyImageCompression", ""))
     is_lossy = lossy_flag == "01" or ts_uid in LOSSY_SYNTAXES or (ts_uid in MAYBE_LOSSY_SYNTAXES and lossy_flag != "00")
     bits_allocated = _get_int(ds, "BitsAllocated", 0)
@@ -597,7 +603,7 @@ def _records(path: str, *, salt: str | None, include_phi: bool) -> list[dict[str
         "acquisition_number": _get_int(ds, "AcquisitionNumber"),
         "modality": str(_get(ds, "Modality", "")),
         "sop_class_uid": sop_class,
-        "sop_class": UID(sop_class).name if sop_class else "",
+        "sop_class": _uid(sop_class).name if sop_class else "",
         "sop_instance_uid": pseudonymous_uid(original_instance_uid, salt=salt),
         "instance_number": _get_int(ds, "InstanceNumber"),
         "image_type": _multi_str(_get(ds, "ImageType")),

@@ -243,7 +243,8 @@ def _parse(reader: _Reader) -> RawHeader:
     if not isinstance(syntax_entry, tuple) or position < 0:
         raise _Decline  # no transfer syntax, or nothing after the file meta
     _convert_meta_as_pydicom(meta)
-    syntax = str(convert_raw_data_element(_raw_element(0x00020010, syntax_entry)).value)
+    vr, length, value, _, implicit_meta = syntax_entry
+    syntax = str(_converted_meta_value(0x00020010, vr, length, value, implicit_meta))
     if syntax in _DECLINED_SYNTAXES or not syntax.startswith("1.2.840.10008.1.2"):
         raise _Decline  # big endian, deflated, private or unknown syntaxes
     implicit = syntax == IMPLICIT_VR_LITTLE_ENDIAN
@@ -307,7 +308,18 @@ def _convert_meta_as_pydicom(meta: dict[int, _Entry]) -> None:
     for tag in sorted(wanted & meta.keys()):
         entry = meta[tag]
         if isinstance(entry, tuple):
-            convert_raw_data_element(_raw_element(tag, entry), encoding=default_encoding)
+            vr, length, value, _, implicit = entry
+            _converted_meta_value(tag, vr, length, value, implicit)
+
+
+@functools.lru_cache(maxsize=1024)
+def _converted_meta_value(tag: int, vr: str | None, length: int, value: bytes | None, implicit: bool) -> Any:
+    """pydicom's conversion of one file meta element, memoised (the files of a series repeat their file meta).
+
+    The result depends only on these arguments (not on where the value sits in
+    the file); a value pydicom cannot convert raises every time (errors are not cached).
+    """
+    return convert_raw_data_element(_raw_element(tag, (vr, length, value, 0, implicit)), encoding=default_encoding).value
 
 
 def _read_elements(

@@ -19,6 +19,8 @@ projections use nan-aware reductions.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import xarray as xr
 
@@ -146,11 +148,12 @@ def hu_kernel(
         out = np.empty(planes.shape, np.float32)
         lo, hi = int(planes.min()), int(planes.max())  # tables cover the values present, not all 65,536
         lookup = lookup_kernel() if planes.dtype.isnative else None  # numba takes native byte order only
-        tables: dict[tuple[float, ...], np.ndarray] = {}
+        tables: dict[tuple[float | None, ...], np.ndarray] = {}
         for k in range(n):
-            key = tuple(float(v[k]) for v in per_slice)
+            values = [float(v[k]) for v in per_slice]
+            key = tuple(None if math.isnan(x) else x for x in values)  # NaN != NaN: it would never hit the cache
             if key not in tables:
-                tables[key] = _lookup_table(lo, hi, *key, fill_below_hu=fill_below_hu)
+                tables[key] = _lookup_table(lo, hi, *values, fill_below_hu=fill_below_hu)
             if lookup is not None:  # a compiled loop that releases the GIL
                 lookup(tables[key], planes[k], lo, out[k])
             else:

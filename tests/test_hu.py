@@ -154,3 +154,22 @@ def test_hu_kernel__big_endian_stored_values_take_numpy_path() -> None:
                     padding_range_limit=np.nan, fill_below_hu=-1500.0)  # fmt: skip
     np.testing.assert_array_equal(got, expected)
     assert np.isnan(got[0, 1, 0]) and got[0, 0, 1] == -24.0
+
+
+def test_hu_kernel__one_table_per_rescale_even_with_nan_padding(lidc_dir: Path, monkeypatch) -> None:
+    """LIDC slices share slope, intercept and padding (and have no range limit: NaN): one lookup table per block."""
+    import ctframe.hu as hu_module
+
+    volume = ctframe.open_series(lidc_dir, slices_per_chunk=8)
+    block = volume.data.blocks[3].compute()
+    calls = []
+    original = hu_module._lookup_table
+    monkeypatch.setattr(hu_module, "_lookup_table", lambda *a, **k: calls.append(a) or original(*a, **k))
+    n = block.shape[0]
+    out = hu_kernel(block, np.ones(n), np.full(n, -1024.0), np.full(n, -2000.0), np.full(n, np.nan),
+                    fill_below_hu=-1500)
+    assert len(calls) == 1
+    monkeypatch.undo()
+    expected = apply_modality_lut(block, pydicom.dcmread(next(lidc_dir.glob("*.dcm")))).astype(np.float32)
+    expected[(block == -2000) | (expected < -1500)] = np.nan
+    np.testing.assert_array_equal(out, expected)
