@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -403,8 +404,12 @@ def test_scan__script_without_main_guard_runs_once(
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines.count("the script's top level ran") == 1, result.stdout
-    assert lines[-1].startswith(f"processes:2 ({started_by})"), result.stdout
-    assert lines[-1].endswith(f" {len(_scan_quiet(shared_data, workers=1))} 2"), result.stdout  # rows, workers
+    # one or both workers may have read batches (a worker still booting on a loaded machine reads none)
+    match = re.match(rf"processes:(\d) \({started_by}\).* (\d+) (\d+)$", lines[-1])
+    assert match is not None, result.stdout
+    n_workers, rows, n_pids = (int(g) for g in match.groups())
+    assert 1 <= n_workers <= 2 and 1 <= n_pids <= 2, result.stdout
+    assert rows == len(_scan_quiet(shared_data, workers=1)), result.stdout
     assert "Traceback" not in result.stderr
 
 
