@@ -122,7 +122,7 @@ class SliceRef(NamedTuple):
 
 @functools.lru_cache(maxsize=512)
 def _uid(value: str) -> UID:
-    """pydicom's ``UID`` of `value`, memoised (every slice of a series repeats its SOP class and syntax)."""
+    """The pydicom ``UID`` of `value`, memoised (every slice of a series repeats its SOP class and syntax)."""
     return UID(value)
 
 

@@ -42,7 +42,7 @@ import xarray as xr
 
 from ctframe.config import get_config
 from ctframe.errors import CTFrameError, OutputExistsError, ParameterError
-from ctframe.geometry import POSITION_COLUMNS, affine, nifti_affine, slice_normal
+from ctframe.geometry import POSITION_COLUMNS, affine, nifti_affine, pixel_spacing, slice_normal, slice_steps
 from ctframe.privacy import safe_name
 
 __all__ = [
@@ -237,23 +237,20 @@ def grid_problem(volume: xr.DataArray) -> tuple[str, str] | None:
     steps = np.diff(along)
     if np.any(np.diff(np.sign(steps[np.abs(steps) >= qc["duplicate_tolerance_mm"]])) != 0):
         return "irregular_spacing", "slice positions go back and forth along the normal"
-    steps = np.abs(steps)
-    duplicates = int((steps < qc["duplicate_tolerance_mm"]).sum())
-    if duplicates:
-        return "has_duplicates", f"{duplicates} pair(s) of slices share a position"
-    median = float(np.median(steps))
-    gaps = steps > qc["gap_factor"] * median
-    if gaps.any():
-        k = int(np.flatnonzero(gaps)[0])
+    judged = slice_steps(np.abs(steps), qc=qc)  # the series table's rule (ctframe.geometry)
+    if judged.n_duplicates:
+        return "has_duplicates", f"{judged.n_duplicates} pair(s) of slices share a position"
+    if judged.gaps.any():
+        k = int(np.flatnonzero(judged.gaps)[0])
         return "has_gaps", (
-            f"{int(gaps.sum())} gap(s) between slices (a step of {steps[k]:.3g} mm after slice {k}, "
-            f"median {median:.3g} mm)"
+            f"{int(judged.gaps.sum())} gap(s) between slices (a step of {judged.real[k]:.3g} mm after slice {k}, "
+            f"median {judged.median_mm:.3g} mm)"
         )
-    if len(steps) > 1 and (steps.max() - steps.min()) / median > qc["irregular_tolerance"]:
-        return "irregular_spacing", f"slice steps range from {steps.min():.3g} to {steps.max():.3g} mm"
+    if judged.irregular:
+        return "irregular_spacing", f"slice steps range from {judged.real.min():.3g} to {judged.real.max():.3g} mm"
     travel = ipp[-1] - ipp[0]
     off_normal = float(np.linalg.norm(travel - (travel @ normal) * normal))
-    pixel = min(float(v) for v in volume.attrs.get("pixel_spacing_mm") or (1.0, 1.0))
+    pixel = min(pixel_spacing(volume))
     if off_normal > SHEAR_TOLERANCE_PIXELS * pixel:
         angle = math.degrees(math.atan2(off_normal, abs(float(travel @ normal))))
         return "is_tilted", f"the slices advance {angle:.2f} degrees off their normal (gantry tilt), a sheared grid"
@@ -317,10 +314,7 @@ def resample_slices(volume: xr.DataArray, spacing_mm: float) -> xr.DataArray:
     normal = slice_normal(volume)
     orientation = np.asarray(volume.attrs["orientation"], float)
     row_dir, col_dir = orientation[:3], orientation[3:]
-    row_mm = np.asarray(volume["row"].values, float)
-    col_mm = np.asarray(volume["col"].values, float)
-    row_step = float(row_mm[1] - row_mm[0]) if row_mm.size > 1 else float(volume.attrs["pixel_spacing_mm"][0])
-    col_step = float(col_mm[1] - col_mm[0]) if col_mm.size > 1 else float(volume.attrs["pixel_spacing_mm"][1])
+    row_step, col_step = pixel_spacing(volume)
     along = ipp @ normal
     order = np.argsort(along, kind="stable")
     along, ipp = along[order], ipp[order]

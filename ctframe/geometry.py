@@ -216,6 +216,45 @@ def _counts(values: Sequence[str]) -> str:
     return ", ".join(f"{value} on {n} slice{'s' if n > 1 else ''}" for value, n in series.items())
 
 
+@dataclass(frozen=True)
+class SliceSteps:
+    """The steps between consecutive slice positions, judged by the ``qc`` rules (one place for both)."""
+
+    #: Steps that are not duplicates (at least ``qc.duplicate_tolerance_mm``), in order.
+    real: np.ndarray
+    median_mm: float
+    n_duplicates: int
+    #: Per real step: more than ``qc.gap_factor`` times the median.
+    gaps: np.ndarray
+    n_missing: int
+    #: (max - min) / median of the real steps above ``qc.irregular_tolerance``.
+    irregular: bool
+
+
+def slice_steps(steps: np.ndarray, *, qc: Mapping[str, Any]) -> SliceSteps:
+    """Judge the steps between consecutive slice positions (mm, non-negative; NaN ignored).
+
+    The one rule for duplicates, gaps and irregular spacing, used by
+    :func:`stack_geometry` (catalog rows) and :func:`ctframe.export.grid_problem` (a volume).
+
+    Examples
+    --------
+    >>> qc = {"duplicate_tolerance_mm": 0.01, "gap_factor": 1.5, "irregular_tolerance": 0.1}
+    >>> judged = slice_steps(np.array([2.5, 2.5, 5.0, 0.0, 2.5]), qc=qc)
+    >>> judged.median_mm, judged.n_duplicates, judged.n_missing, judged.irregular
+    (2.5, 1, 1, True)
+    """
+    steps = np.asarray(steps, float)
+    finite = steps[np.isfinite(steps)]
+    duplicate = finite < qc["duplicate_tolerance_mm"]
+    real = finite[~duplicate]
+    median = float(np.median(real)) if real.size else math.nan
+    gaps = real > qc["gap_factor"] * median if real.size else np.array([], bool)
+    n_missing = int(np.sum(np.round(real[gaps] / median) - 1)) if gaps.any() else 0
+    spread = (real.max() - real.min()) / median if real.size > 1 and median > 0 else 0.0
+    return SliceSteps(real, median, int(duplicate.sum()), gaps, n_missing, bool(spread > qc["irregular_tolerance"]))
+
+
 def stack_geometry(rows: pd.DataFrame, *, qc: Mapping[str, Any] | None = None) -> StackGeometry:
     """Geometry of one stack from every one of its catalog rows, with the consistency checks.
 
@@ -317,13 +356,7 @@ def stack_geometry(rows: pd.DataFrame, *, qc: Mapping[str, Any] | None = None) -
     # slice positions along the normal
     pos = rows["slice_position_mm"].to_numpy(float) if "slice_position_mm" in rows else np.array([])
     steps = np.diff(pos) if len(pos) > 1 else np.array([])
-    finite_steps = steps[np.isfinite(steps)]
-    dup = finite_steps < qc["duplicate_tolerance_mm"]
-    real_steps = finite_steps[~dup]
-    median = float(np.median(real_steps)) if real_steps.size else math.nan
-    gaps = real_steps > qc["gap_factor"] * median if real_steps.size else np.array([], bool)
-    n_missing = int(np.sum(np.round(real_steps[gaps] / median) - 1)) if gaps.any() else 0
-    spread = (real_steps.max() - real_steps.min()) / median if real_steps.size > 1 and median > 0 else 0.0
+    step_qc = slice_steps(steps, qc=qc)
 
     # tilt: the angle between the normal and the direction the slices advance
     tilt = math.nan
@@ -345,13 +378,13 @@ def stack_geometry(rows: pd.DataFrame, *, qc: Mapping[str, Any] | None = None) -
         rows=n_rows,
         columns=n_cols,
         pixel_spacing_mm=pixel,
-        spacing_median_mm=median,
-        spacing_min_mm=float(real_steps.min()) if real_steps.size else math.nan,
-        spacing_max_mm=float(real_steps.max()) if real_steps.size else math.nan,
-        n_missing_slices=n_missing,
-        has_duplicates=bool(dup.any()),
-        has_gaps=bool(gaps.any()),
-        irregular_spacing=bool(spread > qc["irregular_tolerance"]),
+        spacing_median_mm=step_qc.median_mm,
+        spacing_min_mm=float(step_qc.real.min()) if step_qc.real.size else math.nan,
+        spacing_max_mm=float(step_qc.real.max()) if step_qc.real.size else math.nan,
+        n_missing_slices=step_qc.n_missing,
+        has_duplicates=step_qc.n_duplicates > 0,
+        has_gaps=bool(step_qc.gaps.any()),
+        irregular_spacing=step_qc.irregular,
         tilt_angle_deg=tilt,
         problems=problems,
         culprits=culprits,

@@ -314,12 +314,13 @@ def _convert_meta_as_pydicom(meta: dict[int, _Entry]) -> None:
 
 @functools.lru_cache(maxsize=1024)
 def _converted_meta_value(tag: int, vr: str | None, length: int, value: bytes | None, implicit: bool) -> Any:
-    """pydicom's conversion of one file meta element, memoised (the files of a series repeat their file meta).
+    """The pydicom conversion of one file meta element, memoised (the files of a series repeat their file meta).
 
     The result depends only on these arguments (not on where the value sits in
     the file); a value pydicom cannot convert raises every time (errors are not cached).
     """
-    return convert_raw_data_element(_raw_element(tag, (vr, length, value, 0, implicit)), encoding=default_encoding).value
+    element = _raw_element(tag, (vr, length, value, 0, implicit))
+    return convert_raw_data_element(element, encoding=default_encoding).value
 
 
 def _read_elements(
