@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-__all__ = ["HUCalibration", "assess_calibration", "calibration_of_rows", "calibration_of_volume"]
+__all__ = ["HUCalibration", "assess_calibration", "calibration_of_rows", "calibration_of_volume", "per_slice_values"]
 
 @dataclass(frozen=True)
 class HUCalibration:
@@ -180,10 +180,22 @@ def calibration_of_rows(rows: pd.DataFrame) -> HUCalibration:
     )
 
 
-def _per_slice(volume: xr.DataArray, name: str) -> np.ndarray | float:
+def per_slice_values(volume: xr.DataArray, name: str) -> xr.DataArray:
+    """A calibration value of each slice (float): the coordinate `name`, or the attribute for every slice.
+
+    Slope, intercept and padding travel as per-slice coordinates of a volume
+    from :func:`ctframe.open_series`; a volume without the coordinate gives its
+    attribute (or NaN) as a 0-d DataArray, which broadcasts over the slices.
+
+    Examples
+    --------
+    >>> volume = xr.DataArray(np.zeros((2, 1, 1)), dims=("slice", "row", "col"), attrs={"padding_value": -2000})
+    >>> per_slice_values(volume, "padding_value").item(), per_slice_values(volume, "padding_range_limit").item()
+    (-2000.0, nan)
+    """
     if name in volume.coords:
-        return volume[name].to_numpy().astype(float)
-    return float(volume.attrs.get(name, np.nan))
+        return volume[name].astype(float).reset_coords(drop=True)
+    return xr.DataArray(float(volume.attrs.get(name, np.nan)))
 
 
 def calibration_of_volume(volume: xr.DataArray) -> HUCalibration:
@@ -201,8 +213,8 @@ def calibration_of_volume(volume: xr.DataArray) -> HUCalibration:
         rescale_type=str(volume.attrs.get("rescale_type", "")),
         slope=volume["rescale_slope"].to_numpy().astype(float) if has else nan,
         intercept=volume["rescale_intercept"].to_numpy().astype(float) if has else nan,
-        padding_value=_per_slice(volume, "padding_value"),
-        padding_range_limit=_per_slice(volume, "padding_range_limit"),
+        padding_value=per_slice_values(volume, "padding_value").to_numpy(),
+        padding_range_limit=per_slice_values(volume, "padding_range_limit").to_numpy(),
     )
     if not has:
         return HUCalibration(False, "no rescale_slope/rescale_intercept coordinates; open it with "

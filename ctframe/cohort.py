@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from ctframe.calibration import calibration_of_volume
+from ctframe.calibration import calibration_of_volume, per_slice_values
 from ctframe.config import get_config
 from ctframe.errors import CohortWarning, CTFrameError, NoSeriesError, NotHUCalibratedError, ParameterError
 from ctframe.execution import Scheduler, compute
@@ -372,13 +372,6 @@ class _Unevaluated:
         return self.collection.compute(scheduler="sync")
 
 
-def _per_slice(volume: xr.DataArray, name: str) -> np.ndarray:
-    """A per-slice coordinate (or attribute, for every slice) as float64."""
-    if name in volume.coords:
-        return volume[name].to_numpy().astype(float)
-    return np.full(volume.sizes["slice"], float(volume.attrs.get(name, np.nan)))
-
-
 def _block_summary(
     stored: np.ndarray, categories: np.ndarray | None, per_slice: Mapping[str, np.ndarray], **options: Any
 ) -> HUSummary:
@@ -498,7 +491,7 @@ def stack_outcome(
         key = volume.attrs.get("stack_key", "(unnamed)")
         raise NotHUCalibratedError(f"series {key}: stored values cannot be mapped to HU: {calibration.issue}")
     per_slice = {
-        name: _per_slice(volume, name)
+        name: np.broadcast_to(per_slice_values(volume, name).to_numpy(), (volume.sizes["slice"],))
         for name in ("rescale_slope", "rescale_intercept", "padding_value", "padding_range_limit")
     }
     options = {"fill_below_hu": float(get_config()["hu"]["fill_below_hu"]), "slice_edges": slice_edges}

@@ -25,7 +25,7 @@ import numpy as np
 import xarray as xr
 
 import ctframe.accessor  # noqa: F401  (registers .ct on every volume ctframe makes)
-from ctframe.calibration import calibration_of_volume
+from ctframe.calibration import calibration_of_volume, per_slice_values
 from ctframe.config import get_config
 from ctframe.errors import NotHUCalibratedError
 from ctframe.kernels import lookup_kernel
@@ -225,7 +225,7 @@ def to_hu(volume: xr.DataArray, *, fill_below_hu: float | None = None, assume_hu
     slope = volume["rescale_slope"].astype(float).fillna(1.0)
     intercept = volume["rescale_intercept"].astype(float).fillna(0.0)
     threshold = get_config()["hu"]["fill_below_hu"] if fill_below_hu is None else float(fill_below_hu)
-    padding, padding_limit = (_per_slice(volume, name) for name in ("padding_value", "padding_range_limit"))
+    padding, padding_limit = (per_slice_values(volume, name) for name in ("padding_value", "padding_range_limit"))
     hu = xr.apply_ufunc(
         hu_kernel,
         volume,
@@ -241,10 +241,3 @@ def to_hu(volume: xr.DataArray, *, fill_below_hu: float | None = None, assume_hu
     hu.attrs.update(units="HU", fill_below_hu=threshold)
     hu.name = "hu"
     return hu.transpose(*volume.dims)
-
-
-def _per_slice(volume: xr.DataArray, name: str) -> xr.DataArray:
-    """A per-slice value: the coordinate of that name, or the attribute (one value for every slice)."""
-    if name in volume.coords:
-        return volume[name].astype(float).reset_coords(drop=True)
-    return xr.DataArray(float(volume.attrs.get(name, np.nan)))
