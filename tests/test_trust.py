@@ -278,3 +278,27 @@ def test_series_table__acquisition_values_that_differ_are_not_taken_from_one_sli
     assert np.isnan(row["slice_thickness_mm"])
     assert "convolution kernel differs between slices (BONE on 2, STANDARD on 4)" in row["qc_notes"]
     assert "slice thickness differs between slices (1.25 on 2, 2.5 on 4)" in row["qc_notes"]
+
+
+def _set_ds(data: bytes, tag: int, text: str) -> bytes:
+    """Replace the value of the explicit-VR DS element `tag` in a file's bytes (no validation on the way)."""
+    key = tag.to_bytes(4, "big")
+    marker = key[1::-1] + key[:1:-1] + b"DS"  # group, element little-endian, then the VR
+    at = data.index(marker)
+    length = int.from_bytes(data[at + 6 : at + 8], "little")
+    value = text.encode().ljust(len(text) + len(text) % 2)
+    return data[:at + 6] + len(value).to_bytes(2, "little") + value + data[at + 8 + length :]
+
+
+def test_series_table__zero_or_text_slope_on_one_real_slice_is_refused(lidc_dir, tmp_path) -> None:
+    """A slope of 0 (every voxel one value) or a slope that is no number: refused with the rule, not defaulted."""
+    for value, rule in (("0", "RescaleSlope is 0 on 1 of 6 slice(s) (first: IM2)"),
+                        ("n/a", "RescaleSlope missing or not a finite number on 1 of 6 slice(s) (first: IM2)")):
+        folder = tmp_path / f"slope-{value.replace('/', '')}"
+        paths = _write_stack(lidc_dir, folder, names=[f"IM{k}" for k in range(6)], series_uid=UID_A,
+                             study_uid="1.2.826.0.1.3680043.8.498.4.6.1", first=40)
+        # rewrite the DS text in the file's bytes, as a faulty writer would have (pydicom validates what it writes)
+        paths[2].write_bytes(_set_ds(paths[2].read_bytes(), 0x00281053, value))
+        assert str(pydicom.dcmread(paths[2], stop_before_pixels=True)["RescaleSlope"].value) == value
+        row = ctframe.series_table(ctframe.scan(folder, progress=False)).iloc[0]
+        assert not row["usable"] and row["calibration_issue"] == rule
