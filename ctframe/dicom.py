@@ -13,6 +13,7 @@ when it is installed. Every path returns exactly what
 from __future__ import annotations
 
 import functools
+import io
 import math
 import os
 import re
@@ -35,6 +36,7 @@ from pydicom.values import convert_value, default_encoding
 from ctframe.errors import CTFrameError, DicomReadError, UnsupportedDicomError
 from ctframe.header_fastpath import _LONG_VRS, RawHeader, element_vr, parse_header
 from ctframe.privacy import date_offset_days, patient_key, pseudonymous_uid, resolve_salt, shift_date
+from ctframe.sources import Access, is_dicomweb, is_remote, local_path, open_for_header, read_range, redact
 
 __all__ = [
     "NATIVE_LITTLE_ENDIAN",
@@ -363,46 +365,50 @@ def _file_kind(mode: int) -> str:
     return next((name for test, name in kinds if test(mode)), "not a plain file")
 
 
-def _open_dataset(path: str) -> tuple[Header, int, bool, bool, int]:
-    """Parse the header of `path`.
+def _open_dataset(path: str, access: Access | None = None) -> tuple[Header, int, bool, bool, int, str]:
+    """Parse the header of `path` (a local path or a remote URL; see :mod:`ctframe.sources`).
 
     Returns the dataset, the offset of the little-endian Pixel Data value (or
     -1), whether a pixel data element follows the header, whether that value has
-    an undefined length (encapsulated items), and the file size.
+    an undefined length (encapsulated items), the file size and the file's
+    version (``mtime_ns`` locally, ETag or version id remotely).
     """
+    where = redact(path)
+    if not is_remote(path):
+        try:
+            info = os.stat(local_path(path))
+        except OSError as exc:
+            raise DicomReadError(f"{path}: cannot read file ({exc.strerror or exc})") from None
+        if not stat.S_ISREG(info.st_mode):  # opening a FIFO blocks; a device reads a disk
+            raise DicomReadError(f"{path}: not a regular file ({_file_kind(info.st_mode)}); skipped")
+        if info.st_size == 0:
+            raise DicomReadError(f"{path}: empty file (0 bytes)")
     try:
-        info = os.stat(path)
-    except OSError as exc:
-        raise DicomReadError(f"{path}: cannot read file ({exc.strerror or exc})") from None
-    if not stat.S_ISREG(info.st_mode):  # opening a FIFO blocks; a device reads a disk
-        raise DicomReadError(f"{path}: not a regular file ({_file_kind(info.st_mode)}); skipped")
-    size = info.st_size
-    if size == 0:
-        raise DicomReadError(f"{path}: empty file (0 bytes)")
-    try:
-        with open(path, "rb") as fp:
+        with open_for_header(path, access) as (fp, size, version):
+            if size == 0:
+                raise DicomReadError(f"{where}: empty file (0 bytes)")
             magic = fp.read(2)
             fp.seek(0)
             if magic == b"\x1f\x8b":
-                raise DicomReadError(f"{path}: gzip-compressed file, not DICOM; decompress it (gunzip) and scan again")
+                raise DicomReadError(f"{where}: gzip-compressed file, not DICOM; decompress it (gunzip) and scan again")
             ds: Header | None = parse_header(fp, size)  # common layouts, read as pydicom would
             if ds is not None:
                 fp.seek(size if ds.pixel_element_offset < 0 else ds.pixel_element_offset)
             else:
                 fp.seek(0)
-                ds = _dcmread_header(fp, path)
+                ds = _dcmread_header(fp, where)
             offset = fp.tell()
             head = fp.read(12)
             has_pixels = head[:4] in _PIXEL_TAGS
             header_length, undefined_length = _pixel_element_layout(head, implicit=_reads_implicit_vr(ds))
             offset = offset + header_length if head[:4] == _PIXEL_TAG_LE else -1
-    except DicomReadError:
+    except CTFrameError:
         raise
     except OSError as exc:
-        raise DicomReadError(f"{path}: cannot read file ({exc.strerror or exc})") from None
+        raise DicomReadError(f"{where}: cannot read file ({exc.strerror or exc})") from None
     except Exception as exc:  # pydicom raises many types on corrupt input
-        raise DicomReadError(f"{path}: unreadable DICOM header ({type(exc).__name__}: {exc})") from None
-    return ds, offset, has_pixels, undefined_length, size
+        raise DicomReadError(f"{where}: unreadable DICOM header ({type(exc).__name__}: {exc})") from None
+    return ds, offset, has_pixels, undefined_length, size, version
 
 
 def _reads_implicit_vr(ds: Header) -> bool:
@@ -466,18 +472,18 @@ def _dcmread_header(fp: Any, path: str) -> Dataset:
             return ds
 
 
-def _has_pixels_full_read(path: str) -> bool:
+def _has_pixels_full_read(path: str, access: Access | None = None) -> bool:
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), open_for_header(path, access) as (fp, _, _):
             warnings.simplefilter("ignore")
-            full = pydicom.dcmread(path, force=True)
+            full = pydicom.dcmread(fp, force=True)
         return any(k in full for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"))
     except Exception:
         return False
 
 
 def read_header(
-    path: str | os.PathLike[str], *, salt: str | None = None, include_phi: bool = False
+    path: str | os.PathLike[str], *, salt: str | None = None, include_phi: bool = False, access: Access | None = None
 ) -> list[dict[str, Any]]:
     """Read the header of one file into catalog records, one per image frame.
 
@@ -491,6 +497,8 @@ def read_header(
         Also return PatientID, name, birth date, accession number, institution,
         referring physician and the original UIDs and study date
         (``original_*``). Off by default.
+    access : Access, optional
+        Storage options of a remote `path` (an fsspec URL); see :mod:`ctframe.sources`.
 
     Returns
     -------
@@ -519,7 +527,7 @@ def read_header(
         # NaN fields or problems instead
         warnings.simplefilter("ignore")
         try:
-            return _records(path, salt=salt, include_phi=include_phi)
+            return _records(path, salt=salt, include_phi=include_phi, access=access)
         except CTFrameError:
             raise
         except Exception as exc:
@@ -539,16 +547,60 @@ def _raised_in_pydicom(exc: BaseException) -> bool:
     return False
 
 
-def _records(path: str, *, salt: str | None, include_phi: bool) -> list[dict[str, Any]]:
-    ds, offset, has_pixels, undefined_length, size = _open_dataset(path)
+def _records(path: str, *, salt: str | None, include_phi: bool, access: Access | None) -> list[dict[str, Any]]:
+    ds, offset, has_pixels, undefined_length, size, version = _open_dataset(path, access)
+    if not (has_pixels or _get_int(ds, "Rows") <= 0 or _get_int(ds, "Columns") <= 0):
+        has_pixels = _has_pixels_full_read(path, access)  # deflated streams hide the tag from a header read
+    return records_of_dataset(
+        ds, path=path, file_size=size, file_version=version, pixel_data_offset=offset, has_pixels=has_pixels,
+        undefined_length=undefined_length, salt=salt, include_phi=include_phi,
+    )
+
+
+def records_of_dataset(
+    ds: Header,
+    *,
+    path: str,
+    file_size: int,
+    file_version: str,
+    pixel_data_offset: int,
+    has_pixels: bool,
+    undefined_length: bool,
+    salt: str | None,
+    include_phi: bool,
+    transfer_syntax_uid: str | None = None,
+) -> list[dict[str, Any]]:
+    """Catalog records (one per frame) of a parsed header, whichever source it came from.
+
+    Parameters
+    ----------
+    ds : Dataset
+        The header (a file's, or a DICOMweb instance's metadata).
+    path : str
+        The catalog's ``path``: where the pixels are read from.
+    file_size : int
+        Bytes of the file, or -1 when unknown (DICOMweb).
+    file_version : str
+        What identifies the file's version (see :class:`ctframe.sources.FileInfo`).
+    pixel_data_offset : int
+        Offset of the Pixel Data value in the file, or -1.
+    has_pixels : bool
+        Whether the file holds pixel data.
+    undefined_length : bool
+        Whether the Pixel Data value is encapsulated (undefined length).
+    salt, include_phi
+        As in :func:`read_header`.
+    transfer_syntax_uid : str, optional
+        The syntax pixels will arrive in, where the header has none (DICOMweb).
+    """
+    size, offset = file_size, pixel_data_offset
+    where = redact(path)
     meta = getattr(ds, "file_meta", None)
     media_class = _get(meta, "MediaStorageSOPClassUID", "") if meta is not None else ""
     sop_class = str(_get(ds, "SOPClassUID", "") or media_class)
     if sop_class == DICOMDIR_CLASS or "DirectoryRecordSequence" in ds:
-        raise UnsupportedDicomError(f"{path}: DICOMDIR (a media index), not an image; scan the folders it indexes")
+        raise UnsupportedDicomError(f"{where}: DICOMDIR (a media index), not an image; scan the folders it indexes")
     rows, columns = _get_int(ds, "Rows"), _get_int(ds, "Columns")
-    if rows > 0 and columns > 0 and not has_pixels:
-        has_pixels = _has_pixels_full_read(path)  # deflated streams hide the tag from a header read
     if rows <= 0 or columns <= 0 or not has_pixels:
         name = UID(sop_class).name if sop_class else "unknown SOP class"
         if "Image Storage" in name or (rows > 0 and columns > 0) or len(ds) == 0:
@@ -556,9 +608,9 @@ def _records(path: str, *, salt: str | None, include_phi: bool) -> list[dict[str
             what = "an image without its pixels: the file is probably truncated"
         else:
             what = "not an image"
-        raise UnsupportedDicomError(f"{path}: no image pixel data ({name}); {what}, skipped")
+        raise UnsupportedDicomError(f"{where}: no image pixel data ({name}); {what}, skipped")
 
-    ts_uid = str(_get(meta, "TransferSyntaxUID", "")) if meta is not None else ""
+    ts_uid = transfer_syntax_uid or (str(_get(meta, "TransferSyntaxUID", "")) if meta is not None else "")
     if not ts_uid:
         ts_uid = "1.2.840.10008.1.2" if ds.is_implicit_VR else "1.2.840.10008.1.2.1"
         if not ds.is_little_endian:
@@ -569,7 +621,7 @@ def _records(path: str, *, salt: str | None, include_phi: bool) -> list[dict[str
     bits_allocated = _get_int(ds, "BitsAllocated", 0)
     pixel_representation = _get_int(ds, "PixelRepresentation", 0)
     n_frames = max(_get_int(ds, "NumberOfFrames", 1), 1)
-    _check_frames_fit(path, size, n_frames, rows, columns, bits_allocated, _get_int(ds, "SamplesPerPixel", 1), ts)
+    _check_frames_fit(where, size, n_frames, rows, columns, bits_allocated, _get_int(ds, "SamplesPerPixel", 1), ts)
     # de-identified here, where every output comes from (ctframe.privacy): UIDs hashed, dates shifted per patient
     salt = resolve_salt(salt)
     original_date = str(_get(ds, "StudyDate", ""))
@@ -582,15 +634,11 @@ def _records(path: str, *, salt: str | None, include_phi: bool) -> list[dict[str
     original_frame_uid = str(_get(ds, "FrameOfReferenceUID", ""))
     shift_days = date_offset_days(patient_id, salt=salt, fallback=original_study_uid)
     study_date = shift_date(original_date, shift_days)
-    try:
-        mtime_ns = os.stat(path).st_mtime_ns
-    except OSError:
-        mtime_ns = 0
-
     common: dict[str, Any] = {
         "path": path,
         "file_size": size,
-        "mtime_ns": mtime_ns,
+        "mtime_ns": int(file_version) if file_version.isdigit() and not is_remote(path) else -1,
+        "file_version": file_version,
         "number_of_frames": n_frames,
         "patient_key": patient_key(patient_id, salt=salt, fallback=original_study_uid),
         "study_uid": pseudonymous_uid(original_study_uid, salt=salt),
@@ -678,6 +726,8 @@ def _check_frames_fit(
     ratio); an encapsulated frame takes at least one 8-byte item header. A
     truncated file passes here and fails clearly when its pixels are read.
     """
+    if size < 0:  # unknown (DICOMweb metadata): the read checks what arrives
+        return
     frame_bytes = -(-rows * columns * max(samples, 1) * max(bits, 1) // 8)
     if ts.is_transfer_syntax and not ts.is_encapsulated:
         capacity = size * (_DEFLATE_MAX_RATIO if ts.is_deflated else 1)
@@ -851,46 +901,52 @@ def _native_dtype(ref: SliceRef) -> np.dtype:
     return _pixel_dtype(ref.pixel_representation, ref.bits_allocated)
 
 
-def _read_native_into(ref: SliceRef, target: np.ndarray) -> None:
+def _read_native_into(ref: SliceRef, target: np.ndarray, access: Access | None = None) -> None:
     """Read the stored values of the native frame `ref` into `target` (of :func:`_native_dtype`).
 
     The raw little-endian bytes land in `target` itself, then
     :func:`keep_stored_bits` runs on them while they are in cache (nothing at
-    all when BitsStored equals BitsAllocated).
+    all when BitsStored equals BitsAllocated). A remote file is read with one
+    ranged request of exactly the frame's bytes.
     """
     if not target.flags.c_contiguous:  # the bytes must land in `target` itself, not in a reshaped copy
         raise ValueError("target must be C-contiguous")
     offset = ref.pixel_data_offset + ref.frame * target.nbytes
-    try:
-        with open(ref.path, "rb", buffering=0) as fp:
-            size = os.fstat(fp.fileno()).st_size
-            if size != ref.file_size:
-                raise DicomReadError(
-                    f"{ref.path}: file changed since it was scanned ({ref.file_size} -> {size} bytes); scan again"
-                )
-            fp.seek(offset)
-            view = memoryview(target.reshape(-1).view(np.uint8))
-            done = 0
-            while done < target.nbytes:  # a raw read may return less than asked
-                n = fp.readinto(view[done:])
-                if not n:
-                    break
-                done += n
-    except OSError as exc:
-        raise DicomReadError(f"{ref.path}: cannot read pixel data ({exc.strerror or exc})") from None
+    view = memoryview(target.reshape(-1).view(np.uint8))
+    if is_remote(ref.path):
+        data = read_range(ref.path, offset, target.nbytes, access)
+        done = len(data)
+        view[:done] = data
+    else:
+        try:
+            with open(local_path(ref.path), "rb", buffering=0) as fp:
+                size = os.fstat(fp.fileno()).st_size
+                if size != ref.file_size:
+                    raise DicomReadError(
+                        f"{ref.path}: file changed since it was scanned ({ref.file_size} -> {size} bytes); scan again"
+                    )
+                fp.seek(offset)
+                done = 0
+                while done < target.nbytes:  # a raw read may return less than asked
+                    n = fp.readinto(view[done:])
+                    if not n:
+                        break
+                    done += n
+        except OSError as exc:
+            raise DicomReadError(f"{ref.path}: cannot read pixel data ({exc.strerror or exc})") from None
     if done != target.nbytes:
         raise DicomReadError(
-            f"{ref.path}: pixel data truncated (frame {ref.frame} needs {target.size} values, "
-            f"found {done // target.itemsize})"
+            f"{redact(ref.path)}: pixel data truncated (frame {ref.frame} needs {target.size} values, "
+            f"found {done // target.itemsize}); if the file changed since it was scanned, scan again"
         )
     if ref.bits_stored < ref.bits_allocated:
         keep_stored_bits(target, ref.bits_stored)
 
 
-def _read_native(ref: SliceRef) -> np.ndarray:
+def _read_native(ref: SliceRef, access: Access | None = None) -> np.ndarray:
     """The stored values of a native little-endian frame (what pydicom returns)."""
     out = np.empty((ref.rows, ref.columns), _native_dtype(ref))
-    _read_native_into(ref, out)
+    _read_native_into(ref, out, access)
     return out
 
 
@@ -940,7 +996,9 @@ def _decoded_layout(ref: SliceRef, codestream: bytes) -> tuple[np.dtype, int] | 
     return _pixel_dtype(signed, container), precision if correct else 0
 
 
-def _read_with_imagecodecs(ref: SliceRef, frames: Sequence[int]) -> list[np.ndarray] | None:
+def _read_with_imagecodecs(
+    ref: SliceRef, frames: Sequence[int], access: Access | None = None
+) -> list[np.ndarray] | None:
     """Decode frames `frames` of the file of `ref` with imagecodecs, as pydicom would decode them.
 
     Each frame is viewed in the dtype pydicom gives it and corrected with
@@ -969,7 +1027,7 @@ def _read_with_imagecodecs(ref: SliceRef, frames: Sequence[int]) -> list[np.ndar
     wanted = set(frames)
     decoded: dict[int, np.ndarray] = {}
     for index, fragment in enumerate(
-        generate_frames(_encapsulated_pixel_data(ref), number_of_frames=ref.number_of_frames)
+        generate_frames(_encapsulated_pixel_data(ref, access), number_of_frames=ref.number_of_frames)
     ):
         if index in wanted:
             layout = _decoded_layout(ref, fragment)
@@ -985,19 +1043,21 @@ def _read_with_imagecodecs(ref: SliceRef, frames: Sequence[int]) -> list[np.ndar
     return [decoded[f] for f in frames]
 
 
-def _encapsulated_pixel_data(ref: SliceRef) -> bytes:
+def _encapsulated_pixel_data(ref: SliceRef, access: Access | None = None) -> bytes:
     """The encapsulated Pixel Data of the file of `ref`: its items up to the sequence delimiter.
 
     Read from the value offset the header pass recorded (everything after it:
     ``pydicom.encaps.generate_frames`` stops at the sequence delimiter, as on
     ``dcmread(path).PixelData``), so the file is not parsed a second time under
     the GIL; with no offset recorded (a header pydicom read its own way), from
-    pydicom's ``dcmread``.
+    pydicom's ``dcmread``. A remote file: one ranged read from that offset.
     """
     if ref.pixel_data_offset < 0:
-        return pydicom.dcmread(ref.path).PixelData
+        return pydicom.dcmread(_file_source(ref.path, access)).PixelData
+    if is_remote(ref.path):
+        return read_range(ref.path, ref.pixel_data_offset, -1, access)
     try:
-        with open(ref.path, "rb") as fp:
+        with open(local_path(ref.path), "rb") as fp:
             size = os.fstat(fp.fileno()).st_size
             if size != ref.file_size:
                 raise DicomReadError(
@@ -1009,19 +1069,28 @@ def _encapsulated_pixel_data(ref: SliceRef) -> bytes:
         raise DicomReadError(f"{ref.path}: cannot read pixel data ({exc.strerror or exc})") from None
 
 
-def _read_with_pydicom(path: str, frames: Sequence[int], n_frames: int, ts_uid: str) -> list[np.ndarray]:
+def _file_source(path: str, access: Access | None) -> Any:
+    """What pydicom reads a whole file from: the local path, or a remote file's bytes."""
+    if not is_remote(path):
+        return local_path(path)
+    return io.BytesIO(read_range(path, 0, -1, access))
+
+
+def _read_with_pydicom(
+    path: str, frames: Sequence[int], n_frames: int, ts_uid: str, access: Access | None = None
+) -> list[np.ndarray]:
     from pydicom.pixels import pixel_array
 
-    src: str | Dataset = path
+    src: Any = _file_source(path, access)
     if UID(ts_uid).is_deflated:  # pixel_array(path) parses the raw file and cannot inflate it
-        src = pydicom.dcmread(path)
+        src = pydicom.dcmread(src)
     options = {"decoding_plugin": "pydicom"} if ts_uid == RLE_LOSSLESS else {}  # see IMAGECODECS_DECODERS
     if n_frames == 1:
         return [pixel_array(src, **options)]
     return [pixel_array(src, index=f, **options) for f in frames]
 
 
-def _decode_file(refs: Sequence[SliceRef]) -> list[np.ndarray]:
+def _decode_file(refs: Sequence[SliceRef], access: Access | None = None) -> list[np.ndarray]:
     """Decode the frames `refs` of one file, trying the fastest exact path first.
 
     Every path gives pydicom's ``pixel_array``: the native fast path and
@@ -1032,12 +1101,14 @@ def _decode_file(refs: Sequence[SliceRef]) -> list[np.ndarray]:
     first = refs[0]
     path = _read_path(first)  # the frames of one file share their encoding
     if path == "native":
-        return [_read_native(r) for r in refs]
+        return [_read_native(r, access) for r in refs]
     frames = [r.frame for r in refs]
     try:
-        arrays = _read_with_imagecodecs(first, frames) if path == "imagecodecs" else None
+        arrays = _read_with_imagecodecs(first, frames, access) if path == "imagecodecs" else None
         if arrays is None:
-            arrays = _read_with_pydicom(first.path, frames, first.number_of_frames, first.transfer_syntax_uid)
+            arrays = _read_with_pydicom(
+                first.path, frames, first.number_of_frames, first.transfer_syntax_uid, access
+            )
     except CTFrameError:  # ours (e.g. a file changed since the scan) already names the file: not wrapped again
         raise
     except BaseException as exc:  # decoders raise many types
@@ -1052,7 +1123,7 @@ def _decode_file(refs: Sequence[SliceRef]) -> list[np.ndarray]:
     return arrays
 
 
-def read_frames(refs: Sequence[SliceRef], *, dtype: np.dtype) -> np.ndarray:
+def read_frames(refs: Sequence[SliceRef], *, dtype: np.dtype, access: Access | None = None) -> np.ndarray:
     """Read and stack the frames `refs` as stored values of `dtype`.
 
     Parameters
@@ -1061,6 +1132,8 @@ def read_frames(refs: Sequence[SliceRef], *, dtype: np.dtype) -> np.ndarray:
         Frames in output order; frames of one file are read with one open.
     dtype : numpy dtype
         Output dtype (see :func:`stored_dtype`).
+    access : Access, optional
+        How to reach remote files (see :mod:`ctframe.sources`).
 
     Returns
     -------
@@ -1076,19 +1149,23 @@ def read_frames(refs: Sequence[SliceRef], *, dtype: np.dtype) -> np.ndarray:
     **Computes** (this is the body of every read task).
     """
     shape = (refs[0].rows, refs[0].columns)
+    if is_dicomweb(refs[0].path):
+        from ctframe.dicomweb import read_frames as read_dicomweb_frames
+
+        return read_dicomweb_frames(refs, dtype=dtype, access=access)
     for ref in refs:
         _check_bits(ref)
     if all(_read_path(r) == "native" and _native_dtype(r) == dtype and (r.rows, r.columns) == shape for r in refs):
         out = np.empty((len(refs), *shape), dtype=dtype)
         for i, ref in enumerate(refs):
-            _read_native_into(ref, out[i])  # straight into the stack: no temporary, no copy
+            _read_native_into(ref, out[i], access)  # straight into the stack: no temporary, no copy
         return out
     out: np.ndarray | None = None  # allocated once a frame of the header's shape has decoded
     by_file: dict[str, list[int]] = {}
     for i, ref in enumerate(refs):
         by_file.setdefault(ref.path, []).append(i)
     for path, positions in by_file.items():
-        arrays = _decode_file([refs[i] for i in positions])
+        arrays = _decode_file([refs[i] for i in positions], access)
         for i, arr in zip(positions, arrays, strict=True):
             if arr.shape != shape:
                 raise DicomReadError(f"{path}: decoded frame has shape {arr.shape}, expected {shape} from the header")

@@ -75,6 +75,10 @@ class ShortStackError(CTFrameError, ValueError):
     """A stack too short along the head-foot axis for lung segmentation (lung values: NaN with this reason)."""
 
 
+class SourceError(CTFrameError, OSError):
+    """A source cannot be reached or refuses access (unreachable server, 401/403, retries exhausted)."""
+
+
 class ConfigError(CTFrameError, ValueError):
     """A configuration value is missing, of the wrong type or out of range."""
 

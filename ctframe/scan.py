@@ -39,7 +39,7 @@ __all__ = ["assign_stacks", "iter_files", "problems_table", "scan", "series_tabl
 
 #: Catalog columns in order (PHI columns are appended only with include_phi=True).
 CATALOG_COLUMNS: tuple[str, ...] = (
-    "path", "file_size", "mtime_ns", "frame", "number_of_frames",
+    "path", "file_size", "mtime_ns", "file_version", "frame", "number_of_frames",
     "patient_key", "study_uid", "study_date", "study_time", "study_datetime",
     "series_uid", "series_number", "series_description", "acquisition_number",
     "modality", "sop_class_uid", "sop_class", "sop_instance_uid", "instance_number", "image_type",
