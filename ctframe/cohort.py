@@ -203,13 +203,17 @@ def open_cohort(
     salt: str | None = None,
     include_phi: bool = False,
     slices_per_chunk: int | None = None,
+    storage_options: dict[str, Any] | None = None,
 ) -> Cohort:
     """Open every study of a folder tree (or catalog) as lazy volumes.
 
     Parameters
     ----------
-    source : path-like, list of path-like, or DataFrame
-        Folder tree(s) to scan, or a catalog from :func:`ctframe.scan`.
+    source : location, list of locations, DataFrame or DICOMwebClient
+        Folder tree(s) to scan, an fsspec URL (``s3://bucket/prefix``), a
+        DICOMweb service root (``dicomweb+http://host/dicom-web``), a persisted
+        catalog (``.parquet`` from ``ctframe scan --catalog``), or a catalog
+        from :func:`ctframe.scan` (see :mod:`ctframe.sources`).
     selection : mapping, optional
         Overrides of the series-selection rule (see :func:`select_series`).
     salt : str, optional
@@ -220,6 +224,10 @@ def open_cohort(
         attrs; never in the series table or the summary tables.
     slices_per_chunk : int, optional
         Slices per dask chunk.
+    storage_options : dict, optional
+        fsspec options of a remote source (credentials, endpoint); see :func:`ctframe.scan`.
+        They travel inside the read tasks (workers of a distributed cluster read
+        from the source themselves) and never appear in task keys or outputs.
 
     Returns
     -------
@@ -250,7 +258,8 @@ def open_cohort(
     >>> len(cohort.volumes), sorted(len(p.children) for p in cohort.tree.children.values())
     (4, [2, 2])
     """
-    catalog = catalog_for(source, salt=salt, include_phi=include_phi)
+    catalog = catalog_for(source, salt=salt, include_phi=include_phi, storage_options=storage_options)
+    access = catalog.attrs.get("access")
     if not include_phi:
         catalog = catalog.drop(columns=[c for c in PHI_COLUMNS if c in catalog])
     if catalog.empty:
@@ -262,7 +271,10 @@ def open_cohort(
             key = table.at[idx, "stack_key"]
             try:  # QC notes are in the series table already: no warnings, no second QC pass
                 volume = volume_from_catalog(
-                    catalog[catalog["stack_key"] == key], slices_per_chunk=slices_per_chunk, qc_warnings=False
+                    catalog[catalog["stack_key"] == key],
+                    slices_per_chunk=slices_per_chunk,
+                    qc_warnings=False,
+                    access=access,
                 )
             except CTFrameError as exc:
                 table.loc[idx, ["selected", "candidate"]] = False

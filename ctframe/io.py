@@ -36,11 +36,14 @@ from ctframe.errors import (
 )
 from ctframe.geometry import StackGeometry, stack_geometry
 from ctframe.privacy import pseudonymous_uid
-from ctframe.scan import PHI_COLUMNS, assign_stacks, problems_table, scan, series_table
+from ctframe.scan import PHI_COLUMNS, access_of, assign_stacks, problems_table, scan, series_table
+from ctframe.sources import Access, is_remote, location_kind
 
 __all__ = ["catalog_for", "open_series", "volume_from_catalog"]
 
-Source = str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | pd.DataFrame
+#: What opens as a catalog: a location (folder, file, fsspec URL, DICOMweb root; see :mod:`ctframe.sources`),
+#: several, a ``.parquet`` catalog written by ``ctframe scan --catalog``, a DICOMwebClient, or catalog rows.
+Source = str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | pd.DataFrame | Any
 
 #: Catalog columns that become per-slice coordinates.
 SLICE_COORDS = (
@@ -62,15 +65,34 @@ WARN_FLAGS = {
 }
 
 
-def catalog_for(source: Source, *, salt: str | None = None, include_phi: bool = False) -> pd.DataFrame:
-    """The catalog rows of `source`: scan a folder or files, or pass rows through.
+def catalog_for(
+    source: Source,
+    *,
+    salt: str | None = None,
+    include_phi: bool = False,
+    storage_options: dict[str, Any] | None = None,
+) -> pd.DataFrame:
+    """The catalog rows of `source`: scan a location, read a persisted catalog, or pass rows through.
 
     Files that are not DICOM at all are skipped silently (they are in
-    :func:`~ctframe.scan.problems_table`); DICOM files that fail to parse give a ScanWarning.
+    :func:`~ctframe.scan.problems_table`); DICOM files that fail to parse give
+    a ScanWarning. A ``.parquet`` file written by ``ctframe scan --catalog``
+    (:mod:`ctframe.catalog_store`) is read as it is, without touching the
+    source; `storage_options` then say how its remote files are reached.
     """
     if isinstance(source, pd.DataFrame):
-        return source if "stack_key" in source else assign_stacks(source)
-    if isinstance(source, str | os.PathLike):
+        catalog = source if "stack_key" in source else assign_stacks(source)
+        if storage_options is not None:
+            catalog = catalog.copy()
+            catalog.attrs["access"] = Access(storage_options, _access_of(catalog).dicomweb)
+        return catalog
+    if isinstance(source, str | os.PathLike) and _is_catalog_file(source):
+        from ctframe.catalog_store import read_catalog
+
+        catalog = read_catalog(source)
+        catalog.attrs["access"] = access_of(_remote_roots(catalog), storage_options, salt=salt)
+        return catalog
+    if isinstance(source, str | os.PathLike) or type(source).__name__ == "DICOMwebClient":
         target: Any = source
     else:
         target = list(source)
@@ -78,7 +100,7 @@ def catalog_for(source: Source, *, salt: str | None = None, include_phi: bool = 
             raise NoSeriesError("open_series got an empty list of files; pass a folder, files or catalog rows")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ScanWarning)
-        catalog = scan(target, salt=salt, include_phi=include_phi, progress=False)
+        catalog = scan(target, salt=salt, include_phi=include_phi, progress=False, storage_options=storage_options)
     problems = problems_table(catalog)
     broken = problems[~problems["reason"].str.startswith("not a DICOM file")]
     if len(broken):
@@ -89,6 +111,23 @@ def catalog_for(source: Source, *, salt: str | None = None, include_phi: bool = 
             stacklevel=3,
         )
     return catalog
+
+
+def _is_catalog_file(source: str | os.PathLike[str]) -> bool:
+    text = os.fspath(source)
+    return location_kind(text) == "local" and text.endswith(".parquet") and os.path.isfile(text)
+
+
+def _remote_roots(catalog: pd.DataFrame) -> list[str]:
+    """The DICOMweb service roots of a persisted catalog's paths (their read settings are rebuilt from these)."""
+    paths = catalog["path"].astype(str)
+    web = paths[paths.map(location_kind) == "dicomweb"]
+    return sorted({p.split("#", 1)[0] for p in web})
+
+
+def _access_of(catalog: pd.DataFrame) -> Access:
+    access = catalog.attrs.get("access")
+    return access if isinstance(access, Access) else Access()
 
 
 def _describe(source: Source) -> str:
@@ -230,7 +269,11 @@ def _attr_value(value: Any) -> Any:
 
 
 def volume_from_catalog(
-    rows: pd.DataFrame, *, slices_per_chunk: int | None = None, qc_warnings: bool = True
+    rows: pd.DataFrame,
+    *,
+    slices_per_chunk: int | None = None,
+    qc_warnings: bool = True,
+    access: Access | None = None,
 ) -> xr.DataArray:
     """Build the lazy DataArray of one stack from its catalog rows.
 
@@ -246,6 +289,10 @@ def volume_from_catalog(
         tilt...). Callers that hold the series table already, such as
         :func:`ctframe.open_cohort`, turn this off rather than compute the
         flags a second time.
+    access : Access, optional
+        How read tasks reach remote files (default: the catalog's
+        ``attrs["access"]``, set by :func:`ctframe.scan`); it travels inside the
+        tasks, hidden from their keys (see :class:`ctframe.sources.Access`).
 
     Returns
     -------
@@ -256,6 +303,7 @@ def volume_from_catalog(
     -----
     **Lazy**.
     """
+    access = access if access is not None else _access_of(rows)
     if "stack_key" not in rows:
         rows = assign_stacks(rows)
     if rows["stack_key"].nunique() != 1:
@@ -277,6 +325,7 @@ def volume_from_catalog(
         raise ValueError(f"slices_per_chunk must be >= 1, got {chunk}")
     dtype = stored_dtype(rows["bits_allocated"], rows["pixel_representation"])
     # column by column (itertuples would build a tuple of every catalog column per slice)
+    remote = bool(rows["path"].map(is_remote).any())
     text_fields = {"path", "transfer_syntax_uid"}
     converters = [str if name in text_fields else int for name in SliceRef._fields]
     refs = [
@@ -287,11 +336,12 @@ def volume_from_catalog(
     bounds = [*range(0, n, chunk), n]
     chunks = (tuple(np.diff(bounds).tolist()), (n_rows,), (n_cols,))
     name = "read-dicom-" + tokenize(
-        [(r.path, r.frame, r.file_size) for r in refs], rows["mtime_ns"].tolist(), chunks, str(dtype)
+        [(r.path, r.frame, r.file_size) for r in refs], rows["file_version"].tolist(), chunks, str(dtype)
     )
+    task_access = access if remote else None  # local reads need no settings (and tasks stay small)
     # the refs ride in a partial: as task arguments dask would walk every (named) tuple of them
     graph = {
-        (name, i, 0, 0): (functools.partial(_read_chunk, tuple(refs[lo:hi]), dtype.str),)
+        (name, i, 0, 0): (functools.partial(_read_chunk, tuple(refs[lo:hi]), dtype.str, task_access),)
         for i, (lo, hi) in enumerate(itertools.pairwise(bounds))
     }
     data = da.Array(
@@ -312,13 +362,16 @@ def volume_from_catalog(
     for column in SLICE_COORDS:
         coords[column] = ("slice", rows[column].to_numpy())
     return xr.DataArray(
-        data, dims=("slice", "row", "col"), coords=coords, name="stored",
+        data,
+        dims=("slice", "row", "col"),
+        coords=coords,
+        name="stored",
         attrs=_series_attrs(rows, geometry, calibration),
     )
 
 
-def _read_chunk(refs: tuple[SliceRef, ...], dtype: str) -> np.ndarray:
-    return read_frames(refs, dtype=np.dtype(dtype))
+def _read_chunk(refs: tuple[SliceRef, ...], dtype: str, access: Access | None = None) -> np.ndarray:
+    return read_frames(refs, dtype=np.dtype(dtype), access=access)
 
 
 def _series_attrs(rows: pd.DataFrame, geometry: StackGeometry, calibration: HUCalibration) -> dict[str, Any]:
@@ -365,14 +418,17 @@ def open_series(
     slices_per_chunk: int | None = None,
     include_phi: bool = False,
     salt: str | None = None,
+    storage_options: dict[str, Any] | None = None,
 ) -> xr.DataArray:
     """Open one CT series (stack) as a lazy DataArray of stored values.
 
     Parameters
     ----------
-    source : path-like, list of path-like, or DataFrame
-        A folder holding one series, a list of files, or rows of the catalog
-        from :func:`ctframe.scan`.
+    source : location, list of locations, DataFrame or DICOMwebClient
+        A folder holding one series, a list of files, an fsspec URL
+        (``s3://bucket/prefix``), a DICOMweb service root
+        (``dicomweb+http://host/dicom-web?SeriesInstanceUID=...``), a persisted
+        catalog (``.parquet``), or rows of the catalog from :func:`ctframe.scan`.
     series : str, optional
         Stack key or series UID (the pseudonym, or the original
         SeriesInstanceUID, which is hashed with the salt to find it) to pick
@@ -385,6 +441,8 @@ def open_series(
         Keep PatientID, name, birth date and other identifying values in attrs.
     salt : str, optional
         Key of the pseudonyms (patient key, UIDs, date shift); see :mod:`ctframe.privacy`.
+    storage_options : dict, optional
+        fsspec options of a remote `source` (credentials, endpoint); see :func:`ctframe.scan`.
 
     Returns
     -------
@@ -435,8 +493,9 @@ def open_series(
     >>> volume.dims, volume.data.numblocks
     (('slice', 'row', 'col'), (2, 1, 1))
     """
-    catalog = catalog_for(source, salt=salt, include_phi=include_phi)
+    catalog = catalog_for(source, salt=salt, include_phi=include_phi, storage_options=storage_options)
+    access = _access_of(catalog)
     if not include_phi:
         catalog = catalog.drop(columns=[c for c in PHI_COLUMNS if c in catalog])
     rows = _choose_stack(catalog, series, source, salt)
-    return volume_from_catalog(rows, slices_per_chunk=slices_per_chunk)
+    return volume_from_catalog(rows, slices_per_chunk=slices_per_chunk, access=access)

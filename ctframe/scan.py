@@ -23,7 +23,7 @@ import threading
 import time
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -31,9 +31,10 @@ import pandas as pd
 from ctframe.calibration import calibration_of_rows
 from ctframe.config import get_config
 from ctframe.dicom import read_header
-from ctframe.errors import CTFrameError, NoSeriesError, PerformanceWarning, ScanWarning
+from ctframe.errors import CTFrameError, NoSeriesError, PerformanceWarning, ScanWarning, SourceError
 from ctframe.geometry import ORIENTATION_COLUMNS, POSITION_COLUMNS, orientation_groups, stack_geometry
 from ctframe.privacy import resolve_salt
+from ctframe.sources import Access, is_remote, list_files, local_path, location_kind, redact
 
 __all__ = ["assign_stacks", "iter_files", "problems_table", "scan", "series_table"]
 
@@ -118,7 +119,9 @@ def _catalog_columns(include_phi: bool) -> list[str]:
     return list(CATALOG_COLUMNS) + (list(PHI_COLUMNS) if include_phi else [])
 
 
-def _read_batch(paths: Sequence[str], salt: str, include_phi: bool) -> tuple[pd.DataFrame, list[dict[str, str]]]:
+def _read_batch(
+    paths: Sequence[str], salt: str, include_phi: bool, access: Access | None = None
+) -> tuple[pd.DataFrame, list[dict[str, str]]]:
     """The catalog rows of a batch of files, as a DataFrame, and the files skipped.
 
     A :class:`~ctframe.errors.CTFrameError` (not DICOM, corrupt, no pixel
@@ -131,9 +134,11 @@ def _read_batch(paths: Sequence[str], salt: str, include_phi: bool) -> tuple[pd.
     problems: list[dict[str, str]] = []
     for path in paths:
         try:
-            records.extend(read_header(path, salt=salt, include_phi=include_phi))
+            records.extend(read_header(path, salt=salt, include_phi=include_phi, access=access))
+        except SourceError:  # the source itself failed (unreachable, access denied): not one bad file
+            raise
         except CTFrameError as exc:
-            problems.append({"path": path, "reason": _reason(exc, path)})
+            problems.append({"path": path, "reason": _reason(exc, redact(path))})
         except Exception as exc:
             exc.add_note(f"while ctframe.scan read the header of {path}")
             raise
@@ -511,19 +516,26 @@ def _scan_in_processes(
 
 
 def scan(
-    root: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
+    root: Any,
     *,
     salt: str | None = None,
     include_phi: bool = False,
     workers: int | None = None,
     progress: bool | None = None,
+    storage_options: dict[str, Any] | None = None,
+    catalog: str | os.PathLike[str] | None = None,
 ) -> pd.DataFrame:
-    """Discover the DICOM image files under `root` from their headers.
+    """Discover the DICOM image files of a source from their headers.
 
     Parameters
     ----------
-    root : path-like or iterable of path-like
-        A folder tree, a file, or several of either.
+    root : location, iterable of locations, or DICOMwebClient
+        A folder tree or a file; an fsspec URL (``s3://bucket/prefix``,
+        ``gs://...``, ``https://...``, ``file://...``); a DICOMweb service root
+        ``dicomweb+http(s)://host:port/path`` optionally narrowed by QIDO-RS
+        query parameters (``?PatientID=...&Modality=CT``); a
+        ``dicomweb_client.DICOMwebClient``; or several of these (see
+        :mod:`ctframe.sources`).
     salt : str, optional
         Key of the patient pseudonym (see :mod:`ctframe.privacy`).
     include_phi : bool
@@ -537,9 +549,21 @@ def scan(
         small trees (``scan.min_files_for_processes``) are read in-process. The
         worker processes are started by the first large scan and kept for the
         next ones; they are safe beside threads (a notebook kernel, dask) and
-        never re-run the caller's ``__main__``.
+        never re-run the caller's ``__main__``. Remote headers are read by
+        threads (the work is waiting on the network).
     progress : bool, optional
         Show a progress bar; the default shows one on a terminal for large trees.
+    storage_options : dict, optional
+        Options of the fsspec filesystem of remote URLs (credentials,
+        ``{"anon": True}``, ``{"client_kwargs": {"endpoint_url": ...}}``). By
+        default credentials come the usual way for the filesystem (environment,
+        config files). Never shown in reprs, task keys or errors.
+    catalog : path-like, optional
+        A Parquet file that persists the catalog (see
+        :mod:`ctframe.catalog_store`): when it exists, only files that are new
+        or changed since it was written are read, files that are gone are
+        dropped, and ``catalog.attrs["scan_changes"]`` counts them; it is then
+        written anew (whole or not at all).
 
     Returns
     -------
@@ -552,14 +576,18 @@ def scan(
         ``catalog.attrs["problems"]``; :func:`problems_table` turns them into a
         DataFrame (path, reason). ``catalog.attrs["scan_mode"]`` says how the
         headers were read (``"processes:N (fork)"`` or ``"processes:N (exec)"``:
-        N worker processes, started by fork or as fresh interpreters; or
-        ``"in-process: <reason>"``) and
-        ``catalog.attrs["scan_worker_pids"]`` which worker processes read them.
+        N worker processes, started by fork or as fresh interpreters;
+        ``"threads:N"`` for remote files; or ``"in-process: <reason>"``),
+        ``catalog.attrs["scan_worker_pids"]`` which worker processes read them
+        and ``catalog.attrs["access"]`` how read tasks reach remote files
+        (:class:`ctframe.sources.Access`).
 
     Raises
     ------
     NoSeriesError
         `root` does not exist.
+    SourceError
+        A remote source cannot be reached or refuses access.
     Exception
         Any exception other than a :class:`~ctframe.errors.CTFrameError` while
         reading a header is a bug in ctframe: the scan stops and re-raises it,
@@ -575,7 +603,8 @@ def scan(
 
     Notes
     -----
-    **Computes** (reads headers with ``stop_before_pixels``).
+    **Computes** (reads headers with ``stop_before_pixels``; over DICOMweb,
+    QIDO-RS and WADO-RS metadata only).
 
     Examples
     --------
@@ -587,46 +616,189 @@ def scan(
     >>> len(catalog), catalog["stack_key"].nunique()
     (8, 1)
     """
-    cfg = get_config()["scan"]
-    roots = [root] if isinstance(root, str | os.PathLike) else list(root)
-    paths = list(iter_files(roots))
+    roots = _as_roots(root)
     salt = resolve_salt(salt)
-    n_workers = cfg["workers"] if workers is None else workers
-    n_workers = n_workers or os.cpu_count() or 1
-    frames: list[pd.DataFrame] = []
-    problems: list[dict[str, str]] = []
-    show = progress if progress is not None else (None if len(paths) >= 2000 else False)
-    with _progress(len(paths), show, "scanning headers") as bar:
-        batches = _batches(paths, 256)  # a catalog frame per 256 files: few frames, flat memory
-        mode, pids, done = _scan_in_processes(paths, n_workers, cfg, salt, include_phi, frames, problems, bar)
-        if done:
-            batches = []
-        for b in batches:  # in this process: small trees, workers=1, or no pool to be had
-            frame, probs = _read_batch(b, salt, include_phi)
-            frames.append(frame)
-            problems.extend(probs)
-            bar.update(len(b))
+    access = access_of(roots, storage_options, salt=salt)
+    if catalog is not None:
+        from ctframe.catalog_store import update_catalog
 
-    frames = [f for f in frames if len(f)]  # batches of skipped files only add no rows
-    catalog = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=_catalog_columns(include_phi))
-    del frames
-    catalog = assign_stacks(catalog)
-    # attrs hold plain tuples (pandas compares and copies attrs on every operation)
-    catalog.attrs["problems"] = tuple(sorted((p["path"], p["reason"]) for p in problems))
-    catalog.attrs["scan_mode"] = mode
-    catalog.attrs["roots"] = tuple(os.path.abspath(os.fspath(r)) for r in roots)  # series_table's folder column
-    catalog.attrs["scan_worker_pids"] = pids
-    problems_df = problems_table(catalog)
+        result = update_catalog(
+            catalog, roots, salt=salt, include_phi=include_phi, workers=workers, progress=progress, access=access
+        )
+    else:
+        result = read_catalog_rows(
+            roots, None, salt=salt, include_phi=include_phi, workers=workers, progress=progress, access=access
+        )
+        result = assign_stacks(result.rows).pipe(_with_attrs, result)
+    problems_df = problems_table(result)
     if len(problems_df):
         counts = problems_df["reason"].str.split(r"[;(]", n=1, regex=True).str[0].str.strip().value_counts()
         summary = "; ".join(f"{n} x {reason}" for reason, n in counts.head(4).items())
+        n_files = result.attrs.get("n_files", len(problems_df))
         warnings.warn(
-            f"{len(problems_df)} of {len(paths)} files were skipped ({summary}); "
+            f"{len(problems_df)} of {n_files} files were skipped ({summary}); "
             "see ctframe.problems_table(catalog) for each file and reason",
             ScanWarning,
             stacklevel=2,
         )
+    return result
+
+
+def _as_roots(root: Any) -> list[Any]:
+    """The roots of a scan as a list (a location, a DICOMweb client, or several)."""
+    if isinstance(root, str | os.PathLike) or _is_dicomweb_client(root):
+        return [root]
+    roots = list(root)
+    if not roots:
+        raise NoSeriesError("nothing to scan: an empty list of locations")
+    return roots
+
+
+def _is_dicomweb_client(obj: Any) -> bool:
+    return type(obj).__name__ == "DICOMwebClient"
+
+
+def access_of(roots: Sequence[Any], storage_options: dict[str, Any] | None, *, salt: str | None = None) -> Access:
+    """The :class:`~ctframe.sources.Access` read tasks of `roots` need (storage options, DICOMweb settings)."""
+    dicomweb: dict[str, Any] = {}
+    for item in roots:
+        if _is_dicomweb_client(item) or (isinstance(item, str) and location_kind(item) == "dicomweb"):
+            from ctframe.dicomweb import access_for
+
+            salt = resolve_salt(salt)
+            found = (
+                access_for(None, client=item, salt=salt) if _is_dicomweb_client(item) else access_for(item, salt=salt)
+            )
+            dicomweb.update(found.dicomweb)
+    return Access(storage_options, dicomweb)
+
+
+def root_label(item: Any) -> str:
+    """How a root is named in attrs, tables and messages: an absolute local path or a redacted URL."""
+    if _is_dicomweb_client(item):
+        return redact("dicomweb+" + str(getattr(item, "base_url", getattr(item, "url", "")) or "client"))
+    text = os.fspath(item)
+    if location_kind(text) == "local":
+        return os.path.abspath(local_path(text))
+    return redact(text)
+
+
+class CatalogRows(NamedTuple):
+    """Catalog rows read from a source, before stacks are assigned, with how they were read."""
+
+    rows: pd.DataFrame
+    problems: tuple[tuple[str, str], ...]
+    mode: str
+    pids: tuple[int, ...]
+    n_files: int
+    roots: tuple[str, ...]
+    access: Access
+
+
+def _with_attrs(catalog: pd.DataFrame, result: CatalogRows) -> pd.DataFrame:
+    # attrs hold plain tuples (pandas compares and copies attrs on every operation)
+    catalog.attrs["problems"] = result.problems
+    catalog.attrs["scan_mode"] = result.mode
+    catalog.attrs["roots"] = result.roots  # series_table's folder column
+    catalog.attrs["scan_worker_pids"] = result.pids
+    catalog.attrs["n_files"] = result.n_files
+    catalog.attrs["access"] = result.access
     return catalog
+
+
+def read_catalog_rows(
+    roots: Sequence[Any],
+    paths: Sequence[str] | None,
+    *,
+    salt: str,
+    include_phi: bool,
+    workers: int | None,
+    progress: bool | None,
+    access: Access,
+) -> CatalogRows:
+    """Read the headers of `paths` (default: every file of `roots`) into catalog rows.
+
+    DICOMweb roots are discovered from QIDO-RS and WADO-RS metadata
+    (:func:`ctframe.dicomweb.discover`); local files with the worker pool;
+    remote files with threads.
+    """
+    frames: list[pd.DataFrame] = []
+    problems: list[dict[str, str]] = []
+    modes: list[str] = []
+    pids: tuple[int, ...] = ()
+    file_roots = [r for r in roots if not (_is_dicomweb_client(r) or location_kind(os.fspath(r)) == "dicomweb")]
+    web_roots = [r for r in roots if r not in file_roots]
+    for item in web_roots:
+        from ctframe.dicomweb import discover
+
+        frame, probs = discover(item, salt=salt, include_phi=include_phi, access=access)
+        frames.append(frame)
+        problems.extend(probs)
+        modes.append("dicomweb")
+    if paths is None:
+        local = [r for r in file_roots if location_kind(os.fspath(r)) == "local"]
+        paths = list(iter_files([local_path(os.fspath(r)) for r in local])) if local else []
+        for item in file_roots:
+            if item not in local:
+                paths.extend(info.path for info in list_files(os.fspath(item), access))
+    local_paths = [p for p in paths if not is_remote(p)]
+    remote_paths = [p for p in paths if is_remote(p)]
+    n_files = len(paths)
+    show = progress if progress is not None else (None if n_files >= 2000 else False)
+    with _progress(n_files, show, "scanning headers") as bar:
+        if local_paths:
+            cfg = get_config()["scan"]
+            n_workers = cfg["workers"] if workers is None else workers
+            n_workers = n_workers or os.cpu_count() or 1
+            mode, pids, done = _scan_in_processes(local_paths, n_workers, cfg, salt, include_phi, frames, problems, bar)
+            if not done:  # in this process: small trees, workers=1, or no pool to be had
+                for b in _batches(local_paths, 256):  # a catalog frame per 256 files: few frames, flat memory
+                    frame, probs = _read_batch(b, salt, include_phi)
+                    frames.append(frame)
+                    problems.extend(probs)
+                    bar.update(len(b))
+            modes.append(mode)
+        if remote_paths:
+            modes.append(_scan_in_threads(remote_paths, salt, include_phi, access, frames, problems, bar))
+    frames = [f for f in frames if len(f)]  # batches of skipped files only add no rows
+    rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=_catalog_columns(include_phi))
+    return CatalogRows(
+        rows=rows,
+        problems=tuple(sorted((p["path"], p["reason"]) for p in problems)),
+        mode="; ".join(modes) or "in-process: no files",
+        pids=pids,
+        n_files=n_files,
+        roots=tuple(root_label(r) for r in roots),
+        access=access,
+    )
+
+
+#: Threads that read remote headers at once (each mostly waits on the network).
+REMOTE_HEADER_THREADS = 16
+
+
+def _scan_in_threads(
+    paths: Sequence[str],
+    salt: str,
+    include_phi: bool,
+    access: Access,
+    frames: list[pd.DataFrame],
+    problems: list[dict[str, str]],
+    bar: Any,
+) -> str:
+    """Read remote headers with a thread pool (ranged reads; see :func:`ctframe.sources.open_for_header`)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    batches = _batches(paths, 16)
+    n_threads = min(REMOTE_HEADER_THREADS, len(batches))
+    with ThreadPoolExecutor(n_threads, thread_name_prefix="ctframe-scan") as pool:
+        for (frame, probs), batch in zip(
+            pool.map(lambda b: _read_batch(b, salt, include_phi, access), batches), batches, strict=True
+        ):
+            frames.append(frame)
+            problems.extend(probs)
+            bar.update(len(batch))
+    return f"threads:{n_threads}"
 
 
 def problems_table(catalog: pd.DataFrame) -> pd.DataFrame:
@@ -690,7 +862,9 @@ def assign_stacks(catalog: pd.DataFrame) -> pd.DataFrame:
     tol = qc["duplicate_tolerance_mm"]
     missing_uid = out["series_uid"].fillna("") == ""
     if missing_uid.any():  # group files without a SeriesInstanceUID by folder
-        folders = out.loc[missing_uid, "path"].map(lambda p: os.path.dirname(os.path.abspath(p)))
+        folders = out.loc[missing_uid, "path"].map(
+            lambda p: p.rsplit("/", 1)[0] if is_remote(p) else os.path.dirname(os.path.abspath(p))
+        )
         out.loc[missing_uid, "series_uid"] = ["noseries-" + tokenize_text(f) for f in folders]
     positions = out[list(POSITION_COLUMNS)].to_numpy(float)
     orientations = out[list(ORIENTATION_COLUMNS)].to_numpy(float)
@@ -844,11 +1018,24 @@ def _agreed(group: pd.DataFrame, column: str) -> tuple[Any, str]:
 def _stack_folder(paths: pd.Series, roots: Sequence[str]) -> str:
     """The folder holding a stack's files (their common folder), relative to the scanned root that holds it.
 
-    Absolute when no scanned root holds it (a catalog put together by other means).
+    Absolute when no scanned root holds it (a catalog put together by other means). Remote files: the
+    common prefix of their URLs, relative to the root URL; DICOMweb instances have no folder (``""``).
     """
-    folders = sorted({os.path.dirname(os.path.abspath(p)) for p in paths.unique()})
+    unique = [str(p) for p in paths.unique()]
+    if any(location_kind(p) == "dicomweb" for p in unique):
+        return ""
+    if any(is_remote(p) for p in unique):
+        parts = [p.split("/")[:-1] for p in unique]
+        common = "/".join(os.path.commonprefix(parts))  # noqa: RUF071 - lists of path parts, not strings
+        for root in roots:
+            if common == root.rstrip("/") or common.startswith(root.rstrip("/") + "/"):
+                return common[len(root.rstrip("/")) :].lstrip("/") or "."
+        return common
+    folders = sorted({os.path.dirname(os.path.abspath(p)) for p in unique})
     common = os.path.commonpath(folders) if folders else ""
     for root in roots:
+        if is_remote(root):
+            continue
         base = root if os.path.isdir(root) else os.path.dirname(root)
         if common == base or common.startswith(base.rstrip(os.sep) + os.sep):
             return os.path.relpath(common, base)

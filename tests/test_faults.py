@@ -205,10 +205,10 @@ def _slow_reads(marker_dir: str) -> None:
 
     original = ctframe.io.read_frames
 
-    def slow(refs, *, dtype):  # type: ignore[no-untyped-def]
+    def slow(refs, *, dtype, access=None):  # type: ignore[no-untyped-def]
         Path(marker_dir, f"{os.getpid()}-{time.monotonic_ns()}").touch()
         time.sleep(0.3)
-        return original(refs, dtype=dtype)
+        return original(refs, dtype=dtype, access=access)
 
     ctframe.io.read_frames = slow
 

@@ -95,9 +95,9 @@ def _count_reads(monkeypatch: pytest.MonkeyPatch) -> collections.Counter:
     reads: collections.Counter = collections.Counter()
     original = ctframe.dicom.read_frames
 
-    def counting(refs, *, dtype):
+    def counting(refs, *, dtype, access=None):
         reads.update(Path(r.path).name for r in refs)
-        return original(refs, dtype=dtype)
+        return original(refs, dtype=dtype, access=access)
 
     monkeypatch.setattr(ctframe.io, "read_frames", counting)
     return reads

@@ -1,0 +1,238 @@
+"""A catalog that persists: Parquet on disk, brought up to date by reading only what changed.
+
+``ctframe.scan(source, catalog="cohort.parquet")`` (CLI: ``ctframe scan SOURCE
+--catalog cohort.parquet``) writes the catalog with what identifies each file's
+version: ``file_size`` and ``file_version`` (``mtime_ns`` locally, the ETag or
+version id in object storage; DICOMweb instances are identified by their sealed
+SOPInstanceUID). The next scan of the same source lists the files (one listing,
+no header read), reads the headers of the files that are new or whose size or
+version changed, drops the rows of files that are gone, and reports the counts
+in ``catalog.attrs["scan_changes"]``. Files that were problems keep their
+reason until they change. A catalog written with another salt (its pseudonyms
+would not match) or another ``include_phi`` is read again in full.
+
+The file is replaced whole (written beside it, then renamed): a crash leaves the
+previous catalog, never half of one. It holds no credentials; its source
+locations are stored redacted (:func:`ctframe.sources.redact`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from typing import Any
+
+import pandas as pd
+
+from ctframe.errors import DicomReadError, ParameterError
+from ctframe.privacy import pseudonymous_uid
+from ctframe.scan import (
+    STACK_COLUMNS,
+    CatalogRows,
+    _catalog_columns,
+    _is_dicomweb_client,
+    _with_attrs,
+    assign_stacks,
+    read_catalog_rows,
+    root_label,
+)
+from ctframe.sources import Access, FileInfo, is_remote, list_files, location_kind
+
+__all__ = ["read_catalog", "update_catalog", "write_catalog"]
+
+#: Format tag stored in the Parquet metadata (bumped when the layout changes).
+FORMAT = "ctframe-catalog/1"
+_META_KEY = b"ctframe"
+
+
+def _salt_check(salt: str) -> str:
+    """A value that tells whether two catalogs were pseudonymised with the same salt (reveals nothing of it)."""
+    return pseudonymous_uid("ctframe-catalog-salt-check", salt=salt)
+
+
+def write_catalog(catalog: pd.DataFrame, path: str | os.PathLike[str], *, salt: str) -> None:
+    """Write `catalog` (from :func:`ctframe.scan`) to the Parquet file `path`, whole or not at all.
+
+    Parameters
+    ----------
+    catalog : DataFrame
+        A catalog; its problems, roots and file versions of problem files
+        (``attrs["problem_versions"]``) are kept in the file's metadata.
+    path : path-like
+        A local ``.parquet`` file; replaced atomically.
+    salt : str
+        The salt the catalog was pseudonymised with (only a check value derived from it is stored).
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    target = os.fspath(path)
+    if is_remote(target):
+        raise ParameterError(f"{target}: a catalog is written to a local file; give a local path")
+    versions = dict(catalog.attrs.get("problem_versions", {}))
+    meta = {
+        "format": FORMAT,
+        "problems": [[p, r, *versions.get(p, (-1, ""))] for p, r in catalog.attrs.get("problems", ())],
+        "roots": list(catalog.attrs.get("roots", ())),
+        "n_files": int(catalog.attrs.get("n_files", 0)),
+        "include_phi": "patient_id" in catalog,
+        "salt_check": _salt_check(salt),
+    }
+    table = pa.Table.from_pandas(catalog, preserve_index=False)
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), _META_KEY: json.dumps(meta).encode()})
+    folder = os.path.dirname(os.path.abspath(target))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.", suffix=".tmp", dir=folder)
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def read_catalog(path: str | os.PathLike[str]) -> pd.DataFrame:
+    """A catalog written by :func:`write_catalog` (or ``ctframe scan --catalog``), with its attrs.
+
+    Raises
+    ------
+    DicomReadError
+        The file is not a ctframe catalog (or was written by an incompatible version).
+    """
+    import pyarrow.parquet as pq
+
+    source = os.fspath(path)
+    try:
+        table = pq.read_table(source)
+    except FileNotFoundError:
+        raise DicomReadError(f"{source}: no such catalog file; write one with ctframe scan SOURCE --catalog") from None
+    except Exception as exc:
+        raise DicomReadError(f"{source}: not a readable Parquet catalog ({type(exc).__name__}: {exc})") from None
+    raw = (table.schema.metadata or {}).get(_META_KEY)
+    meta = json.loads(raw) if raw else {}
+    if meta.get("format") != FORMAT:
+        raise DicomReadError(
+            f"{source}: not a ctframe catalog of format {FORMAT} (found {meta.get('format')!r}); scan the source again"
+        )
+    catalog = table.to_pandas()
+    catalog.attrs["problems"] = tuple((p, r) for p, r, *_ in meta["problems"])
+    catalog.attrs["problem_versions"] = {p: (int(size), str(version)) for p, _, size, version in meta["problems"]}
+    catalog.attrs["roots"] = tuple(meta["roots"])
+    catalog.attrs["n_files"] = meta["n_files"]
+    catalog.attrs["scan_mode"] = f"catalog: {os.path.basename(source)}"
+    catalog.attrs["scan_worker_pids"] = ()
+    catalog.attrs["salt_check"] = meta["salt_check"]
+    catalog.attrs["access"] = Access()
+    return catalog
+
+
+def _listing(roots: Sequence[Any], access: Access) -> list[FileInfo]:
+    infos: list[FileInfo] = []
+    for item in roots:
+        infos.extend(list_files(os.fspath(item), access))
+    return infos
+
+
+def update_catalog(
+    path: str | os.PathLike[str],
+    roots: Sequence[Any],
+    *,
+    salt: str,
+    include_phi: bool,
+    workers: int | None,
+    progress: bool | None,
+    access: Access,
+) -> pd.DataFrame:
+    """Bring the persisted catalog `path` up to date with `roots` and write it back (see the module docstring).
+
+    Returns
+    -------
+    DataFrame
+        The catalog, as :func:`ctframe.scan` returns it, with
+        ``attrs["scan_changes"]``: counts of ``unchanged``, ``new``,
+        ``changed`` and ``removed`` files (DICOMweb: instances).
+    """
+    target = os.fspath(path)
+    web_roots = [r for r in roots if _is_dicomweb_client(r) or location_kind(os.fspath(r)) == "dicomweb"]
+    file_roots = [r for r in roots if r not in web_roots]
+    stored = read_catalog(target) if os.path.exists(target) else None
+    if stored is not None and (
+        stored.attrs["salt_check"] != _salt_check(salt) or ("patient_id" in stored) != include_phi
+    ):
+        stored = None  # other pseudonyms or other columns: nothing of it can be reused
+    listing = _listing(file_roots, access)
+    current = {info.path: (info.size, info.version) for info in listing}
+
+    known: dict[str, tuple[int, str]] = {}
+    kept_rows = pd.DataFrame(columns=_catalog_columns(include_phi))
+    kept_problems: list[tuple[str, str]] = []
+    versions: dict[str, tuple[int, str]] = {}
+    if stored is not None:
+        files = stored[~stored["path"].map(lambda p: location_kind(p) == "dicomweb")]
+        firsts = files.drop_duplicates("path")
+        known = dict(
+            zip(
+                firsts["path"],
+                zip(firsts["file_size"].astype(int), firsts["file_version"].astype(str), strict=True),
+                strict=True,
+            )
+        )
+        stored_problem_versions = stored.attrs["problem_versions"]
+        known.update(stored_problem_versions)
+        unchanged = {p for p, v in current.items() if known.get(p) == v}
+        kept_rows = files[files["path"].isin(unchanged)]
+        kept_problems = [(p, r) for p, r in stored.attrs["problems"] if p in unchanged]
+        versions = {p: v for p, v in stored_problem_versions.items() if p in unchanged}
+    to_read = sorted(p for p, v in current.items() if known.get(p) != v)
+    changes = {
+        "unchanged": len(current) - len(to_read),
+        "new": sum(p not in known for p in to_read),
+        "changed": sum(p in known for p in to_read),
+        "removed": sum(p not in current for p in known),
+    }
+    fresh: CatalogRows = read_catalog_rows(
+        web_roots + file_roots,
+        to_read,
+        salt=salt,
+        include_phi=include_phi,
+        workers=workers,
+        progress=progress,
+        access=access,
+    )
+    n_web = 0
+    if web_roots:  # DICOMweb sources are discovered again in full; their instances are compared here
+        stored_web = set() if stored is None else set(stored.loc[~stored.index.isin(kept_rows.index), "path"])
+        found_web = {p for p in fresh.rows["path"] if location_kind(p) == "dicomweb"}
+        changes["new"] += len(found_web - stored_web)
+        changes["unchanged"] += len(found_web & stored_web)
+        changes["removed"] += len({p for p in stored_web if location_kind(p) == "dicomweb"} - found_web)
+        n_web = len(found_web)
+    nothing_changed = not to_read and not changes["removed"] and not web_roots and stored is not None
+    if nothing_changed:
+        catalog = stored
+    else:
+        rows = kept_rows.drop(columns=[c for c in STACK_COLUMNS if c in kept_rows])
+        parts = [frame for frame in (rows, fresh.rows) if len(frame)]
+        merged = pd.concat(parts, ignore_index=True) if parts else fresh.rows
+        catalog = assign_stacks(merged)
+    problems = tuple(sorted(kept_problems + list(fresh.problems)))
+    versions.update({p: current[p] for p, _ in fresh.problems if p in current})
+    result = CatalogRows(
+        rows=catalog,
+        problems=problems,
+        mode=f"catalog: {changes['unchanged']} unchanged, {len(to_read)} read; {fresh.mode}",
+        pids=fresh.pids,
+        n_files=len(current) + n_web,
+        roots=tuple(root_label(r) for r in roots),
+        access=access,
+    )
+    catalog = _with_attrs(catalog, result)
+    catalog.attrs["problem_versions"] = versions
+    catalog.attrs["scan_changes"] = changes
+    if not nothing_changed or stored.attrs.get("roots") != result.roots:
+        write_catalog(catalog, target, salt=salt)
+    return catalog
