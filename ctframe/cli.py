@@ -110,7 +110,13 @@ def _users_os_error(exc: BaseException, given_paths: list[str]) -> bool:
 
 
 def _given_paths(args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[str]:
-    return [os.path.abspath(v) for v in (*args, *kwargs.values()) if isinstance(v, Path)]
+    from ctframe.sources import location_kind
+
+    paths = [os.path.abspath(v) for v in (*args, *kwargs.values()) if isinstance(v, Path)]
+    source = kwargs.get("root")  # SOURCE arguments are strings (they may be URLs)
+    if isinstance(source, str) and source and location_kind(source) == "local":
+        paths.append(os.path.abspath(source))
+    return paths
 
 
 def _bug_line(exc: BaseException, command: str) -> str:
@@ -177,11 +183,77 @@ def _one_line_warning(message: Any, category: Any, *args: Any, **kwargs: Any) ->
     typer.echo(f"ctframe: warning: {str(message).splitlines()[0]}", err=True)
 
 
-def _require_folder(root: Path) -> None:
+def _require_folder(root: str | Path) -> None:
+    """A local source must exist before any work (remote ones are checked by their first request)."""
     from ctframe.errors import NoSeriesError
+    from ctframe.sources import local_path, location_kind
 
-    if not root.exists():
+    if location_kind(str(root)) == "local" and not Path(local_path(str(root))).exists():
         raise NoSeriesError(f"{root}: no such file or folder")
+
+
+SourceArgument = Annotated[
+    str,
+    typer.Argument(
+        help="Where the DICOM is: a folder or file, an fsspec URL (s3://bucket/prefix, gs://..., https://...), "
+        "a DICOMweb service root (dicomweb+http://host:port/dicom-web[?QIDO query]) or a .parquet catalog "
+        "written by `ctframe scan --catalog`.",
+        metavar="SOURCE",
+        show_default=False,
+    ),
+]
+StorageOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--storage-option",
+        metavar="KEY=VALUE",
+        help="fsspec option of a remote SOURCE, repeatable (anon=true; client_kwargs.endpoint_url=http://...). "
+        "Credentials are better left to the environment or config files of the filesystem.",
+        show_default=False,
+    ),
+]
+
+
+def _storage_options(pairs: list[str] | None) -> dict[str, Any] | None:
+    """``--storage-option KEY=VALUE`` pairs as a dict: dotted keys nest, true/false/null and numbers convert."""
+    import json
+
+    from ctframe.errors import ParameterError
+
+    if not pairs:
+        return None
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key.strip():
+            raise ParameterError(f"--storage-option {pair.split('=', 1)[0]!r}: write it as KEY=VALUE")
+        try:
+            value: Any = json.loads(text) if text.lower() in {"true", "false", "null"} or _is_number(text) else text
+        except ValueError:
+            value = text
+        node = options
+        *parents, leaf = key.strip().split(".")
+        for name in parents:
+            node = node.setdefault(name, {})
+            if not isinstance(node, dict):
+                raise ParameterError(f"--storage-option {key!r}: {name} is given both as a value and as a group")
+        node[leaf] = value
+    return options
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _shown(root: str | Path) -> str:
+    """A source as messages show it (no credentials, no query values)."""
+    from ctframe.sources import redact
+
+    return redact(str(root))
 
 
 def _say(quiet: bool, message: str) -> None:
@@ -207,8 +279,9 @@ def _table_path(path: Path | None, option: str, what: str, overwrite: bool) -> N
         raise OutputExistsError(f"{path} already exists; choose another path or pass --overwrite")
 
 
-def _no_dicom(root: Path, n_skipped: int) -> str:
+def _no_dicom(root: str | Path, n_skipped: int) -> str:
     """The one CLI wording for a tree without any DICOM image."""
+    root = _shown(root)
     if not n_skipped:
         return f"no DICOM image found under {root} (no files there)"
     return (
@@ -224,29 +297,56 @@ def _elapsed(start: float) -> str:
     return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
 
-def _scan_stage(root: Path, *, quiet: bool, include_phi: bool = False) -> Any:
-    """Scan `root` for the CLI: a bar on a terminal, else one line with counts and elapsed time."""
+def _scan_stage(
+    root: str | Path,
+    *,
+    quiet: bool,
+    include_phi: bool = False,
+    storage_options: dict[str, Any] | None = None,
+    catalog_path: Path | None = None,
+) -> Any:
+    """Scan `root` for the CLI (or read the .parquet catalog it names), saying what it found.
+
+    A bar on a terminal, else one line with counts and elapsed time.
+    """
     import sys
     import time
 
     import ctframe
+    from ctframe.io import catalog_for
 
     start = time.monotonic()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ctframe.ScanWarning)  # the CLI says it in its own words
-        catalog = ctframe.scan(root, progress=not quiet and sys.stderr.isatty(), include_phi=include_phi)
+        if str(root).endswith(".parquet") and catalog_path is None:
+            catalog = catalog_for(str(root), include_phi=include_phi, storage_options=storage_options)
+        else:
+            catalog = ctframe.scan(
+                str(root),
+                progress=not quiet and sys.stderr.isatty(),
+                include_phi=include_phi,
+                storage_options=storage_options,
+                catalog=catalog_path,
+            )
     n_skipped = len(catalog.attrs.get("problems", ()))
     n_files = catalog["path"].nunique() if len(catalog) else 0
     n_stacks = catalog["stack_key"].nunique() if len(catalog) else 0
-    _say(quiet, f"scanned {root}: {n_files} DICOM file(s), {n_stacks} stack(s), {n_skipped} file(s) skipped, "
-                f"{_elapsed(start)}")  # fmt: skip
+    changes = catalog.attrs.get("scan_changes")
+    delta = (
+        f" (catalog {catalog_path}: {changes['new']} new, {changes['changed']} changed, {changes['removed']} gone, "
+        f"{changes['unchanged']} unchanged)"
+        if changes
+        else ""
+    )
+    _say(quiet, f"scanned {_shown(root)}: {n_files} DICOM file(s), {n_stacks} stack(s), {n_skipped} file(s) skipped, "
+                f"{_elapsed(start)}{delta}")  # fmt: skip
     return catalog
 
 
 @app.command()
 @handle_errors
 def scan(
-    root: Annotated[Path, typer.Argument(help="Folder tree (or file) of DICOM.")],
+    root: SourceArgument,
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Write the series table (.csv or .parquet).")
     ] = None,
@@ -259,6 +359,17 @@ def scan(
             show_default=False,
         ),
     ] = None,
+    catalog_path: Annotated[
+        Path | None,
+        typer.Option(
+            "--catalog",
+            metavar="PATH",
+            help="Keep the catalog in this .parquet file: the next scan reads only new or changed files "
+            "and drops those that are gone.",
+            show_default=False,
+        ),
+    ] = None,
+    storage_option: StorageOption = None,
     overwrite: Annotated[bool, typer.Option(help="Replace existing output files.")] = False,
     config: ConfigOption = None,
     quiet: QuietOption = False,
@@ -267,6 +378,11 @@ def scan(
 
     The keys printed are what `ctframe export --series` takes (a unique start of one is enough).
     """
+    options = _storage_options(storage_option)
+    if catalog_path is not None and catalog_path.suffix.lower() != ".parquet":
+        from ctframe.errors import ParameterError
+
+        raise ParameterError(f"--catalog {str(catalog_path)!r}: the catalog is a .parquet file; change the suffix")
     _table_path(output, "--output", "the series table", overwrite)
     _table_path(problems_path, "--problems", "the problems table", overwrite)
     if output is not None and problems_path is not None and output.resolve() == problems_path.resolve():
@@ -280,7 +396,7 @@ def scan(
         from ctframe.export import atomic_path
         from ctframe.outputs import write_table
 
-        catalog = _scan_stage(root, quiet=quiet)
+        catalog = _scan_stage(root, quiet=quiet, storage_options=options, catalog_path=catalog_path)
         problems = ctframe.problems_table(catalog)
         if problems_path is not None:  # written even when nothing was found: it says why
             with atomic_path(problems_path, overwrite=overwrite) as tmp:
@@ -295,7 +411,7 @@ def scan(
             _print_scan(table, catalog, problems, root=root, problems_path=problems_path)
 
 
-def _print_scan(table: Any, catalog: Any, problems: Any, *, root: Path, problems_path: Path | None) -> None:
+def _print_scan(table: Any, catalog: Any, problems: Any, *, root: str, problems_path: Path | None) -> None:
     import pandas as pd
 
     shown = table[
@@ -307,7 +423,7 @@ def _print_scan(table: Any, catalog: Any, problems: Any, *, root: Path, problems
         left = {c: f"{{:<{shown[c].astype(str).str.len().max()}}}".format for c in ("stack_key", "folder")}
         typer.echo(shown.to_string(index=False, formatters=left, justify="left"))
     typer.echo(f"\n{len(table)} stack(s) in {catalog['path'].nunique()} file(s); {len(problems)} file(s) skipped")
-    typer.echo(f"choose a stack with `ctframe export {root} --series KEY` (a unique start of a key is enough)")
+    typer.echo(f"choose a stack with `ctframe export {_shown(root)} --series KEY` (a unique start of a key is enough)")
     if len(problems):
         kinds = problems["reason"].str.split(r"[;(]", n=1, regex=True).str[0].str.strip().value_counts()
         for kind, n in kinds.items():
@@ -406,9 +522,10 @@ def _execution(scheduler: str | None, workers: int | None, *, quiet: bool) -> It
 
 
 def run_summarize(
-    root: Path,
+    root: str | Path,
     outdir: Path,
     *,
+    storage_options: dict[str, Any] | None = None,
     config_path: Path | None = None,
     scheduler: str | None = None,
     workers: int | None = None,
@@ -433,7 +550,9 @@ def run_summarize(
         from ctframe.cohort import open_cohort, summarize
         from ctframe.outputs import write_summary
 
-        catalog = _scan_stage(root, quiet=quiet or not announce, include_phi=include_phi)
+        catalog = _scan_stage(
+            root, quiet=quiet or not announce, include_phi=include_phi, storage_options=storage_options
+        )
         problems = ctframe.problems_table(catalog)
         if catalog.empty:
             raise NoSeriesError(_no_dicom(root, len(problems)))
@@ -441,8 +560,9 @@ def run_summarize(
             cohort = open_cohort(catalog, include_phi=include_phi)
         except NoSeriesError:  # images were found (checked above): none passes the selection rule
             raise NoSeriesError(
-                f"none of the {catalog['stack_key'].nunique()} stack(s) under {root} passes the series-selection "
-                f"rule (CT, axial, not a localizer...); `ctframe scan {root}` shows each stack's QC flags, and the "
+                f"none of the {catalog['stack_key'].nunique()} stack(s) under {_shown(root)} passes the "
+                f"series-selection rule (CT, axial, not a localizer...); `ctframe scan {_shown(root)}` shows each "
+                "stack's QC flags, and the "
                 "'selection' section of a --config file sets the rule (see `ctframe show-config`)"
             ) from None
         _say(quiet, f"{len(cohort.volumes)} series selected from {cohort.series['study_uid'].nunique()} studies")
@@ -460,7 +580,7 @@ def run_summarize(
                     catalog=catalog,
                     scan_problems=problems,
                     config=cfg,
-                    root=root,
+                    root=str(root),
                     command=command,
                     scheduler=scheduler or (f"LocalCluster({workers} workers)" if workers else "threads"),
                     overwrite=overwrite,
@@ -527,7 +647,7 @@ def _figures_and_report(summary: Any, cohort: Any, quiet: bool) -> Callable[[Pat
 @app.command()
 @handle_errors
 def summarize(
-    root: Annotated[Path, typer.Argument(help="Folder tree of DICOM studies.")],
+    root: SourceArgument,
     outdir: Annotated[Path, typer.Option("--output", "-o", help="Output folder (must not exist).")],
     config: ConfigOption = None,
     scheduler: Annotated[
@@ -546,12 +666,13 @@ def summarize(
             "(the shared tables stay de-identified; keep linkage.csv apart). --include-phi is the old name.",
         ),
     ] = False,
+    storage_option: StorageOption = None,
     quiet: QuietOption = False,
 ) -> None:
     """Run the whole pipeline (HU, lungs, tables, figures, report) into OUTDIR, de-identified (see README, Privacy)."""
     run_summarize(
         root, outdir, config_path=config, scheduler=scheduler, workers=workers, overwrite=overwrite, quiet=quiet,
-        include_phi=include_phi,
+        include_phi=include_phi, storage_options=_storage_options(storage_option),
     )  # fmt: skip
 
 
@@ -628,7 +749,7 @@ def _export_plan(
 @app.command()
 @handle_errors
 def export(
-    root: Annotated[Path, typer.Argument(help="Folder (or file) holding the series.")],
+    root: SourceArgument,
     output: Annotated[
         Path, typer.Option("--output", "-o", help="Output path: .nii or .nii.gz (NIfTI), .zarr (Zarr), .nc (NetCDF).")
     ],
@@ -667,11 +788,13 @@ def export(
         bool, typer.Option("--labels", help="Add the lung labels (zarr/netcdf: a variable; nifti: a second file).")
     ] = False,
     stored: Annotated[bool, typer.Option("--stored", help="Export stored values instead of HU.")] = False,
+    storage_option: StorageOption = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output.")] = False,
     config: ConfigOption = None,
     quiet: QuietOption = False,
 ) -> None:
     """Export one volume (HU by default) with its geometry."""
+    options = _storage_options(storage_option)
     fmt, fill, outputs = _export_plan(
         output, format, fill_value=fill_value, resample_mm=resample_mm, stored=stored, labels=labels,
         overwrite=overwrite,
@@ -682,11 +805,12 @@ def export(
         from ctframe import export as writers
 
         try:
-            volume = ctframe.open_series(root, series=series)
+            volume = ctframe.open_series(root, series=series, storage_options=options)
         except ctframe.MultipleSeriesError as exc:
             count = str(exc).split(" holds ", 1)[-1].split(";", 1)[0]
             raise ctframe.MultipleSeriesError(
-                f"{root} holds {count}; choose one with --series KEY (`ctframe scan {root}` lists the keys)"
+                f"{_shown(root)} holds {count}; choose one with --series KEY "
+                f"(`ctframe scan {_shown(root)}` lists the keys)"
             ) from None
         if fmt == "nifti" and resample_mm is None and (problem := writers.grid_problem(volume)) is not None:
             raise ctframe.ParameterError(

@@ -30,6 +30,7 @@ import pandas as pd
 from ctframe.export import atomic_path
 from ctframe.privacy import linkage_table, salt_source
 from ctframe.scan import PHI_COLUMNS
+from ctframe.sources import is_remote, redact
 
 __all__ = ["DEPENDENCIES", "LINKAGE_FILE", "OUTPUT_FILES", "provenance", "write_summary", "write_table"]
 
@@ -82,14 +83,24 @@ def _sha256(path: str) -> str:
 
 
 def input_checksums(catalog: pd.DataFrame, root: str | os.PathLike[str] | None) -> pd.DataFrame:
-    """SHA-256 and size of every catalogued file (paths relative to `root`)."""
-    paths = sorted(set(catalog["path"]))
+    """SHA-256 and size of every catalogued local file (paths relative to `root`).
+
+    Remote files (object storage, DICOMweb) are not downloaded again for a
+    checksum: their row holds the size and version the scan recorded
+    (``file_version``: ETag or version id) and an empty ``sha256``.
+    """
+    firsts = catalog.drop_duplicates("path").set_index("path")
+    paths = sorted(firsts.index)
+    local = [p for p in paths if not is_remote(p)]
     with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
-        digests = list(pool.map(_sha256, paths))
-    base = Path(root) if root is not None and Path(root).is_dir() else None
-    names = [os.path.relpath(p, base) if base is not None else p for p in paths]
-    sizes = [os.stat(p).st_size for p in paths]
-    return pd.DataFrame({"path": names, "file_size": sizes, "sha256": digests})
+        digests = dict(zip(local, pool.map(_sha256, local), strict=True))
+    base = Path(root) if root is not None and not is_remote(os.fspath(root)) and Path(root).is_dir() else None
+    names = [os.path.relpath(p, base) if base is not None and p in digests else redact(p) for p in paths]
+    sizes = [os.stat(p).st_size if p in digests else int(firsts.at[p, "file_size"]) for p in paths]
+    versions = [str(firsts.at[p, "file_version"]) if "file_version" in firsts else "" for p in paths]
+    return pd.DataFrame(
+        {"path": names, "file_size": sizes, "file_version": versions, "sha256": [digests.get(p, "") for p in paths]}
+    )
 
 
 def _without_salt(config: Mapping[str, Any]) -> dict[str, Any]:
