@@ -559,16 +559,15 @@ class CountingProxy:
             except OSError:
                 return
             client.settimeout(None)
+            with self._lock:  # counted before anything reaches the client, like the bytes
+                self.connections += 1
             try:
                 upstream = socket.create_connection(self.target, timeout=10)
                 upstream.settimeout(None)
             except OSError:
                 client.close()  # the target refuses: so does the proxy (the client sees the connection close)
-                with self._lock:
-                    self.connections += 1
                 continue
             with self._lock:
-                self.connections += 1
                 self._sockets.update((client, upstream))
             pair = [0]  # pumps of this connection that finished
             for src, dst, name in ((client, upstream, "bytes_to_server"), (upstream, client, "bytes_to_client")):

@@ -13,16 +13,7 @@ import numpy as np
 import pydicom
 import pytest
 import requests
-from _servers import (  # noqa: F401  (fixtures are found by name)
-    CountingProxy,
-    OrthancServer,
-    S3Server,
-    counting_proxy,
-    orthanc,
-    s3_env,
-    s3_server,
-    unused_port,
-)
+from _servers import CountingProxy, OrthancServer, unused_port
 
 #: Five neighbouring LIDC slices (uncompressed int16, 512 x 512): about 2.6 MB.
 SLICES = tuple(f"1-{n:03d}.dcm" for n in range(60, 65))
@@ -64,7 +55,11 @@ def test_orthanc__dicomweb_metadata_and_frames_match_the_files(empty_orthanc, li
     assert all("InlineBinary" not in m.get(PIXEL_DATA, {}) for m in metadata)
 
     frames = client.retrieve_instance_frames(
-        first.StudyInstanceUID, first.SeriesInstanceUID, first.SOPInstanceUID, frame_numbers=[1], media_types=OCTET_STREAM
+        first.StudyInstanceUID,
+        first.SeriesInstanceUID,
+        first.SOPInstanceUID,
+        frame_numbers=[1],
+        media_types=OCTET_STREAM,
     )
     assert len(frames) == 1
     pixels = first.pixel_array
