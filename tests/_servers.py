@@ -124,7 +124,7 @@ def find_orthanc() -> tuple[str, str] | None:
     plugin = os.environ.get("CTFRAME_ORTHANC_DICOMWEB") or next(
         (p for p in DICOMWEB_PLUGIN_CANDIDATES if Path(p).is_file()), None
     )
-    if binary is None or plugin is None:
+    if binary is None or plugin is None or not os.access(binary, os.X_OK) or not Path(plugin).is_file():
         return None
     return binary, plugin
 
