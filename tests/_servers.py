@@ -66,6 +66,28 @@ def unused_port() -> int:
     return free_port()
 
 
+def _parent_death_signal():
+    """A ``preexec_fn`` (Linux) that has the kernel SIGTERM the server when the test process dies, or None.
+
+    Session fixtures stop their servers at teardown; this covers a killed or crashed pytest (xdist) worker, so no
+    server outlives it. The C function is looked up here, in the parent, so the child only makes one call.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    pr_set_pdeathsig, sigterm = 1, int(signal.SIGTERM)
+
+    def preexec() -> None:
+        prctl(pr_set_pdeathsig, sigterm)
+
+    return preexec
+
+
 def _log_tail(path: Path, lines: int = 40) -> str:
     try:
         text = path.read_text(errors="replace")
@@ -223,6 +245,7 @@ class OrthancServer:
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     cwd=self.workdir,
+                    preexec_fn=_parent_death_signal(),
                 )
             try:
                 _wait_http(self._proc, f"{self.base_url}/system", self.log_path, "Orthanc", auth=self.auth)
@@ -388,6 +411,7 @@ class S3Server:
                     stderr=subprocess.STDOUT,
                     cwd=self.workdir,
                     env=env,
+                    preexec_fn=_parent_death_signal(),
                 )
             try:
                 _wait_http(self._proc, f"{self.endpoint_url}/moto-api/", self.log_path, "moto server")
