@@ -510,6 +510,94 @@ def s3_env(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> S3Server:
 # --------------------------------------------------------------------------------------------- counting proxy
 
 
+@dataclass(frozen=True)
+class HttpRequest:
+    """One HTTP/1.x request seen by `CountingProxy`: method, target (path and query) and headers (lower-case names)."""
+
+    method: str
+    target: str
+    headers: dict[str, str] = field(hash=False)
+
+    @property
+    def range(self) -> tuple[int, int | None] | None:
+        """The first ``Range: bytes=START-END`` as ``(start, end inclusive or None)``; None without one."""
+        value = self.headers.get("range", "")
+        if not value.startswith("bytes="):
+            return None
+        start, _, end = value[len("bytes=") :].split(",")[0].strip().partition("-")
+        if not start:
+            return None  # a suffix range ("bytes=-N")
+        return int(start), (int(end) if end else None)
+
+
+class _RequestParser:
+    """Splits a client's HTTP/1.x stream into requests (Content-Length or chunked bodies); gives up on non-HTTP."""
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self._body_left = 0  # bytes of the current body still to skip
+        self._chunked = False
+        self.broken = False
+
+    def feed(self, data: bytes) -> list[HttpRequest]:
+        if self.broken:
+            return []
+        self._buffer += data
+        found = []
+        try:
+            while True:
+                if self._body_left:
+                    skip = min(self._body_left, len(self._buffer))
+                    self._buffer = self._buffer[skip:]
+                    self._body_left -= skip
+                    if self._body_left:
+                        return found
+                if self._chunked:
+                    if not self._skip_chunk():
+                        return found
+                    continue
+                end = self._buffer.find(b"\r\n\r\n")
+                if end < 0:
+                    if len(self._buffer) > 1 << 20:
+                        raise ValueError("no end of headers")
+                    return found
+                head, self._buffer = self._buffer[:end].decode("latin-1"), self._buffer[end + 4 :]
+                request_line, *header_lines = head.split("\r\n")
+                method, target, version = request_line.split(" ")
+                if not version.startswith("HTTP/"):
+                    raise ValueError(version)
+                headers = {}
+                for line in header_lines:
+                    name, _, value = line.partition(":")
+                    headers[name.strip().lower()] = value.strip()
+                found.append(HttpRequest(method, target, headers))
+                if "chunked" in headers.get("transfer-encoding", "").lower():
+                    self._chunked = True
+                else:
+                    self._body_left = int(headers.get("content-length", "0") or 0)
+        except (ValueError, UnicodeDecodeError):
+            self.broken = True
+            return found
+
+    def _skip_chunk(self) -> bool:
+        """Skip one chunk of a chunked body; False when more bytes are needed."""
+        line_end = self._buffer.find(b"\r\n")
+        if line_end < 0:
+            return False
+        size = int(self._buffer[:line_end].split(b";")[0], 16)
+        if size == 0:  # last chunk, then optional trailers and an empty line
+            end = self._buffer.find(b"\r\n\r\n", line_end)
+            if end < 0:
+                return False
+            self._buffer = self._buffer[end + 4 :]
+            self._chunked = False
+            return True
+        if len(self._buffer) < line_end + 2 + size + 2:
+            return False
+        self._buffer = self._buffer[line_end + 2 + size + 2 :]
+        return True
+
+
 class CountingProxy:
     """A TCP proxy on loopback that forwards to ``target_host:target_port`` and counts what passes.
 
@@ -526,12 +614,16 @@ class CountingProxy:
         Bytes forwarded server -> client and client -> server since the last `reset`.
     connections : int
         Connections accepted since the last `reset`.
+    requests : list of HttpRequest
+        The HTTP/1.x requests clients sent since the last `reset` (method, target, headers; parsed from the
+        client's bytes, which are forwarded unchanged). A connection whose bytes are not HTTP adds none.
 
     Examples
     --------
     >>> with CountingProxy("127.0.0.1", orthanc.port) as proxy:  # doctest: +SKIP
     ...     requests.get(proxy.url + "/system", auth=orthanc.auth)
     ...     assert proxy.bytes_to_client > 0
+    ...     assert [r.target for r in proxy.requests] == ["/system"]
     """
 
     def __init__(self, target_host: str, target_port: int) -> None:
@@ -549,6 +641,7 @@ class CountingProxy:
         self.bytes_to_client = 0
         self.bytes_to_server = 0
         self.connections = 0
+        self.requests: list[HttpRequest] = []
         self._accept_thread = threading.Thread(target=self._accept_loop, name="counting-proxy", daemon=True)
         self._accept_thread.start()
 
@@ -564,6 +657,7 @@ class CountingProxy:
         """Set all counters back to zero (connections already open keep being counted)."""
         with self._lock:
             self.bytes_to_client = self.bytes_to_server = self.connections = 0
+            self.requests = []
 
     def counts(self) -> dict[str, int]:
         """A snapshot: ``{"bytes_to_client": ..., "bytes_to_server": ..., "connections": ...}``."""
@@ -595,19 +689,24 @@ class CountingProxy:
                 self._sockets.update((client, upstream))
             pair = [0]  # pumps of this connection that finished
             for src, dst, name in ((client, upstream, "bytes_to_server"), (upstream, client, "bytes_to_client")):
-                thread = threading.Thread(target=self._pump, args=(src, dst, name, pair), daemon=True)
+                parser = _RequestParser() if name == "bytes_to_server" else None
+                thread = threading.Thread(target=self._pump, args=(src, dst, name, pair, parser), daemon=True)
                 thread.start()
                 self._threads.append(thread)
 
-    def _pump(self, src: socket.socket, dst: socket.socket, counter: str, finished: list[int]) -> None:
+    def _pump(
+        self, src: socket.socket, dst: socket.socket, counter: str, finished: list[int], parser: _RequestParser | None
+    ) -> None:
         try:
             while True:
                 data = src.recv(65536)
                 if not data:
                     break
                 # count before forwarding: once a client has its bytes, the counters already include them
+                seen = parser.feed(data) if parser is not None else []
                 with self._lock:
                     setattr(self, counter, getattr(self, counter) + len(data))
+                    self.requests.extend(seen)
                 dst.sendall(data)
         except OSError:
             pass

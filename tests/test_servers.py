@@ -146,8 +146,38 @@ def test_proxy__counts_the_bytes_of_a_ranged_s3_read(s3_server, counting_proxy, 
     assert counts["bytes_to_server"] > 0
     # the 8 KB and HTTP headers, but not the whole 0.5 MB file
     assert 8192 <= counts["bytes_to_client"] < 8192 + 16_384
+    gets = [r for r in proxy.requests if r.method == "GET"]
+    assert [(r.target.split("?")[0], r.range) for r in gets] == [(f"/{bucket}/{key}", (0, 8191))]
     proxy.reset()
     assert proxy.counts() == {"bytes_to_client": 0, "bytes_to_server": 0, "connections": 0}
+    assert proxy.requests == []
+
+
+def test_proxy__parses_requests_split_anywhere_with_bodies_of_both_kinds():
+    from _servers import _RequestParser
+
+    stream = (
+        b"PUT /b/k HTTP/1.1\r\nHost: x\r\nContent-Length: 14\r\n\r\nGET / HTTP/1.1"
+        b"POST /instances HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"4\r\nGET \r\n3;x=1\r\nabc\r\n0\r\n\r\n"
+        b"GET /b/k?x=1 HTTP/1.1\r\nRange: bytes=10-19\r\n\r\n"
+        b"HEAD /b/k HTTP/1.1\r\n\r\n"
+    )
+    expected = [
+        ("PUT", "/b/k", None),
+        ("POST", "/instances", None),
+        ("GET", "/b/k?x=1", (10, 19)),
+        ("HEAD", "/b/k", None),
+    ]
+    for size in (1, 2, 7, len(stream)):
+        parser = _RequestParser()
+        seen = []
+        for i in range(0, len(stream), size):
+            seen += parser.feed(stream[i : i + size])
+        assert [(r.method, r.target, r.range) for r in seen] == expected
+    parser = _RequestParser()
+    assert parser.feed(b"\x16\x03\x01 not http\r\n\r\n") == []
+    assert parser.broken
 
 
 def test_proxy__dicomweb_metadata_carries_no_pixels_but_frames_do(empty_orthanc, lidc_slices):
@@ -160,6 +190,9 @@ def test_proxy__dicomweb_metadata_carries_no_pixels_but_frames_do(empty_orthanc,
         assert len(metadata) == len(SLICES)
         # five instances' metadata together are smaller than one frame
         assert 0 < proxy.bytes_to_client < frame_bytes
+        assert [r.target for r in proxy.requests] == [
+            f"/dicom-web/studies/{first.StudyInstanceUID}/series/{first.SeriesInstanceUID}/metadata"
+        ]
         proxy.reset()
         client.retrieve_instance_frames(
             first.StudyInstanceUID,
@@ -169,6 +202,7 @@ def test_proxy__dicomweb_metadata_carries_no_pixels_but_frames_do(empty_orthanc,
             media_types=OCTET_STREAM,
         )
         assert proxy.bytes_to_client >= frame_bytes
+        assert [r.target.rsplit("/", 2)[-2:] for r in proxy.requests] == [["frames", "1"]]
 
 
 def test_proxy__a_refusing_target_is_refused_through_the_proxy():
