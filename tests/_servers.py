@@ -345,6 +345,18 @@ def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancServer]
         server.stop()
 
 
+@pytest.fixture
+def empty_orthanc(orthanc: OrthancServer) -> OrthancServer:
+    """The session's `orthanc`, running (restarted if a test stopped it) and emptied, for a test that loads its own.
+
+    The session's Orthanc is shared by every test a worker runs (several modules under ``--dist loadfile``), so a
+    test that counts what Orthanc holds should ask for this one.
+    """
+    orthanc.start()
+    orthanc.delete_all()
+    return orthanc
+
+
 # --------------------------------------------------------------------------------------------- S3 (moto)
 
 

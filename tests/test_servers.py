@@ -13,7 +13,7 @@ import numpy as np
 import pydicom
 import pytest
 import requests
-from _servers import CountingProxy, OrthancServer, unused_port
+from _servers import CountingProxy, unused_port
 
 #: Five neighbouring LIDC slices (uncompressed int16, 512 x 512): about 2.6 MB.
 SLICES = tuple(f"1-{n:03d}.dcm" for n in range(60, 65))
@@ -24,14 +24,6 @@ SERIES_UID, STUDY_UID, SOP_UID, PIXEL_DATA = "0020000E", "0020000D", "00080018",
 @pytest.fixture
 def lidc_slices(lidc_dir: Path) -> list[Path]:
     return [lidc_dir / name for name in SLICES]
-
-
-@pytest.fixture
-def empty_orthanc(orthanc: OrthancServer) -> OrthancServer:
-    """The session's Orthanc, running and emptied, for a test that loads its own series."""
-    orthanc.start()
-    orthanc.delete_all()
-    return orthanc
 
 
 def tag(item: dict, keyword_tag: str) -> str:
@@ -65,6 +57,24 @@ def test_orthanc__dicomweb_metadata_and_frames_match_the_files(empty_orthanc, li
     pixels = first.pixel_array
     received = np.frombuffer(frames[0], dtype=pixels.dtype.newbyteorder("<")).reshape(pixels.shape)
     np.testing.assert_array_equal(received, pixels)
+
+
+@pytest.mark.parametrize("name", ["CT1_RLE.dcm", "CT1_JPLL.dcm"])
+def test_orthanc__compressed_frames_come_as_stored_or_transcoded_on_request(empty_orthanc, edge_cases, name):
+    # what a WADO-RS reader must know about this Orthanc: "*" gives the stored (compressed) bytes, without saying
+    # which syntax through dicomweb-client; naming Explicit VR Little Endian gives pixel_array's bytes
+    path = edge_cases / "wg04-robyoung" / name
+    empty_orthanc.upload([path])
+    ds = pydicom.dcmread(path)
+    client = empty_orthanc.client()
+    uids = (ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+    metadata = client.retrieve_series_metadata(*uids[:2])
+    assert PIXEL_DATA not in metadata[0]  # the compressed instance's metadata omits PixelData altogether
+    (stored,) = client.retrieve_instance_frames(*uids, frame_numbers=[1], media_types=OCTET_STREAM)
+    assert len(stored) < ds.pixel_array.nbytes
+    explicit_le = (("application/octet-stream", "1.2.840.10008.1.2.1"),)
+    (raw,) = client.retrieve_instance_frames(*uids, frame_numbers=[1], media_types=explicit_le)
+    np.testing.assert_array_equal(np.frombuffer(raw, dtype="<i2").reshape(ds.pixel_array.shape), ds.pixel_array)
 
 
 def test_orthanc__delete_series_removes_it_from_dicomweb(empty_orthanc, lidc_slices):
