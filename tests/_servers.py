@@ -368,8 +368,11 @@ class S3Server:
     ----------
     endpoint_url : str
         ``http://127.0.0.1:PORT``.
+    key, secret : str
+        The credentials the helpers use: moto's fake ``testing``/``testing`` (accepted while moto checks nothing),
+        or after `enforce_auth` an access key pair moto generated for an IAM user (the secret is left out of repr).
     env : dict
-        Environment variables that point boto3/s3fs at this server with the fake credentials
+        Environment variables that point boto3/s3fs at this server with `key` and `secret`
         (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_DEFAULT_REGION``, ``AWS_ENDPOINT_URL``, and empty
         config/credential files so a user's own AWS setup is never read). Use with ``monkeypatch.setenv`` or
         a subprocess's ``env=``; the fixture itself changes no environment variable.
@@ -379,6 +382,9 @@ class S3Server:
 
     workdir: Path
     port: int = 0
+    key: str = FAKE_AWS["AWS_ACCESS_KEY_ID"]
+    secret: str = field(default=FAKE_AWS["AWS_SECRET_ACCESS_KEY"], repr=False)
+    region: str = FAKE_AWS["AWS_DEFAULT_REGION"]
     _proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -394,7 +400,9 @@ class S3Server:
         empty = self.workdir / "aws-empty"
         empty.touch()
         return {
-            **FAKE_AWS,
+            "AWS_ACCESS_KEY_ID": self.key,
+            "AWS_SECRET_ACCESS_KEY": self.secret,
+            "AWS_DEFAULT_REGION": self.region,
             "AWS_ENDPOINT_URL": self.endpoint_url,
             "AWS_CONFIG_FILE": str(empty),
             "AWS_SHARED_CREDENTIALS_FILE": str(empty),
@@ -403,9 +411,9 @@ class S3Server:
     @property
     def storage_options(self) -> dict[str, Any]:
         return {
-            "key": FAKE_AWS["AWS_ACCESS_KEY_ID"],
-            "secret": FAKE_AWS["AWS_SECRET_ACCESS_KEY"],
-            "client_kwargs": {"endpoint_url": self.endpoint_url, "region_name": FAKE_AWS["AWS_DEFAULT_REGION"]},
+            "key": self.key,
+            "secret": self.secret,
+            "client_kwargs": {"endpoint_url": self.endpoint_url, "region_name": self.region},
         }
 
     def start(self) -> None:
@@ -439,17 +447,35 @@ class S3Server:
         _stop_process(self._proc)
         self._proc = None
 
-    def client(self):
-        """A boto3 S3 client for this server with the fake credentials (nothing read from the environment)."""
+    def client(self, service: str = "s3"):
+        """A boto3 client for this server with `key` and `secret` (nothing read from the environment)."""
         import boto3
 
         return boto3.client(
-            "s3",
+            service,
             endpoint_url=self.endpoint_url,
-            aws_access_key_id=FAKE_AWS["AWS_ACCESS_KEY_ID"],
-            aws_secret_access_key=FAKE_AWS["AWS_SECRET_ACCESS_KEY"],
-            region_name=FAKE_AWS["AWS_DEFAULT_REGION"],
+            aws_access_key_id=self.key,
+            aws_secret_access_key=self.secret,
+            region_name=self.region,
         )
+
+    def enforce_auth(self) -> None:
+        """From now on moto checks every request: only `key`/`secret` (a new IAM user's, allowed ``s3:*``) pass.
+
+        Wrong or unknown credentials, or none (``anon=True``), then get HTTP 403. This cannot be undone for the
+        process, so use it on its own server (the `s3_server_auth` fixture), never on the shared `s3_server`.
+        """
+        import requests
+
+        iam = self.client("iam")
+        user = "ctframe-" + secrets.token_hex(4)
+        iam.create_user(UserName=user)
+        policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}
+        iam.put_user_policy(UserName=user, PolicyName="s3-all", PolicyDocument=json.dumps(policy))
+        access_key = iam.create_access_key(UserName=user)["AccessKey"]
+        self.key, self.secret = access_key["AccessKeyId"], access_key["SecretAccessKey"]
+        # moto's switch: authenticate every request after 0 more unauthenticated ones
+        requests.post(f"{self.endpoint_url}/moto-api/reset-auth", data=b"0", timeout=30).raise_for_status()
 
     def filesystem(self, **kwargs: Any):
         """A fresh (uncached) `s3fs.S3FileSystem` on this server; `kwargs` are added to `storage_options`."""
@@ -457,10 +483,13 @@ class S3Server:
 
         return s3fs.S3FileSystem(skip_instance_cache=True, **{**self.storage_options, **kwargs})
 
-    def make_bucket(self, name: str | None = None) -> str:
-        """Create a bucket (a unique name by default) and return its name."""
+    def make_bucket(self, name: str | None = None, *, versioned: bool = False) -> str:
+        """Create a bucket (a unique name by default; with object versions if `versioned`) and return its name."""
         name = name or "ctframe-" + secrets.token_hex(6)
-        self.client().create_bucket(Bucket=name)
+        client = self.client()
+        client.create_bucket(Bucket=name)
+        if versioned:
+            client.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})
         return name
 
     def upload_tree(self, local_dir: str | os.PathLike[str], bucket: str, prefix: str = "") -> list[str]:
@@ -504,6 +533,23 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     server = S3Server(workdir=tmp_path_factory.mktemp("moto"))
     server.start()
     try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server_auth(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """A second moto S3 server that checks credentials (`S3Server.enforce_auth`): wrong or no credentials get 403."""
+    for module in ("moto.server", "boto3", "s3fs", "requests"):
+        try:
+            __import__(module)
+        except ImportError as exc:
+            missing(f"{exc.name} is not installed (needs moto[server], boto3, s3fs: pip install -e '.[test]')")
+    server = S3Server(workdir=tmp_path_factory.mktemp("moto-auth"))
+    server.start()
+    try:
+        server.enforce_auth()
         yield server
     finally:
         server.stop()

@@ -145,6 +145,21 @@ def test_s3__environment_alone_reaches_the_server(s3_env, lidc_slices):
     assert fs.cat_file(f"{bucket}/{key}", start=0, end=132) == lidc_slices[0].read_bytes()[:132]
 
 
+def test_s3__server_with_auth_refuses_wrong_or_missing_credentials(s3_server_auth, lidc_slices):
+    bucket = s3_server_auth.make_bucket(versioned=True)
+    (key,) = s3_server_auth.upload_files(lidc_slices[:1], bucket)
+    path = f"{bucket}/{key}"
+    assert s3_server_auth.filesystem().cat_file(path, start=0, end=132) == lidc_slices[0].read_bytes()[:132]
+    assert s3_server_auth.filesystem().info(path).get("VersionId")
+    for wrong in ({"secret": "x" + s3_server_auth.secret}, {"key": "testing", "secret": "testing"}):
+        with pytest.raises(PermissionError, match=r"signature|Access Key"):
+            s3_server_auth.filesystem(**wrong).cat_file(path, start=0, end=132)
+    with pytest.raises(PermissionError, match="Forbidden"):
+        s3_server_auth.filesystem(anon=True, key=None, secret=None).cat_file(path, start=0, end=132)
+    assert s3_server_auth.secret not in repr(s3_server_auth)
+    assert s3_server_auth.secret not in s3_server_auth.log_path.read_text(errors="replace")
+
+
 def test_proxy__counts_the_bytes_of_a_ranged_s3_read(s3_server, counting_proxy, lidc_slices):
     bucket = s3_server.make_bucket()
     (key,) = s3_server.upload_files(lidc_slices[:1], bucket, prefix="p")
