@@ -1,14 +1,21 @@
 """Real servers on loopback for the remote-source tests: Orthanc with DICOMweb, moto's S3 server, a counting proxy.
 
 Each server is a real process started here on 127.0.0.1 with a free port and its own temporary directory,
-so xdist workers never share one. A test module imports the fixtures it needs::
+so xdist workers never share one. tests/conftest.py registers the fixtures, so a test only names them; the
+classes and helpers are imported from here::
 
-    from _servers import CountingProxy, orthanc, s3_server  # noqa: F401  (pytest finds fixtures by name)
+    from _servers import CountingProxy, unused_port
 
-    def test_series_over_dicomweb(orthanc, lidc_dir):
-        orthanc.upload(sorted(lidc_dir.glob("*.dcm"))[:5])
-        client = orthanc.client()
-        ...
+    def test_series_over_dicomweb(empty_orthanc, lidc_dir):
+        empty_orthanc.upload(sorted(lidc_dir.glob("*.dcm"))[:5])
+        with CountingProxy("127.0.0.1", empty_orthanc.port) as proxy:
+            client = empty_orthanc.client(proxy.url + "/dicom-web")
+            ...
+        assert not any("/frames/" in r.target for r in proxy.requests)
+
+Fixtures: ``orthanc`` (session), ``empty_orthanc`` (the same, emptied), ``s3_server`` (session, checks no
+credentials), ``s3_server_auth`` (session, a second server that checks them), ``s3_env`` (``s3_server`` with its
+endpoint and credentials in this test's environment), ``counting_proxy`` (a factory of proxies closed afterwards).
 
 When the Orthanc binary, its DICOMweb plugin or moto is missing, the fixtures skip with the reason; under
 ``CI=true`` they fail instead (``.ci/run`` installs Orthanc; the test extra installs moto).
