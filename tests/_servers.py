@@ -24,6 +24,7 @@ When the Orthanc binary, its DICOMweb plugin or moto is missing, the fixtures sk
 from __future__ import annotations
 
 import contextlib
+import http
 import json
 import os
 import secrets
@@ -707,6 +708,7 @@ class CountingProxy:
         self.bytes_to_server = 0
         self.connections = 0
         self.requests: list[HttpRequest] = []
+        self._faults: list[int | str] = []  # answers for the next new connections (see `inject`)
         self._accept_thread = threading.Thread(target=self._accept_loop, name="counting-proxy", daemon=True)
         self._accept_thread.start()
 
@@ -744,6 +746,12 @@ class CountingProxy:
             client.settimeout(None)
             with self._lock:  # counted before anything reaches the client, like the bytes
                 self.connections += 1
+                fault = self._faults.pop(0) if self._faults else None
+            if fault is not None:
+                thread = threading.Thread(target=self._serve_fault, args=(client, fault), daemon=True)
+                thread.start()
+                self._threads.append(thread)
+                continue
             try:
                 upstream = socket.create_connection(self.target, timeout=10)
                 upstream.settimeout(None)
@@ -758,6 +766,56 @@ class CountingProxy:
                 thread = threading.Thread(target=self._pump, args=(src, dst, name, pair, parser), daemon=True)
                 thread.start()
                 self._threads.append(thread)
+
+    def inject(self, status: int | None = 503, *, count: int = 1, stall: bool = False) -> None:
+        """Answer the next `count` new connections here instead of forwarding them: with `status`, or never.
+
+        Each such connection gets its first request read (and recorded in `requests`), then either a canned
+        ``HTTP/1.1 <status>`` answer with ``Connection: close``, or, with ``stall=True``, no answer at all until
+        the client gives up (a timeout) or the proxy closes. Faults apply to new connections only: a client that
+        keeps an earlier connection open reuses it, so start a fresh client (or proxy) for a fault test.
+        """
+        if not stall and status is None:
+            raise ValueError("inject needs a status or stall=True")
+        with self._lock:
+            self._faults.extend(["stall" if stall else int(status)] * count)  # type: ignore[arg-type]
+
+    def _serve_fault(self, client: socket.socket, fault: int | str) -> None:
+        parser = _RequestParser()
+        client.settimeout(0.2)
+        try:
+            seen: list[HttpRequest] = []
+            while not seen and not self._closed.is_set():
+                try:
+                    data = client.recv(65536)
+                except TimeoutError:
+                    continue
+                if not data:
+                    return
+                seen = parser.feed(data)
+                with self._lock:
+                    self.bytes_to_server += len(data)
+                    self.requests.extend(seen)
+            if fault == "stall":
+                while not self._closed.is_set():
+                    try:
+                        if not client.recv(65536):
+                            return
+                    except TimeoutError:
+                        continue
+                return
+            answer = (
+                f"HTTP/1.1 {int(fault)} {http.HTTPStatus(int(fault)).phrase}\r\n"
+                "Content-Type: text/plain\r\nContent-Length: 0\r\nRetry-After: 0\r\nConnection: close\r\n\r\n"
+            ).encode()
+            with self._lock:
+                self.bytes_to_client += len(answer)
+            client.sendall(answer)
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                client.close()
 
     def _pump(
         self, src: socket.socket, dst: socket.socket, counter: str, finished: list[int], parser: _RequestParser | None

@@ -230,6 +230,22 @@ def test_proxy__dicomweb_metadata_carries_no_pixels_but_frames_do(empty_orthanc,
         assert [r.target.rsplit("/", 2)[-2:] for r in proxy.requests] == [["frames", "1"]]
 
 
+def test_proxy__injected_errors_and_stalls_then_forwards_again(empty_orthanc):
+    url_path = "/dicom-web/studies"
+    with CountingProxy("127.0.0.1", empty_orthanc.port) as proxy:
+        proxy.inject(503, count=2)
+        proxy.inject(429)
+        statuses = [
+            requests.get(proxy.url + url_path, auth=empty_orthanc.auth, timeout=10).status_code for _ in range(4)
+        ]
+        assert statuses == [503, 503, 429, 200]
+        assert [r.target for r in proxy.requests] == [url_path] * 4
+        proxy.inject(stall=True)
+        with pytest.raises(requests.ReadTimeout):
+            requests.get(proxy.url + url_path, auth=empty_orthanc.auth, timeout=0.5)
+        assert requests.get(proxy.url + url_path, auth=empty_orthanc.auth, timeout=10).status_code == 200
+
+
 def test_proxy__a_refusing_target_is_refused_through_the_proxy():
     with CountingProxy("127.0.0.1", unused_port()) as proxy:
         with pytest.raises(requests.ConnectionError):
