@@ -237,10 +237,13 @@ class OrthancServer:
         """Start Orthanc (on the same port and storage as before, if it ran already) and wait until it answers."""
         if self.running:
             return
-        attempts = 3 if self.port == 0 else 1
+        fixed_port = self.port != 0  # a restart keeps its port (clients and URLs made earlier still point there)
+        attempts = 3
         for attempt in range(attempts):
-            if attempts > 1:
+            if not fixed_port:
                 self.port = free_port()
+            elif attempt:
+                time.sleep(1.0)  # the old process's socket may take a moment to go
             (self.workdir / "storage").mkdir(parents=True, exist_ok=True)
             (self.workdir / "index").mkdir(parents=True, exist_ok=True)
             config = self.workdir / "orthanc.json"
@@ -263,7 +266,7 @@ class OrthancServer:
                 self._proc = None
                 if attempt == attempts - 1:
                     raise
-                # most likely another process took the port between free_port() and Orthanc's bind: try another
+                # most likely the port was taken between free_port() and Orthanc's bind (or not yet released)
 
     def stop(self) -> None:
         """Stop Orthanc (SIGTERM, then SIGKILL); the port is then unreachable until `start`."""
