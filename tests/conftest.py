@@ -11,6 +11,10 @@ import tempfile
 from pathlib import Path
 
 import pytest
+
+# Loopback servers for the remote-source tests (Orthanc with DICOMweb, moto's S3, a counting proxy): fixtures
+# available to every test module by name; a server starts only when a test asks for it (see tests/_servers.py).
+from _servers import counting_proxy, orthanc, s3_env, s3_server  # noqa: F401
 from hypothesis import settings
 
 from ctframe.testing import PhantomTruth, write_phantom_series
