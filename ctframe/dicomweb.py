@@ -435,7 +435,9 @@ def _call(fn: Any, what: str, *, missing: str = "read") -> Any:
         if status in (404, 410):
             if missing == "read":
                 raise FileNotFoundError(f"HTTP {status}") from None
-            raise SourceError(f"{what}: HTTP {status} {reason}; no DICOMweb service at this path, check the URL") from None
+            raise SourceError(
+                f"{what}: HTTP {status} {reason}; no DICOMweb service at this path, check the URL"
+            ) from None
         if status in (401, 403):
             raise SourceError(
                 f"{what}: access denied (HTTP {status} {reason}); check the credentials (user info in the URL, "
@@ -468,10 +470,15 @@ def _refused(exc: BaseException) -> bool:
         if item is None or id(item) in seen:
             continue
         seen.add(id(item))
-        if isinstance(item, ConnectionRefusedError) or type(item).__name__ in ("NewConnectionError", "NameResolutionError"):
+        if isinstance(item, ConnectionRefusedError) or type(item).__name__ in (
+            "NewConnectionError",
+            "NameResolutionError",
+        ):
             return True
         stack.extend([item.__cause__, item.__context__, *(a for a in item.args if isinstance(a, BaseException))])
-        stack.append(getattr(item, "reason", None) if isinstance(getattr(item, "reason", None), BaseException) else None)
+        stack.append(
+            getattr(item, "reason", None) if isinstance(getattr(item, "reason", None), BaseException) else None
+        )
     return False
 
 
@@ -486,37 +493,42 @@ def _no_bulk_data(tag: Any, vr: Any, uri: Any) -> bytes:
 def _dataset_of(metadata: Mapping[str, Any]) -> Any:
     from pydicom.dataset import Dataset
 
-    return Dataset.from_json(_ds_as_text(metadata), bulk_data_uri_handler=_no_bulk_data)
+    ds = Dataset.from_json(dict(metadata), bulk_data_uri_handler=_no_bulk_data)
+    _ds_as_text(ds, metadata)
+    return ds
 
 
-def _ds_as_text(metadata: Mapping[str, Any]) -> dict[str, Any]:
-    """`metadata` with its DS numbers written as text, the shortest way (``-600``, not ``-600.0``).
+def _ds_as_text(ds: Any, metadata: Mapping[str, Any]) -> None:
+    """Give the DS elements of `ds` their numbers as text, the shortest way (``-600``, not ``-600.0``).
 
-    DICOM JSON gives decimal strings as JSON numbers, so their text is lost;
-    pydicom would print a float's repr. The shortest text is what the files
-    hold in the common case (integral window centres, spacings such as
-    ``0.703125``), so text columns (window centre and width) match a file scan.
+    DICOM JSON gives decimal strings as JSON numbers, so their text is lost,
+    and pydicom's ``from_json`` makes floats of them, which print as
+    ``-600.0``. The shortest text is what files hold in the common case
+    (integral window centres, spacings such as ``0.703125``), so the text
+    columns (window centre and width) match a file scan there; a file's
+    ``49.0000`` comes back as ``49``.
     """
-    out: dict[str, Any] = {}
     for tag, element in metadata.items():
-        if not isinstance(element, Mapping):
-            out[tag] = element
+        if not isinstance(element, Mapping) or not isinstance(element.get("Value"), list):
             continue
-        vr, values = element.get("vr"), element.get("Value")
-        if vr == "DS" and isinstance(values, list):
-            element = {**element, "Value": [_number_text(v) for v in values]}
-        elif vr == "SQ" and isinstance(values, list):
-            element = {**element, "Value": [_ds_as_text(v) if isinstance(v, Mapping) else v for v in values]}
-        out[tag] = element
-    return out
+        vr, values = element.get("vr"), element["Value"]
+        try:
+            target = ds[int(tag, 16)]
+        except (KeyError, ValueError):
+            continue
+        if vr == "DS" and all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+            texts = [_number_text(v) for v in values]
+            target.value = texts[0] if len(texts) == 1 else texts
+        elif vr == "SQ":
+            for item, item_json in zip(target.value, values, strict=False):
+                if isinstance(item_json, Mapping):
+                    _ds_as_text(item, item_json)
 
 
-def _number_text(value: Any) -> Any:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return value
+def _number_text(value: float) -> str:
     if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
         return str(int(value))
-    return repr(value)
+    return repr(value) if isinstance(value, float) else str(value)
 
 
 def _first_value(metadata: Mapping[str, Any], tag: str) -> str:
@@ -578,7 +590,9 @@ def discover(
     client = _client_of(access, root)
     found = with_retries(
         lambda: _call(
-            lambda: client.search_for_series(search_filters=filters or None, get_remaining=True), where, missing="search"
+            lambda: client.search_for_series(search_filters=filters or None, get_remaining=True),
+            where,
+            missing="search",
         ),
         where,
     )
@@ -588,10 +602,8 @@ def discover(
     for study_uid, series_uid in series:
         series_path = _path_of(root, key, study_uid, series_uid, "")
         try:
-            metadata = with_retries(
-                lambda st=study_uid, se=series_uid: _call(lambda: client.retrieve_series_metadata(st, se), series_path),
-                series_path,
-            )
+            fetch = functools.partial(client.retrieve_series_metadata, study_uid, series_uid)
+            metadata = with_retries(functools.partial(_call, fetch, series_path), series_path)
         except DicomReadError as exc:  # gone between the search and now
             problems.append({"path": series_path, "reason": _reason(exc, series_path)})
             continue
@@ -699,7 +711,8 @@ def read_frames(refs: Sequence[Any], *, dtype: np.dtype, access: Access | None =
         first = refs[positions[0]]
         numbers = [refs[i].frame + 1 for i in positions]
         what = f"{path} frame(s) {_ranges(numbers)}"
-        arrays = with_retries(lambda: _call(lambda: _fetch(client, (study, series, instance), first, numbers, what), what), what)
+        fetch = functools.partial(_fetch, client, (study, series, instance), first, numbers, what)
+        arrays = with_retries(functools.partial(_call, fetch, what), what)
         for i, array in zip(positions, arrays, strict=True):
             if array.shape != shape:
                 raise DicomReadError(f"{what}: frame has shape {array.shape}, expected {shape} from the metadata")
@@ -742,7 +755,9 @@ def _fetch(client: Any, uids: tuple[str, str, str], ref: Any, numbers: list[int]
                         f"at {ref.bits_allocated} bits); if the instance changed since the scan, scan again"
                     )
                 array = np.frombuffer(part, little, count=ref.rows * ref.columns).reshape(ref.rows, ref.columns).copy()
-                arrays.append(keep_stored_bits(array, ref.bits_stored) if ref.bits_stored < ref.bits_allocated else array)
+                arrays.append(
+                    keep_stored_bits(array, ref.bits_stored) if ref.bits_stored < ref.bits_allocated else array
+                )
             return arrays
     return _decode_instance(client.retrieve_instance(*uids, media_types=INSTANCE_MEDIA_TYPES), numbers, what)
 
@@ -755,7 +770,8 @@ def _decode_instance(ds: Any, numbers: list[int], what: str) -> list[np.ndarray]
             pixels = ds.pixel_array
     except Exception as exc:  # decoders raise many types
         raise DicomReadError(
-            f"{what}: cannot decode pixel data ({type(exc).__name__}); install the pylibjpeg plugins or check the instance"
+            f"{what}: cannot decode pixel data ({type(exc).__name__}); "
+            "install the pylibjpeg plugins or check the instance"
         ) from None
     n_frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
     if n_frames == 1:
