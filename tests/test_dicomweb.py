@@ -355,3 +355,36 @@ def test_access_for__rejects_other_locations():
     with pytest.raises(ParameterError, match="needs a dicomweb"):
         dicomweb.access_for()
     assert dicomweb.access_for("dicomweb+https://pacs.example/dicom-web", salt="s").dicomweb["auth"] is None
+
+
+def test_read_frames__bits_above_bits_stored_are_ignored(orthanc, lidc_dir, tmp_path):
+    """LIDC slices rewritten as 12 of 16 bits with overlay garbage above bit 11: pydicom's values, not the raw bytes."""
+    from _lidc_variants import write_variant
+
+    def twelve_bits(k: int, ds: pydicom.Dataset) -> None:
+        raw = np.frombuffer(ds.PixelData, "<u2").copy()
+        ds.PixelData = ((raw & 0x0FFF) | 0x7000).tobytes()
+        ds.BitsStored, ds.HighBit = 12, 11
+        ds.PatientID = "CTFRAME-DICOMWEB-12BIT"
+        for keyword in ("StudyInstanceUID", "SeriesInstanceUID"):
+            setattr(ds, keyword, pydicom.uid.generate_uid(entropy_srcs=[keyword, "ctframe 12-bit variant"]))
+        ds.SOPInstanceUID = pydicom.uid.generate_uid(entropy_srcs=["ctframe 12-bit variant", str(k)])
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+
+    paths = write_variant(lidc_dir, tmp_path / "twelve", twelve_bits)[:4]
+    orthanc.upload(paths)
+    location = _with_credentials(orthanc.dicomweb_url, *orthanc.auth, "PatientID=CTFRAME-DICOMWEB-12BIT")
+    access = dicomweb.access_for(location, salt=SALT)
+    catalog, _ = dicomweb.discover(location, salt=SALT, access=access)
+    local = ctframe.scan(paths, salt=SALT)
+    key = ["sop_instance_uid", "frame"]
+    catalog, local = catalog.sort_values(key, ignore_index=True), local.sort_values(key, ignore_index=True)
+    assert (catalog["bits_stored"] == 12).all() and len(catalog) == 4
+    web = read_frames(_refs(catalog), dtype=np.dtype("int16"), access=access)
+    expected = read_frames(_refs(local), dtype=np.dtype("int16"))
+    np.testing.assert_array_equal(web, expected)
+    by_pydicom = {str(pydicom.dcmread(p).SOPInstanceUID): pydicom.dcmread(p).pixel_array for p in paths}
+    with_phi, _ = dicomweb.discover(location, salt=SALT, include_phi=True)
+    order = with_phi.sort_values(key, ignore_index=True)["original_sop_instance_uid"]
+    np.testing.assert_array_equal(web, np.stack([by_pydicom[uid] for uid in order]))
+    assert web.min() < 0  # sign-extended from bit 11: the garbage bits above did not survive
