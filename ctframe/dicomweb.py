@@ -321,6 +321,10 @@ def _client_of(access: Access, root: str) -> Any:
             import requests
 
             session = requests.Session()
+            # as many pooled connections as dask has threads, so parallel reads reuse them
+            adapter = requests.adapters.HTTPAdapter(pool_maxsize=max(32, os.cpu_count() or 1))
+            session.mount("http://", adapter)
+            session.mount("https://", adapter)
             auth = settings.get("auth")
             session.auth = tuple(auth) if isinstance(auth, list) else auth
             session.headers.update(settings.get("headers") or {})

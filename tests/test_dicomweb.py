@@ -388,3 +388,40 @@ def test_read_frames__bits_above_bits_stored_are_ignored(orthanc, lidc_dir, tmp_
     order = with_phi.sort_values(key, ignore_index=True)["original_sop_instance_uid"]
     np.testing.assert_array_equal(web, np.stack([by_pydicom[uid] for uid in order]))
     assert web.min() < 0  # sign-extended from bit 11: the garbage bits above did not survive
+
+
+def test_read_frames__a_server_that_stops_answering_is_retried_then_source_error(lidc_catalog, monkeypatch):
+    """A real listener that accepts connections and never answers: each request times out and is tried again."""
+    import socket
+    import threading
+
+    import ctframe.sources
+
+    monkeypatch.setattr(ctframe.sources, "_BACKOFF_S", 0.01)  # the same retries, without the test waiting for them
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    accepted: list[socket.socket] = []
+
+    def accept() -> None:
+        while True:
+            try:
+                accepted.append(listener.accept()[0])
+            except OSError:
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        catalog, _ = lidc_catalog
+        port = listener.getsockname()[1]
+        root = f"dicomweb+http://127.0.0.1:{port}/dicom-web"
+        rows = catalog.head(1).assign(path=lambda d: root + "#" + d["path"].str.split("#").str[1])
+        access = dicomweb.access_for(root + "?x=1", username="u", password="pw-hidden", salt=SALT, timeout_s=(2, 0.2))
+        with pytest.raises(SourceError, match=rf"failed after {ctframe.sources.RETRIES + 1} attempts") as info:
+            read_frames(_refs(rows), dtype=np.dtype("int16"), access=access)
+        assert len(accepted) == ctframe.sources.RETRIES + 1  # one connection per attempt
+        assert "pw-hidden" not in str(info.value) and "\n" not in str(info.value)
+    finally:
+        listener.close()
+        for conn in accepted:
+            conn.close()
