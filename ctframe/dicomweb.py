@@ -306,35 +306,35 @@ def _client_of(access: Access, root: str) -> Any:
     ``requests.Session`` with the access's auth, headers and timeouts.
     """
     settings = access.dicomweb
+    user_client = getattr(settings.get("client"), "client", None)
+    if user_client is not None and str(user_client.base_url).rstrip("/") == _with_auth_stripped(root):
+        # not cached: two clients with equal settings may differ in their sessions (hooks, auth objects)
+        client = copy.copy(user_client)
+        client.set_http_retry_params(retry=False)
+        return client
     key = (access.fingerprint, root)
     with _CLIENTS_LOCK:
         client = _CLIENTS.get(key)
         if client is not None:
             return client
+        import requests
         from dicomweb_client import DICOMwebClient
 
-        holder = settings.get("client")
-        user_client = getattr(holder, "client", None)
-        if user_client is not None and str(user_client.base_url).rstrip("/") == _with_auth_stripped(root):
-            client = copy.copy(user_client)
-        else:
-            import requests
-
-            session = requests.Session()
-            # as many pooled connections as dask has threads, so parallel reads reuse them
-            adapter = requests.adapters.HTTPAdapter(pool_maxsize=max(32, os.cpu_count() or 1))
-            session.mount("http://", adapter)
-            session.mount("https://", adapter)
-            auth = settings.get("auth")
-            session.auth = tuple(auth) if isinstance(auth, list) else auth
-            session.headers.update(settings.get("headers") or {})
-            timeout = settings.get("timeout_s", TIMEOUT_S)
-            client = DICOMwebClient(
-                url=root,
-                session=session,
-                timeout=tuple(timeout) if isinstance(timeout, list) else timeout,
-                **{k: v for k, v in (settings.get("prefixes") or {}).items() if v},
-            )
+        session = requests.Session()
+        # as many pooled connections as dask has threads, so parallel reads reuse them
+        adapter = requests.adapters.HTTPAdapter(pool_maxsize=max(32, os.cpu_count() or 1))
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)
+        auth = settings.get("auth")
+        session.auth = tuple(auth) if isinstance(auth, list) else auth
+        session.headers.update(settings.get("headers") or {})
+        timeout = settings.get("timeout_s", TIMEOUT_S)
+        client = DICOMwebClient(
+            url=root,
+            session=session,
+            timeout=tuple(timeout) if isinstance(timeout, list) else timeout,
+            **{k: v for k, v in (settings.get("prefixes") or {}).items() if v},
+        )
         client.set_http_retry_params(retry=False)
         _CLIENTS[key] = client
         return client

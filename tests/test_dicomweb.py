@@ -285,6 +285,9 @@ def test_read_frames__deleted_series_is_dicom_read_error(orthanc, shared_data):
     [
         "wg04-robyoung/CT1_RLE.dcm",  # RLE: Orthanc transcodes it to little endian frames
         "wg04-robyoung/CT1_J2KR.dcm",  # JPEG 2000: Orthanc 1.10 cannot transcode; the instance is decoded here
+        "wg04-robyoung/CT1_J2KI.dcm",  # JPEG 2000 lossy (LossyImageCompression 01), decoded here
+        "wg04-robyoung/CT1_JPLL.dcm",  # JPEG Lossless, transcoded by Orthanc
+        "wg04-robyoung/CT1_JLSN.dcm",  # JPEG-LS near-lossless, transcoded by Orthanc
         "pydicom-data-1.0.0/eCT_Supplemental.dcm",  # Enhanced CT, 2 frames, per-frame positions
         "pydicom-data-1.0.0/emri_small_big_endian.dcm",  # Enhanced MR, 10 frames, big endian, 12 of 16 bits
     ],
@@ -300,7 +303,7 @@ def test_read_frames__other_encodings_equal_the_file(orthanc, edge_cases, name):
     assert problems == []
     catalog = catalog[catalog["sop_instance_uid"].isin(local["sop_instance_uid"])]
     assert len(catalog) == len(local) == int(getattr(ds, "NumberOfFrames", 1) or 1)
-    skip = LOCATION_COLUMNS + SYNTAX_COLUMNS + (["is_lossy"] if name.endswith("J2KR.dcm") else [])
+    skip = LOCATION_COLUMNS + SYNTAX_COLUMNS  # is_lossy compared: these files carry LossyImageCompression
     _compare(assign_stacks(catalog), local, skip)
     rows = catalog.sort_values("frame")
     dtype = stored_dtype(rows["bits_allocated"], rows["pixel_representation"])
@@ -311,6 +314,13 @@ def test_read_frames__other_encodings_equal_the_file(orthanc, edge_cases, name):
     if len(rows) > 2:
         picked = rows.iloc[[2, 0]]
         np.testing.assert_array_equal(read_frames(_refs(picked), dtype=dtype, access=access), expected[[2, 0]])
+    # which request served the pixels: frames when Orthanc transcodes, the whole instance when it cannot (JPEG 2000)
+    client = orthanc.client()
+    urls: list[str] = []
+    client._session.hooks["response"].append(lambda response, *a, **k: urls.append(response.request.url))
+    read_frames(_refs(rows), dtype=dtype, access=dicomweb.access_for(client=client, salt=SALT))
+    served_by = urllib.parse.urlsplit(urls[-1]).path.split("/")[-2]
+    assert served_by == ("instances" if "J2K" in name else "frames"), urls
 
 
 def test_discover__non_images_are_problems(orthanc, edge_cases):
