@@ -435,3 +435,26 @@ def test_read_frames__a_server_that_stops_answering_is_retried_then_source_error
         listener.close()
         for conn in accepted:
             conn.close()
+
+
+def test_read_frames__local_cluster_workers_read_with_the_access_they_are_sent(lidc_web, lidc_catalog, monkeypatch):
+    """Two worker processes with no credentials or salt of their own read every slice; keys show no secret."""
+    distributed = pytest.importorskip("distributed")
+    from ctframe.execution import local_cluster
+
+    orthanc, location = lidc_web
+    for name in (dicomweb.ENV_USER, dicomweb.ENV_PASSWORD, dicomweb.ENV_TOKEN, "CTFRAME_SALT"):
+        monkeypatch.delenv(name, raising=False)  # the workers inherit this environment
+    catalog, _ = lidc_catalog
+    refs = _refs(catalog.sort_values(["sop_instance_uid", "frame"], ignore_index=True))
+    access = dicomweb.access_for(location, salt=SALT)
+    threaded = read_frames(refs, dtype=np.dtype("int16"), access=access)
+    chunks = [refs[i : i + 34] for i in range(0, len(refs), 34)]
+    with local_cluster(2) as cluster, distributed.Client(cluster) as client:
+        futures = [client.submit(read_frames, chunk, dtype=np.dtype("int16"), access=access) for chunk in chunks]
+        on_cluster = np.concatenate(client.gather(futures))
+        where = client.who_has(futures)
+        keys = [str(f.key) for f in futures]
+    np.testing.assert_array_equal(on_cluster, threaded)
+    assert len({worker for workers in where.values() for worker in workers}) >= 1
+    assert not any(orthanc.password in key or orthanc.username in key for key in keys)
