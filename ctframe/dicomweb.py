@@ -53,6 +53,7 @@ From the URL's user info, else the environment: ``CTFRAME_DICOMWEB_USER`` and
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import copy
 import functools
 import hashlib
@@ -87,6 +88,8 @@ FRAME_SYNTAX = "1.2.840.10008.1.2.1"
 FRAME_MEDIA_TYPES = (("application/octet-stream", FRAME_SYNTAX),)
 #: Media types of a whole-instance request (the fallback when a server cannot transcode frames).
 INSTANCE_MEDIA_TYPES = (("application/dicom", "*"),)
+#: Series whose metadata discovery requests at once.
+METADATA_THREADS = 8
 #: Seconds to connect, and to wait for an answer, per request.
 TIMEOUT_S = (10.0, 120.0)
 #: HTTP statuses of a frames request that mean "not in this syntax" (Orthanc answers 500 for JPEG 2000).
@@ -576,9 +579,9 @@ def discover(
     -----
     **Computes** (metadata only: bulk data URIs are never followed).
     """
-    from ctframe.dicom import records_of_dataset
     from ctframe.scan import _catalog_columns
 
+    salt = resolve_salt(salt)  # once: every record and path of this scan under one salt
     is_location = isinstance(location_or_client, str | os.PathLike)
     location = os.fspath(location_or_client) if is_location else None
     if access is None:
@@ -603,25 +606,41 @@ def discover(
     series = sorted({(_first_value(s, "0020000D"), _first_value(s, "0020000E")) for s in found})
     records: list[dict[str, Any]] = []
     problems: list[dict[str, str]] = []
-    for study_uid, series_uid in series:
-        series_path = _path_of(root, key, study_uid, series_uid, "")
-        try:
-            fetch = functools.partial(client.retrieve_series_metadata, study_uid, series_uid)
-            metadata = with_retries(functools.partial(_call, fetch, series_path), series_path)
-        except DicomReadError as exc:  # gone between the search and now
-            problems.append({"path": series_path, "reason": _reason(exc, series_path)})
-            continue
-        for item in sorted(metadata, key=lambda m: _first_value(m, "00080018")):
-            path = _path_of(root, key, study_uid, series_uid, _first_value(item, "00080018"))
-            try:
-                records.extend(_records_of(item, path, key, salt, include_phi, records_of_dataset))
-            except CTFrameError as exc:
-                problems.append({"path": path, "reason": _reason(exc, path)})
+    read = functools.partial(_series_records, client, root, key, salt, include_phi)
+    # series metadata requests overlap (the server's latency dominates); results keep the series order
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, min(METADATA_THREADS, len(series)))) as pool:
+        for series_records, series_problems in pool.map(read, series):
+            records.extend(series_records)
+            problems.extend(series_problems)
     return pd.DataFrame.from_records(records, columns=_catalog_columns(include_phi)), problems
 
 
+def _series_records(
+    client: Any, root: str, key: bytes, salt: str, include_phi: bool, uids: tuple[str, str]
+) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+    """Catalog records and problems of one series, from its WADO-RS metadata."""
+    from ctframe.dicom import records_of_dataset
+
+    study_uid, series_uid = uids
+    series_path = _path_of(root, key, study_uid, series_uid, "")
+    try:
+        fetch = functools.partial(client.retrieve_series_metadata, study_uid, series_uid)
+        metadata = with_retries(functools.partial(_call, fetch, series_path), series_path)
+    except DicomReadError as exc:  # gone between the search and now
+        return [], [{"path": series_path, "reason": _reason(exc, series_path)}]
+    records: list[dict[str, Any]] = []
+    problems: list[dict[str, str]] = []
+    for item in sorted(metadata, key=lambda m: _first_value(m, "00080018")):
+        path = _path_of(root, key, study_uid, series_uid, _first_value(item, "00080018"))
+        try:
+            records.extend(_records_of(item, path, key, salt, include_phi, records_of_dataset))
+        except CTFrameError as exc:
+            problems.append({"path": path, "reason": _reason(exc, path)})
+    return records, problems
+
+
 def _records_of(
-    metadata: Mapping[str, Any], path: str, key: bytes, salt: str | None, include_phi: bool, records_of_dataset: Any
+    metadata: Mapping[str, Any], path: str, key: bytes, salt: str, include_phi: bool, records_of_dataset: Any
 ) -> list[dict[str, Any]]:
     """Catalog records of one instance's metadata (DicomReadError when pydicom cannot read it)."""
     with warnings.catch_warnings():
