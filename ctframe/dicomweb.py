@@ -556,7 +556,9 @@ def discover(
     salt, include_phi
         As in :func:`ctframe.scan`.
     access : Access, optional
-        From :func:`access_for` with the same salt (built here when omitted).
+        From :func:`access_for` with the same salt (built here when omitted
+        or without DICOMweb settings). Pass the same Access to the reads:
+        it holds the credentials and the key that opens the catalog's paths.
 
     Returns
     -------
@@ -584,7 +586,7 @@ def discover(
     salt = resolve_salt(salt)  # once: every record and path of this scan under one salt
     is_location = isinstance(location_or_client, str | os.PathLike)
     location = os.fspath(location_or_client) if is_location else None
-    if access is None:
+    if access is None or not access.dicomweb:  # none, or one with fsspec storage options only
         access = access_for(location, client=None if is_location else location_or_client, salt=salt)
     key = _key_of(access)
     if key != seal_key(salt):
