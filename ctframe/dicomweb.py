@@ -183,6 +183,13 @@ class _ClientHolder:
     def __getstate__(self) -> dict[str, Any]:
         return {"client": self.client if self.client is not None and self.picklable else None}
 
+    def __copy__(self) -> _ClientHolder:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _ClientHolder:
+        # pandas deep-copies a catalog's attrs (where an Access may live): keep the user's client, do not pickle it
+        return self
+
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.client = state["client"]
 

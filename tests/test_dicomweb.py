@@ -6,6 +6,7 @@ narrows its searches to the patients it uploaded, so it does not depend on what 
 
 from __future__ import annotations
 
+import copy
 import inspect
 import logging
 import pickle
@@ -348,6 +349,7 @@ def test_discover__client_in_python_matches_location(lidc_web, lidc_catalog):
     # a worker: the client did not pickle, so the worker rebuilds a session from its root and credentials
     clone = pickle.loads(pickle.dumps(access))
     assert clone.dicomweb["client"].client is None
+    assert copy.deepcopy(access).dicomweb["client"].client is client  # in this process (catalog attrs) it stays
     frames = read_frames(_refs(lidc.head(2)), dtype=np.dtype("int16"), access=clone)
     np.testing.assert_array_equal(frames, read_frames(_refs(lidc.head(2)), dtype=np.dtype("int16"), access=access))
     assert orthanc.password not in repr(access) and orthanc.password not in repr(clone.dicomweb["client"])
