@@ -471,8 +471,12 @@ def _call(fn: Any, what: str, *, missing: str = "read") -> Any:
         raise ConnectionResetError("connection dropped") from None
 
 
-class _TransientHTTPError(Exception):
-    """A 408, 429 or 5xx answer: :func:`ctframe.sources.with_retries` retries it (its text names the status)."""
+class _TransientHTTPError(TimeoutError):
+    """A 408, 429 or 5xx answer: :func:`ctframe.sources.with_retries` retries it as it retries timeouts.
+
+    A ``TimeoutError`` so that every such status is retried (the text match
+    of :mod:`ctframe.sources` knows only 429, 500, 502, 503 and 504).
+    """
 
 
 def _refused(exc: BaseException) -> bool:
