@@ -99,7 +99,8 @@ _SEAL_LABEL = b"ctframe.dicomweb.path-seal.v1"
 _VERSION_LABEL = b"ctframe.dicomweb.file-version.v1"
 #: Symbols of a conformant UID list (digits, dots, the separator), packed two per byte in a token.
 _NIBBLES = "0123456789.\\"
-_UID_TEXT = re.compile(r"\b\d+(?:\.\d+){3,}\b")
+#: UID-like text: five or more dotted numbers (an IPv4 address has four, and stays readable).
+_UID_TEXT = re.compile(r"\b\d+(?:\.\d+){4,}\b")
 
 
 # --------------------------------------------------------------------------- logging
