@@ -136,8 +136,7 @@ def _split_location(location: str) -> tuple[str, str | None, str | None, dict[st
         raise ParameterError(
             f"{redact(text)}: a DICOMweb location is dicomweb+http://host:port/path or dicomweb+https://..."
         )
-    netloc = parts.netloc.rpartition("@")[2]
-    root = urllib.parse.urlunsplit((parts.scheme.lower(), netloc, parts.path.rstrip("/"), "", ""))
+    root = _normal_root(text[len(_PREFIX) :])
     user = urllib.parse.unquote(parts.username) if parts.username else None
     password = urllib.parse.unquote(parts.password) if parts.password is not None else None
     filters = dict(urllib.parse.parse_qsl(parts.query, keep_blank_values=False))
@@ -214,10 +213,8 @@ def _client_settings(client: Any) -> dict[str, Any]:
             pickle.dumps(auth)
         except Exception:
             auth = None
-    root = str(client.base_url).rstrip("/")
-    parts = urllib.parse.urlsplit(root)
     return {
-        "url": urllib.parse.urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", "")),
+        "url": _normal_root(client.base_url),
         "prefixes": {k: getattr(client, k, None) for k in ("qido_url_prefix", "wado_url_prefix")},
         "headers": headers,
         "auth": list(auth) if isinstance(auth, tuple) else auth,
@@ -263,9 +260,12 @@ def access_for(
     Returns
     -------
     Access
-        Settings under ``access.dicomweb``: ``url`` (the service root, no
-        credentials), ``auth``, ``headers``, ``timeout_s``, ``seal_key`` and,
-        for a client, ``client``. Its repr names the keys only.
+        ``access.dicomweb`` maps the service root (``http(s)://host:port/path``,
+        no credentials) to its settings: ``url``, ``auth``, ``headers``,
+        ``timeout_s``, ``seal_key`` and, for a client, ``client``. Accesses of
+        several services merge with ``dict.update`` (one entry per root), and
+        credentials are only ever sent to the root they were given for. Its
+        repr names the roots only.
 
     Raises
     ------
@@ -275,8 +275,8 @@ def access_for(
     Examples
     --------
     >>> access = access_for("dicomweb+http://alice:secret@127.0.0.1:8042/dicom-web", salt="s")
-    >>> access.dicomweb["url"], "secret" in repr(access)
-    ('http://127.0.0.1:8042/dicom-web', False)
+    >>> list(access.dicomweb), "secret" in repr(access)
+    (['http://127.0.0.1:8042/dicom-web'], False)
     """
     settings: dict[str, Any] = {}
     if client is not None:
@@ -302,28 +302,27 @@ def access_for(
     else:
         raise ParameterError("access_for needs a dicomweb+http(s):// location or a dicomweb_client.DICOMwebClient")
     settings["seal_key"] = seal_key(salt).hex()
-    return Access(dicomweb=settings)
+    return Access(dicomweb={settings["url"]: settings})
 
 
 _CLIENTS: dict[tuple[str, str], Any] = {}
 _CLIENTS_LOCK = threading.Lock()
 
 
-def _client_of(access: Access, root: str) -> Any:
-    """The DICOMweb client of `access` for the service `root`, one per process and settings (connections reused).
+def _client_of(settings: Mapping[str, Any], root: str) -> Any:
+    """The DICOMweb client for the service `root` with `settings`, one per process and settings (connections reused).
 
     A user's client is used as it is (a shallow copy whose own retries are
     off: :func:`ctframe.sources.with_retries` retries); otherwise a
     ``requests.Session`` with the access's auth, headers and timeouts.
     """
-    settings = access.dicomweb
     user_client = getattr(settings.get("client"), "client", None)
-    if user_client is not None and str(user_client.base_url).rstrip("/") == _with_auth_stripped(root):
+    if user_client is not None and _normal_root(user_client.base_url) == root:
         # not cached: two clients with equal settings may differ in their sessions (hooks, auth objects)
         client = copy.copy(user_client)
         client.set_http_retry_params(retry=False)
         return client
-    key = (access.fingerprint, root)
+    key = (hashlib.sha256(json.dumps(settings, sort_keys=True, default=repr).encode()).hexdigest(), root)
     with _CLIENTS_LOCK:
         client = _CLIENTS.get(key)
         if client is not None:
@@ -351,13 +350,21 @@ def _client_of(access: Access, root: str) -> Any:
         return client
 
 
-def _with_auth_stripped(url: str) -> str:
-    parts = urllib.parse.urlsplit(url.rstrip("/"))
-    return urllib.parse.urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
+def _normal_root(url: str) -> str:
+    """A service root as catalog paths and Access keys write it: no user info, query or trailing slash."""
+    parts = urllib.parse.urlsplit(str(url))
+    netloc = parts.netloc.rpartition("@")[2]
+    return urllib.parse.urlunsplit((parts.scheme.lower(), netloc, parts.path.rstrip("/"), "", ""))
 
 
-def _key_of(access: Access) -> bytes:
-    text = access.dicomweb.get("seal_key")
+def _settings_of(access: Access | None, root: str) -> dict[str, Any]:
+    """The settings of `access` for the service `root`; without any, built from the environment (credentials, salt)."""
+    found = access.dicomweb.get(root) if access is not None else None
+    return found if isinstance(found, dict) else access_for(_PREFIX + root).dicomweb[root]
+
+
+def _key_of(settings: Mapping[str, Any]) -> bytes:
+    text = settings.get("seal_key")
     if not text:
         raise ParameterError(
             "this Access has no key to unseal DICOMweb paths; build it with ctframe.dicomweb.access_for(location, "
@@ -598,17 +605,19 @@ def discover(
     salt = resolve_salt(salt)  # once: every record and path of this scan under one salt
     is_location = isinstance(location_or_client, str | os.PathLike)
     location = os.fspath(location_or_client) if is_location else None
-    if access is None or not access.dicomweb:  # none, or one with fsspec storage options only
-        access = access_for(location, client=None if is_location else location_or_client, salt=salt)
-    key = _key_of(access)
-    if key != seal_key(salt):
-        raise ParameterError("discover: `access` was built with another salt than `salt`; build both from one salt")
     if location is not None:
         root, _, _, filters = _split_location(location)
     else:
-        root, filters = access.dicomweb["url"], {}
+        root, filters = _normal_root(location_or_client.base_url), {}
+    settings = access.dicomweb.get(root) if access is not None else None
+    if not isinstance(settings, dict):  # no access, or one for other services or fsspec only
+        built = access_for(location, client=None if is_location else location_or_client, salt=salt)
+        settings = built.dicomweb[root]
+    key = _key_of(settings)
+    if key != seal_key(salt):
+        raise ParameterError("discover: `access` was built with another salt than `salt`; build both from one salt")
     where = redact(_PREFIX + root)
-    client = _client_of(access, root)
+    client = _client_of(settings, root)
     found = with_retries(
         lambda: _call(
             lambda: client.search_for_series(search_filters=filters or None, get_remaining=True),
@@ -713,8 +722,9 @@ def read_frames(refs: Sequence[Any], *, dtype: np.dtype, access: Access | None =
     dtype : numpy dtype
         Output dtype (see :func:`ctframe.dicom.stored_dtype`).
     access : Access, optional
-        From :func:`access_for`; default: built from the path's service root,
-        the environment's credentials and the configured salt.
+        From :func:`access_for` (settings per service root). A root it has
+        no settings for (or no access at all) is read with the environment's
+        credentials and the configured salt.
 
     Returns
     -------
@@ -742,9 +752,9 @@ def read_frames(refs: Sequence[Any], *, dtype: np.dtype, access: Access | None =
         by_path.setdefault(ref.path, []).append(i)
     for path, positions in by_path.items():
         root, token = _split_path(path)
-        use = access if access is not None and access.dicomweb else access_for(_PREFIX + root)
-        study, series, instance = _unseal(_key_of(use), token, redact(path))
-        client = _client_of(use, root)
+        settings = _settings_of(access, root)  # credentials go only to the service they were given for
+        study, series, instance = _unseal(_key_of(settings), token, redact(path))
+        client = _client_of(settings, root)
         first = refs[positions[0]]
         numbers = [refs[i].frame + 1 for i in positions]
         what = f"{path} frame(s) {_ranges(numbers)}"

@@ -182,8 +182,8 @@ def test_volume__hu_and_stored_volumes_equal_the_files(lidc_catalog, lidc_local,
 def test_access__credentials_hidden_and_picklable(lidc_web, lidc_catalog):
     orthanc, location = lidc_web
     access = dicomweb.access_for(location, salt=SALT)
-    assert access.dicomweb["url"] == orthanc.dicomweb_root
-    assert access.dicomweb["auth"] == [orthanc.username, orthanc.password]
+    assert list(access.dicomweb) == [orthanc.dicomweb_root]
+    assert access.dicomweb[orthanc.dicomweb_root]["auth"] == [orthanc.username, orthanc.password]
     for text in (repr(access), str(dask.base.tokenize(access)), repr(lidc_catalog[0]["path"].tolist())):
         assert orthanc.password not in text and orthanc.username not in text
     assert dask.base.tokenize(access) == dask.base.tokenize(dicomweb.access_for(location, salt=SALT))
@@ -348,11 +348,15 @@ def test_discover__client_in_python_matches_location(lidc_web, lidc_catalog):
     assert len(lidc) == 133  # the same sealed paths as through the location
     # a worker: the client did not pickle, so the worker rebuilds a session from its root and credentials
     clone = pickle.loads(pickle.dumps(access))
-    assert clone.dicomweb["client"].client is None
-    assert copy.deepcopy(access).dicomweb["client"].client is client  # in this process (catalog attrs) it stays
+    assert clone.dicomweb[orthanc.dicomweb_root]["client"].client is None
+    assert (
+        copy.deepcopy(access).dicomweb[orthanc.dicomweb_root]["client"].client is client
+    )  # in this process (catalog attrs) it stays
     frames = read_frames(_refs(lidc.head(2)), dtype=np.dtype("int16"), access=clone)
     np.testing.assert_array_equal(frames, read_frames(_refs(lidc.head(2)), dtype=np.dtype("int16"), access=access))
-    assert orthanc.password not in repr(access) and orthanc.password not in repr(clone.dicomweb["client"])
+    assert orthanc.password not in repr(access) and orthanc.password not in repr(
+        clone.dicomweb[orthanc.dicomweb_root]["client"]
+    )
 
 
 def test_discover__access_with_another_salt_is_refused(lidc_web):
@@ -366,7 +370,11 @@ def test_access_for__rejects_other_locations():
         dicomweb.access_for("s3://bucket/prefix")
     with pytest.raises(ParameterError, match="needs a dicomweb"):
         dicomweb.access_for()
-    assert dicomweb.access_for("dicomweb+https://pacs.example/dicom-web", salt="s").dicomweb["auth"] is None
+    settings = dicomweb.access_for("dicomweb+HTTPS://pacs.example/dicom-web/?Modality=CT", salt="s").dicomweb
+    assert (
+        list(settings) == ["https://pacs.example/dicom-web"]
+        and settings["https://pacs.example/dicom-web"]["auth"] is None
+    )
 
 
 def test_read_frames__bits_above_bits_stored_are_ignored(orthanc, lidc_dir, tmp_path):
@@ -460,3 +468,47 @@ def test_read_frames__local_cluster_workers_read_with_the_access_they_are_sent(l
     np.testing.assert_array_equal(on_cluster, threaded)
     assert len({worker for workers in where.values() for worker in workers}) >= 1
     assert not any(orthanc.password in key or orthanc.username in key for key in keys)
+
+
+def test_read_frames__credentials_go_only_to_their_own_service(lidc_web, lidc_catalog, monkeypatch):
+    """A catalog row naming another server (a moved or forged path) never gets this server's password."""
+    import socket
+    import threading
+
+    import ctframe.sources
+
+    orthanc, location = lidc_web
+    catalog, _ = lidc_catalog
+    for name in (dicomweb.ENV_USER, dicomweb.ENV_PASSWORD, dicomweb.ENV_TOKEN):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(ctframe.sources, "RETRIES", 0)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    received: list[bytes] = []
+
+    def serve_once() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            received.append(conn.recv(65536))
+            conn.sendall(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+
+    thread = threading.Thread(target=serve_once, daemon=True)
+    thread.start()
+    other_root = f"dicomweb+http://127.0.0.1:{listener.getsockname()[1]}/dicom-web"
+    token = catalog["path"].iloc[0].split("#", 1)[1]
+    forged = catalog.head(1).assign(path=f"{other_root}#{token}")
+    # one Access for two services (merged as scan merges them): each root keeps its own settings
+    ours = dicomweb.access_for(location, salt=SALT)
+    theirs = dicomweb.access_for(other_root, salt=SALT)
+    merged = ctframe.sources.Access(dicomweb={**ours.dicomweb, **theirs.dicomweb})
+    assert read_frames(_refs(catalog.head(1)), dtype=np.dtype("int16"), access=merged).shape == (1, 512, 512)
+    try:
+        with pytest.raises(SourceError, match="access denied"):
+            read_frames(_refs(forged), dtype=np.dtype("int16"), access=merged)
+        thread.join(10)
+    finally:
+        listener.close()
+    request = b"".join(received)
+    assert request.startswith(b"GET /dicom-web/studies/")
+    assert b"authorization" not in request.lower() and orthanc.password.encode() not in request
