@@ -33,10 +33,10 @@ TOKEN seals the three original UIDs with AES-SIV (a deterministic,
 authenticated cipher: the same instance always gets the same path, and a
 forged or altered token is refused), base64url-encoded. Its key is derived
 from the pseudonym salt (HMAC-SHA256 of a fixed label, keyed by
-:func:`ctframe.privacy.resolve_salt`) and travels in the :class:`Access` that
-read tasks carry, so workers of a distributed cluster unseal paths without the
-salt; a persisted catalog reopened with the same salt rebuilds the same
-Access. ``file_version`` is a keyed hash of the instance's metadata (bulk data
+:func:`ctframe.privacy.resolve_salt`) and travels in the
+:class:`~ctframe.sources.Access` that read tasks carry, so workers of a
+distributed cluster unseal paths without the salt; a persisted catalog
+reopened with the same salt rebuilds the same Access. ``file_version`` is a keyed hash of the instance's metadata (bulk data
 and retrieve URLs left out): a new instance, or a changed header, is a new
 version. Error messages name the redacted service root and the catalog path,
 never credentials or original UIDs.
@@ -47,7 +47,16 @@ From the URL's user info, else the environment: ``CTFRAME_DICOMWEB_USER`` and
 ``CTFRAME_DICOMWEB_PASSWORD`` (HTTP basic auth) or ``CTFRAME_DICOMWEB_TOKEN``
 (an ``Authorization: Bearer`` token), or the ``username``/``password``/``token``/
 ``headers`` arguments of :func:`access_for`. They live in
-``Access.dicomweb``, which no repr, log, dask key or message shows.
+``Access.dicomweb`` under the service root they were given for (and are sent
+to that root only), which no repr, log, dask key or message shows; a root
+an Access has no settings for is read with the environment's credentials.
+HTTPS certificates are checked by requests (``REQUESTS_CA_BUNDLE`` names a
+private CA). dicomweb-client and urllib3 log request URLs at INFO/DEBUG
+level: this module masks the UIDs in those records.
+
+Decimal strings arrive as JSON numbers in DICOM JSON, so their text is
+rebuilt the shortest way (``-600``, ``0.703125``): a file's ``49.0000`` reads
+``49`` in the text columns (window centre and width); the numbers are equal.
 """
 
 from __future__ import annotations
