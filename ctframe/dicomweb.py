@@ -36,10 +36,11 @@ from the pseudonym salt (HMAC-SHA256 of a fixed label, keyed by
 :func:`ctframe.privacy.resolve_salt`) and travels in the
 :class:`~ctframe.sources.Access` that read tasks carry, so workers of a
 distributed cluster unseal paths without the salt; a persisted catalog
-reopened with the same salt rebuilds the same Access. ``file_version`` is a keyed hash of the instance's metadata (bulk data
-and retrieve URLs left out): a new instance, or a changed header, is a new
-version. Error messages name the redacted service root and the catalog path,
-never credentials or original UIDs.
+reopened with the same salt rebuilds the same Access. ``file_version`` is a
+keyed hash of the instance's metadata (bulk data and retrieve URLs left out):
+a new instance, or a changed header, is a new version. Error messages name
+the redacted service root and the catalog path, never credentials or
+original UIDs.
 
 Credentials
 -----------
@@ -832,4 +833,8 @@ def _decode_instance(ds: Any, numbers: list[int], what: str) -> list[np.ndarray]
     n_frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
     if n_frames == 1:
         pixels = pixels[np.newaxis]
+    if max(numbers) > len(pixels):
+        raise DicomReadError(
+            f"{what}: the instance holds {len(pixels)} frame(s) now; if it changed since the scan, scan again"
+        )
     return [np.asarray(pixels[n - 1]) for n in numbers]
