@@ -115,7 +115,7 @@ def test_discover__catalog_equals_local_scan(lidc_catalog, lidc_local):
     assert catalog["path"].str.startswith(lidc_catalog[0]["path"].iloc[0].split("#")[0] + "#").all()
 
 
-def test_discover__retrieves_no_pixel_data(orthanc, lidc_web, lidc_files, counting_proxy):
+def test_discover__retrieves_no_pixel_data(orthanc, lidc_web, lidc_catalog, counting_proxy):
     proxy = counting_proxy("127.0.0.1", orthanc.port)
     through_proxy = _with_credentials(f"dicomweb+{proxy.url}/dicom-web", *orthanc.auth, f"PatientID={LIDC_PATIENT}")
     catalog, _ = dicomweb.discover(through_proxy, salt=SALT)
@@ -123,6 +123,9 @@ def test_discover__retrieves_no_pixel_data(orthanc, lidc_web, lidc_files, counti
     discovery_bytes = proxy.total_bytes
     assert len(catalog) == 133
     assert 0 < discovery_bytes < 0.02 * pixel_bytes, (discovery_bytes, pixel_bytes)
+    # versions come from the metadata, not from the address it was fetched through (the proxy's port)
+    assert sorted(catalog["file_version"]) == sorted(lidc_catalog[0]["file_version"])
+    assert not set(catalog["path"]) & set(lidc_catalog[0]["path"])
     # the proxy does count pixels: one frame read through it moves at least that frame's bytes
     proxy.reset()
     one = read_frames(
