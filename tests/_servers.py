@@ -1,14 +1,21 @@
 """Real servers on loopback for the remote-source tests: Orthanc with DICOMweb, moto's S3 server, a counting proxy.
 
 Each server is a real process started here on 127.0.0.1 with a free port and its own temporary directory,
-so xdist workers never share one. A test module imports the fixtures it needs::
+so xdist workers never share one. tests/conftest.py registers the fixtures, so a test only names them; the
+classes and helpers are imported from here::
 
-    from _servers import CountingProxy, orthanc, s3_server  # noqa: F401  (pytest finds fixtures by name)
+    from _servers import CountingProxy, unused_port
 
-    def test_series_over_dicomweb(orthanc, lidc_dir):
-        orthanc.upload(sorted(lidc_dir.glob("*.dcm"))[:5])
-        client = orthanc.client()
-        ...
+    def test_series_over_dicomweb(empty_orthanc, lidc_dir):
+        empty_orthanc.upload(sorted(lidc_dir.glob("*.dcm"))[:5])
+        with CountingProxy("127.0.0.1", empty_orthanc.port) as proxy:
+            client = empty_orthanc.client(proxy.url + "/dicom-web")
+            ...
+        assert not any("/frames/" in r.target for r in proxy.requests)
+
+Fixtures: ``orthanc`` (session), ``empty_orthanc`` (the same, emptied), ``s3_server`` (session, checks no
+credentials), ``s3_server_auth`` (session, a second server that checks them), ``s3_env`` (``s3_server`` with its
+endpoint and credentials in this test's environment), ``counting_proxy`` (a factory of proxies closed afterwards).
 
 When the Orthanc binary, its DICOMweb plugin or moto is missing, the fixtures skip with the reason; under
 ``CI=true`` they fail instead (``.ci/run`` installs Orthanc; the test extra installs moto).
@@ -64,6 +71,28 @@ def free_port() -> int:
 def unused_port() -> int:
     """A loopback port with no listener: connecting to it is refused (for "server unreachable" tests)."""
     return free_port()
+
+
+def _parent_death_signal():
+    """A ``preexec_fn`` (Linux) that has the kernel SIGTERM the server when the test process dies, or None.
+
+    Session fixtures stop their servers at teardown; this covers a killed or crashed pytest (xdist) worker, so no
+    server outlives it. The C function is looked up here, in the parent, so the child only makes one call.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    pr_set_pdeathsig, sigterm = 1, int(signal.SIGTERM)
+
+    def preexec() -> None:
+        prctl(pr_set_pdeathsig, sigterm)
+
+    return preexec
 
 
 def _log_tail(path: Path, lines: int = 40) -> str:
@@ -124,7 +153,7 @@ def find_orthanc() -> tuple[str, str] | None:
     plugin = os.environ.get("CTFRAME_ORTHANC_DICOMWEB") or next(
         (p for p in DICOMWEB_PLUGIN_CANDIDATES if Path(p).is_file()), None
     )
-    if binary is None or plugin is None:
+    if binary is None or plugin is None or not os.access(binary, os.X_OK) or not Path(plugin).is_file():
         return None
     return binary, plugin
 
@@ -223,6 +252,7 @@ class OrthancServer:
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     cwd=self.workdir,
+                    preexec_fn=_parent_death_signal(),
                 )
             try:
                 _wait_http(self._proc, f"{self.base_url}/system", self.log_path, "Orthanc", auth=self.auth)
@@ -322,6 +352,18 @@ def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancServer]
         server.stop()
 
 
+@pytest.fixture
+def empty_orthanc(orthanc: OrthancServer) -> OrthancServer:
+    """The session's `orthanc`, running (restarted if a test stopped it) and emptied, for a test that loads its own.
+
+    The session's Orthanc is shared by every test a worker runs (several modules under ``--dist loadfile``), so a
+    test that counts what Orthanc holds should ask for this one.
+    """
+    orthanc.start()
+    orthanc.delete_all()
+    return orthanc
+
+
 # --------------------------------------------------------------------------------------------- S3 (moto)
 
 
@@ -333,8 +375,11 @@ class S3Server:
     ----------
     endpoint_url : str
         ``http://127.0.0.1:PORT``.
+    key, secret : str
+        The credentials the helpers use: moto's fake ``testing``/``testing`` (accepted while moto checks nothing),
+        or after `enforce_auth` an access key pair moto generated for an IAM user (the secret is left out of repr).
     env : dict
-        Environment variables that point boto3/s3fs at this server with the fake credentials
+        Environment variables that point boto3/s3fs at this server with `key` and `secret`
         (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_DEFAULT_REGION``, ``AWS_ENDPOINT_URL``, and empty
         config/credential files so a user's own AWS setup is never read). Use with ``monkeypatch.setenv`` or
         a subprocess's ``env=``; the fixture itself changes no environment variable.
@@ -344,6 +389,9 @@ class S3Server:
 
     workdir: Path
     port: int = 0
+    key: str = FAKE_AWS["AWS_ACCESS_KEY_ID"]
+    secret: str = field(default=FAKE_AWS["AWS_SECRET_ACCESS_KEY"], repr=False)
+    region: str = FAKE_AWS["AWS_DEFAULT_REGION"]
     _proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -359,7 +407,9 @@ class S3Server:
         empty = self.workdir / "aws-empty"
         empty.touch()
         return {
-            **FAKE_AWS,
+            "AWS_ACCESS_KEY_ID": self.key,
+            "AWS_SECRET_ACCESS_KEY": self.secret,
+            "AWS_DEFAULT_REGION": self.region,
             "AWS_ENDPOINT_URL": self.endpoint_url,
             "AWS_CONFIG_FILE": str(empty),
             "AWS_SHARED_CREDENTIALS_FILE": str(empty),
@@ -368,9 +418,9 @@ class S3Server:
     @property
     def storage_options(self) -> dict[str, Any]:
         return {
-            "key": FAKE_AWS["AWS_ACCESS_KEY_ID"],
-            "secret": FAKE_AWS["AWS_SECRET_ACCESS_KEY"],
-            "client_kwargs": {"endpoint_url": self.endpoint_url, "region_name": FAKE_AWS["AWS_DEFAULT_REGION"]},
+            "key": self.key,
+            "secret": self.secret,
+            "client_kwargs": {"endpoint_url": self.endpoint_url, "region_name": self.region},
         }
 
     def start(self) -> None:
@@ -388,6 +438,7 @@ class S3Server:
                     stderr=subprocess.STDOUT,
                     cwd=self.workdir,
                     env=env,
+                    preexec_fn=_parent_death_signal(),
                 )
             try:
                 _wait_http(self._proc, f"{self.endpoint_url}/moto-api/", self.log_path, "moto server")
@@ -403,17 +454,35 @@ class S3Server:
         _stop_process(self._proc)
         self._proc = None
 
-    def client(self):
-        """A boto3 S3 client for this server with the fake credentials (nothing read from the environment)."""
+    def client(self, service: str = "s3"):
+        """A boto3 client for this server with `key` and `secret` (nothing read from the environment)."""
         import boto3
 
         return boto3.client(
-            "s3",
+            service,
             endpoint_url=self.endpoint_url,
-            aws_access_key_id=FAKE_AWS["AWS_ACCESS_KEY_ID"],
-            aws_secret_access_key=FAKE_AWS["AWS_SECRET_ACCESS_KEY"],
-            region_name=FAKE_AWS["AWS_DEFAULT_REGION"],
+            aws_access_key_id=self.key,
+            aws_secret_access_key=self.secret,
+            region_name=self.region,
         )
+
+    def enforce_auth(self) -> None:
+        """From now on moto checks every request: only `key`/`secret` (a new IAM user's, allowed ``s3:*``) pass.
+
+        Wrong or unknown credentials, or none (``anon=True``), then get HTTP 403. This cannot be undone for the
+        process, so use it on its own server (the `s3_server_auth` fixture), never on the shared `s3_server`.
+        """
+        import requests
+
+        iam = self.client("iam")
+        user = "ctframe-" + secrets.token_hex(4)
+        iam.create_user(UserName=user)
+        policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}
+        iam.put_user_policy(UserName=user, PolicyName="s3-all", PolicyDocument=json.dumps(policy))
+        access_key = iam.create_access_key(UserName=user)["AccessKey"]
+        self.key, self.secret = access_key["AccessKeyId"], access_key["SecretAccessKey"]
+        # moto's switch: authenticate every request after 0 more unauthenticated ones
+        requests.post(f"{self.endpoint_url}/moto-api/reset-auth", data=b"0", timeout=30).raise_for_status()
 
     def filesystem(self, **kwargs: Any):
         """A fresh (uncached) `s3fs.S3FileSystem` on this server; `kwargs` are added to `storage_options`."""
@@ -421,10 +490,13 @@ class S3Server:
 
         return s3fs.S3FileSystem(skip_instance_cache=True, **{**self.storage_options, **kwargs})
 
-    def make_bucket(self, name: str | None = None) -> str:
-        """Create a bucket (a unique name by default) and return its name."""
+    def make_bucket(self, name: str | None = None, *, versioned: bool = False) -> str:
+        """Create a bucket (a unique name by default; with object versions if `versioned`) and return its name."""
         name = name or "ctframe-" + secrets.token_hex(6)
-        self.client().create_bucket(Bucket=name)
+        client = self.client()
+        client.create_bucket(Bucket=name)
+        if versioned:
+            client.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})
         return name
 
     def upload_tree(self, local_dir: str | os.PathLike[str], bucket: str, prefix: str = "") -> list[str]:
@@ -473,6 +545,23 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
         server.stop()
 
 
+@pytest.fixture(scope="session")
+def s3_server_auth(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """A second moto S3 server that checks credentials (`S3Server.enforce_auth`): wrong or no credentials get 403."""
+    for module in ("moto.server", "boto3", "s3fs", "requests"):
+        try:
+            __import__(module)
+        except ImportError as exc:
+            missing(f"{exc.name} is not installed (needs moto[server], boto3, s3fs: pip install -e '.[test]')")
+    server = S3Server(workdir=tmp_path_factory.mktemp("moto-auth"))
+    server.start()
+    try:
+        server.enforce_auth()
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.fixture
 def s3_env(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> S3Server:
     """`s3_server` with its fake credentials and endpoint in this test's environment (undone afterwards)."""
@@ -484,6 +573,94 @@ def s3_env(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> S3Server:
 
 
 # --------------------------------------------------------------------------------------------- counting proxy
+
+
+@dataclass(frozen=True)
+class HttpRequest:
+    """One HTTP/1.x request seen by `CountingProxy`: method, target (path and query) and headers (lower-case names)."""
+
+    method: str
+    target: str
+    headers: dict[str, str] = field(hash=False)
+
+    @property
+    def range(self) -> tuple[int, int | None] | None:
+        """The first ``Range: bytes=START-END`` as ``(start, end inclusive or None)``; None without one."""
+        value = self.headers.get("range", "")
+        if not value.startswith("bytes="):
+            return None
+        start, _, end = value[len("bytes=") :].split(",")[0].strip().partition("-")
+        if not start:
+            return None  # a suffix range ("bytes=-N")
+        return int(start), (int(end) if end else None)
+
+
+class _RequestParser:
+    """Splits a client's HTTP/1.x stream into requests (Content-Length or chunked bodies); gives up on non-HTTP."""
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self._body_left = 0  # bytes of the current body still to skip
+        self._chunked = False
+        self.broken = False
+
+    def feed(self, data: bytes) -> list[HttpRequest]:
+        if self.broken:
+            return []
+        self._buffer += data
+        found = []
+        try:
+            while True:
+                if self._body_left:
+                    skip = min(self._body_left, len(self._buffer))
+                    self._buffer = self._buffer[skip:]
+                    self._body_left -= skip
+                    if self._body_left:
+                        return found
+                if self._chunked:
+                    if not self._skip_chunk():
+                        return found
+                    continue
+                end = self._buffer.find(b"\r\n\r\n")
+                if end < 0:
+                    if len(self._buffer) > 1 << 20:
+                        raise ValueError("no end of headers")
+                    return found
+                head, self._buffer = self._buffer[:end].decode("latin-1"), self._buffer[end + 4 :]
+                request_line, *header_lines = head.split("\r\n")
+                method, target, version = request_line.split(" ")
+                if not version.startswith("HTTP/"):
+                    raise ValueError(version)
+                headers = {}
+                for line in header_lines:
+                    name, _, value = line.partition(":")
+                    headers[name.strip().lower()] = value.strip()
+                found.append(HttpRequest(method, target, headers))
+                if "chunked" in headers.get("transfer-encoding", "").lower():
+                    self._chunked = True
+                else:
+                    self._body_left = int(headers.get("content-length", "0") or 0)
+        except (ValueError, UnicodeDecodeError):
+            self.broken = True
+            return found
+
+    def _skip_chunk(self) -> bool:
+        """Skip one chunk of a chunked body; False when more bytes are needed."""
+        line_end = self._buffer.find(b"\r\n")
+        if line_end < 0:
+            return False
+        size = int(self._buffer[:line_end].split(b";")[0], 16)
+        if size == 0:  # last chunk, then optional trailers and an empty line
+            end = self._buffer.find(b"\r\n\r\n", line_end)
+            if end < 0:
+                return False
+            self._buffer = self._buffer[end + 4 :]
+            self._chunked = False
+            return True
+        if len(self._buffer) < line_end + 2 + size + 2:
+            return False
+        self._buffer = self._buffer[line_end + 2 + size + 2 :]
+        return True
 
 
 class CountingProxy:
@@ -502,12 +679,16 @@ class CountingProxy:
         Bytes forwarded server -> client and client -> server since the last `reset`.
     connections : int
         Connections accepted since the last `reset`.
+    requests : list of HttpRequest
+        The HTTP/1.x requests clients sent since the last `reset` (method, target, headers; parsed from the
+        client's bytes, which are forwarded unchanged). A connection whose bytes are not HTTP adds none.
 
     Examples
     --------
     >>> with CountingProxy("127.0.0.1", orthanc.port) as proxy:  # doctest: +SKIP
     ...     requests.get(proxy.url + "/system", auth=orthanc.auth)
     ...     assert proxy.bytes_to_client > 0
+    ...     assert [r.target for r in proxy.requests] == ["/system"]
     """
 
     def __init__(self, target_host: str, target_port: int) -> None:
@@ -525,6 +706,7 @@ class CountingProxy:
         self.bytes_to_client = 0
         self.bytes_to_server = 0
         self.connections = 0
+        self.requests: list[HttpRequest] = []
         self._accept_thread = threading.Thread(target=self._accept_loop, name="counting-proxy", daemon=True)
         self._accept_thread.start()
 
@@ -540,6 +722,7 @@ class CountingProxy:
         """Set all counters back to zero (connections already open keep being counted)."""
         with self._lock:
             self.bytes_to_client = self.bytes_to_server = self.connections = 0
+            self.requests = []
 
     def counts(self) -> dict[str, int]:
         """A snapshot: ``{"bytes_to_client": ..., "bytes_to_server": ..., "connections": ...}``."""
@@ -571,19 +754,24 @@ class CountingProxy:
                 self._sockets.update((client, upstream))
             pair = [0]  # pumps of this connection that finished
             for src, dst, name in ((client, upstream, "bytes_to_server"), (upstream, client, "bytes_to_client")):
-                thread = threading.Thread(target=self._pump, args=(src, dst, name, pair), daemon=True)
+                parser = _RequestParser() if name == "bytes_to_server" else None
+                thread = threading.Thread(target=self._pump, args=(src, dst, name, pair, parser), daemon=True)
                 thread.start()
                 self._threads.append(thread)
 
-    def _pump(self, src: socket.socket, dst: socket.socket, counter: str, finished: list[int]) -> None:
+    def _pump(
+        self, src: socket.socket, dst: socket.socket, counter: str, finished: list[int], parser: _RequestParser | None
+    ) -> None:
         try:
             while True:
                 data = src.recv(65536)
                 if not data:
                     break
                 # count before forwarding: once a client has its bytes, the counters already include them
+                seen = parser.feed(data) if parser is not None else []
                 with self._lock:
                     setattr(self, counter, getattr(self, counter) + len(data))
+                    self.requests.extend(seen)
                 dst.sendall(data)
         except OSError:
             pass

@@ -14,7 +14,7 @@ import pytest
 
 # Loopback servers for the remote-source tests (Orthanc with DICOMweb, moto's S3, a counting proxy): fixtures
 # available to every test module by name; a server starts only when a test asks for it (see tests/_servers.py).
-from _servers import counting_proxy, orthanc, s3_env, s3_server  # noqa: F401
+from _servers import counting_proxy, empty_orthanc, orthanc, s3_env, s3_server, s3_server_auth  # noqa: F401
 from hypothesis import settings
 
 from ctframe.testing import PhantomTruth, write_phantom_series
