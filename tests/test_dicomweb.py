@@ -123,6 +123,9 @@ def test_discover__retrieves_no_pixel_data(orthanc, lidc_web, lidc_catalog, coun
     discovery_bytes = proxy.total_bytes
     assert len(catalog) == 133
     assert 0 < discovery_bytes < 0.02 * pixel_bytes, (discovery_bytes, pixel_bytes)
+    targets = [urllib.parse.urlsplit(r.target).path for r in proxy.requests]
+    assert targets and all(t.endswith(("/series", "/metadata")) for t in targets), targets
+    assert all(r.method == "GET" for r in proxy.requests)
     # versions come from the metadata, not from the address it was fetched through (the proxy's port)
     assert sorted(catalog["file_version"]) == sorted(lidc_catalog[0]["file_version"])
     assert not set(catalog["path"]) & set(lidc_catalog[0]["path"])
