@@ -38,6 +38,8 @@ _SOURCES: dict[str, str] = {
             "QCWarning",
             "ScanWarning",
             "ShortStackError",
+    "SourceError",
+            "SourceError",
             "UnsupportedDicomError",
         ),
         "ctframe.errors",

@@ -36,7 +36,16 @@ from pydicom.values import convert_value, default_encoding
 from ctframe.errors import CTFrameError, DicomReadError, UnsupportedDicomError
 from ctframe.header_fastpath import _LONG_VRS, RawHeader, element_vr, parse_header
 from ctframe.privacy import date_offset_days, patient_key, pseudonymous_uid, resolve_salt, shift_date
-from ctframe.sources import Access, is_dicomweb, is_remote, local_path, open_for_header, read_range, redact
+from ctframe.sources import (
+    HEADER_BLOCK_BYTES,
+    Access,
+    is_dicomweb,
+    is_remote,
+    local_path,
+    open_for_header,
+    read_range,
+    redact,
+)
 
 __all__ = [
     "NATIVE_LITTLE_ENDIAN",
@@ -309,6 +318,25 @@ def _multi_str(value: Any) -> str:
         return str(value)
 
 
+def _decimal_text(value: Any) -> str:
+    """Decimal string values (WindowCenter...) as their shortest exact text, ``\\``-joined.
+
+    ``"49.0000"`` and the JSON number ``49`` of a DICOMweb server both give ``"49"``, so a
+    catalog is the same whichever source it came from; text that is no number is kept as it is.
+    """
+    text = _multi_str(value)
+    parts = text.split("\\") if text else []
+    out = []
+    for part in parts:
+        try:
+            number = float(part)
+        except ValueError:
+            out.append(part.strip())
+            continue
+        out.append(np.format_float_positional(number, trim="-") if math.isfinite(number) else part.strip())
+    return "\\".join(out)
+
+
 def _first_item(seq: Any) -> Dataset | None:
     try:
         return seq[0] if seq else None
@@ -391,7 +419,10 @@ def _open_dataset(path: str, access: Access | None = None) -> tuple[Header, int,
             fp.seek(0)
             if magic == b"\x1f\x8b":
                 raise DicomReadError(f"{where}: gzip-compressed file, not DICOM; decompress it (gunzip) and scan again")
-            ds: Header | None = parse_header(fp, size)  # common layouts, read as pydicom would
+            # common layouts, read as pydicom would; remote files in ranged requests of one block
+            ds: Header | None = (
+                parse_header(fp, size, chunk=HEADER_BLOCK_BYTES) if is_remote(path) else parse_header(fp, size)
+            )
             if ds is not None:
                 fp.seek(size if ds.pixel_element_offset < 0 else ds.pixel_element_offset)
             else:
@@ -552,8 +583,15 @@ def _records(path: str, *, salt: str | None, include_phi: bool, access: Access |
     if not (has_pixels or _get_int(ds, "Rows") <= 0 or _get_int(ds, "Columns") <= 0):
         has_pixels = _has_pixels_full_read(path, access)  # deflated streams hide the tag from a header read
     return records_of_dataset(
-        ds, path=path, file_size=size, file_version=version, pixel_data_offset=offset, has_pixels=has_pixels,
-        undefined_length=undefined_length, salt=salt, include_phi=include_phi,
+        ds,
+        path=path,
+        file_size=size,
+        file_version=version,
+        pixel_data_offset=offset,
+        has_pixels=has_pixels,
+        undefined_length=undefined_length,
+        salt=salt,
+        include_phi=include_phi,
     )
 
 
@@ -772,8 +810,8 @@ def _geometry(ds: Dataset, per_frame: Dataset | None, shared: Dataset | None) ->
         "rescale_slope": _float(slope),
         "rescale_intercept": _float(intercept),
         "rescale_type": normalise_rescale_type(pick("PixelValueTransformationSequence", "RescaleType")),
-        "window_center": _multi_str(pick("FrameVOILUTSequence", "WindowCenter")),
-        "window_width": _multi_str(pick("FrameVOILUTSequence", "WindowWidth")),
+        "window_center": _decimal_text(pick("FrameVOILUTSequence", "WindowCenter")),
+        "window_width": _decimal_text(pick("FrameVOILUTSequence", "WindowWidth")),
     }
 
 
@@ -937,7 +975,8 @@ def _read_native_into(ref: SliceRef, target: np.ndarray, access: Access | None =
     if done != target.nbytes:
         raise DicomReadError(
             f"{redact(ref.path)}: pixel data truncated (frame {ref.frame} needs {target.size} values, "
-            f"found {done // target.itemsize}); if the file changed since it was scanned, scan again"
+            f"found {done // target.itemsize})"
+            + ("; if it changed since it was scanned, scan again" if is_remote(ref.path) else "")
         )
     if ref.bits_stored < ref.bits_allocated:
         keep_stored_bits(target, ref.bits_stored)
@@ -1106,9 +1145,7 @@ def _decode_file(refs: Sequence[SliceRef], access: Access | None = None) -> list
     try:
         arrays = _read_with_imagecodecs(first, frames, access) if path == "imagecodecs" else None
         if arrays is None:
-            arrays = _read_with_pydicom(
-                first.path, frames, first.number_of_frames, first.transfer_syntax_uid, access
-            )
+            arrays = _read_with_pydicom(first.path, frames, first.number_of_frames, first.transfer_syntax_uid, access)
     except CTFrameError:  # ours (e.g. a file changed since the scan) already names the file: not wrapped again
         raise
     except BaseException as exc:  # decoders raise many types

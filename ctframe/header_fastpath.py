@@ -187,11 +187,12 @@ class _Decline(Exception):
 class _Reader:
     """A file read through a buffer that grows on demand (offsets are file offsets)."""
 
-    def __init__(self, fp: BinaryIO, size: int) -> None:
+    def __init__(self, fp: BinaryIO, size: int, chunk: int = _CHUNK) -> None:
         self.fp = fp
         self.size = size
+        self.chunk = chunk
         self.start = 0
-        self.buf = fp.read(_CHUNK)
+        self.buf = fp.read(chunk)
 
     def window(self, position: int, length: int) -> tuple[bytes, int]:
         """A buffer holding bytes [position, position + length) and the buffer's start offset."""
@@ -199,12 +200,12 @@ class _Reader:
             if position + length > self.size:
                 raise _Decline  # a cut element: pydicom decides what a truncated file gives
             self.fp.seek(position)
-            self.buf = self.fp.read(max(length, _CHUNK))
+            self.buf = self.fp.read(max(length, self.chunk))
             self.start = position
         return self.buf, self.start
 
 
-def parse_header(fp: BinaryIO, size: int) -> RawHeader | None:
+def parse_header(fp: BinaryIO, size: int, *, chunk: int = _CHUNK) -> RawHeader | None:
     """Parse the header of an open file as ``pydicom.dcmread(fp, stop_before_pixels=True)`` would.
 
     Parameters
@@ -213,6 +214,8 @@ def parse_header(fp: BinaryIO, size: int) -> RawHeader | None:
         Positioned at the start of the file.
     size : int
         The file's size in bytes.
+    chunk : int
+        Bytes read at a time (a remote file is read in ranged requests of this size).
 
     Returns
     -------
@@ -228,7 +231,7 @@ def parse_header(fp: BinaryIO, size: int) -> RawHeader | None:
     if not fast_path_enabled():
         return None
     try:
-        return _parse(_Reader(fp, size))
+        return _parse(_Reader(fp, size, chunk))
     except Exception:  # _Decline, or anything unexpected in an odd file: pydicom decides
         return None
 

@@ -290,6 +290,7 @@ def list_files(location: str | os.PathLike[str], access: Access | None = None) -
             infos.append(FileInfo(path, info.st_size, str(info.st_mtime_ns)))
         return infos
     fs, root = filesystem(text, access)
+    fs.invalidate_cache()  # a listing is always fresh: fsspec filesystems cache directory listings
 
     def find() -> dict[str, dict[str, Any]]:
         if fs.isfile(root):
@@ -323,8 +324,8 @@ def open_for_header(path: str, access: Access | None = None) -> Iterator[tuple[I
     """Open `path` for a header read: the file object, its size and its version.
 
     Remote files are read in ranged requests of :data:`HEADER_BLOCK_BYTES`
-    that grow only when the header is longer (fsspec's read-ahead cache),
-    never the whole object.
+    blocks, a further block only when the header is longer (fsspec's block
+    cache), never the whole object.
     """
     if not is_remote(path):
         local = local_path(path)
@@ -336,7 +337,7 @@ def open_for_header(path: str, access: Access | None = None) -> Iterator[tuple[I
     info = with_retries(lambda: fs.info(inner), redact(path))
     size = int(info.get("size") or 0)
     fp = with_retries(
-        lambda: fs.open(inner, "rb", block_size=HEADER_BLOCK_BYTES, cache_type="readahead", size=size),
+        lambda: fs.open(inner, "rb", block_size=HEADER_BLOCK_BYTES, cache_type="blockcache", size=size),
         redact(path),
     )
     try:

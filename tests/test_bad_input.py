@@ -369,7 +369,10 @@ def _dicomdir(folder: Path, files: list[Path]) -> list[Path]:
 
 
 def _fail_with_eacces(monkeypatch: pytest.MonkeyPatch, victim: Path) -> None:
-    """Make opening `victim` fail with EACCES inside ctframe.dicom (root ignores chmod 000)."""
+    """Make opening `victim` fail with EACCES inside ctframe (root ignores chmod 000).
+
+    Headers are opened by ctframe.sources, pixels by ctframe.dicom.
+    """
     real_open = open
 
     def guarded(file, *args, **kwargs):  # type: ignore[no-untyped-def]
@@ -378,6 +381,7 @@ def _fail_with_eacces(monkeypatch: pytest.MonkeyPatch, victim: Path) -> None:
         return real_open(file, *args, **kwargs)
 
     monkeypatch.setattr(dicom, "open", guarded, raising=False)
+    monkeypatch.setattr(ctframe.sources, "open", guarded, raising=False)
 
 
 CASES: dict[str, Case] = {

@@ -653,7 +653,10 @@ def test_cli__options_are_checked_before_any_work(
     [
         (["summarize", ".", "-o", "o", "--workers", "two"], r"Invalid value for '--workers'.*\(see `ctframe summarize"),
         (["demo", "--patients", "0"], r"Invalid value for '--patients'.*greater than or equal to 1"),
-        (["scan", ".", "--no-such-option"], r"No such option: --no-such-option \(see `ctframe scan --help`\)"),
+        (
+            ["scan", ".", "--no-such-option"],
+            r"No such option: --no-such-option( \(Possible options: [^)]*\))? \(see `ctframe scan --help`\)",
+        ),
     ],
 )
 def test_cli__usage_errors_are_one_line_with_exit_2(tmp_path: Path, args: list[str], message: str) -> None:
