@@ -2,7 +2,8 @@
 
 They are stored without outputs; executing them here keeps them from rotting.
 Notebook 01 uses ../shared/data when present and a phantom otherwise; 02-04 write
-a phantom cohort into a temporary folder.
+a phantom cohort into a temporary folder; 05 opens the LIDC chest CT from an Orthanc
+(DICOMweb) and a moto S3 server that the test starts on 127.0.0.1 (tests/_servers.py).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from nbclient import NotebookClient
 from PIL import Image
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
-NAMES = ("01_one_series", "02_cohort", "03_longitudinal", "04_distributed")
+NAMES = ("01_one_series", "02_cohort", "03_longitudinal", "04_distributed", "05_remote")
 KERNEL = "python3"
 
 
@@ -49,10 +50,27 @@ def test_notebooks__stored_without_outputs():
         assert all(c.outputs == [] and c.execution_count is None for c in code), name
 
 
+def _remote_sources(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Notebook 05's sources: the LIDC series in a loopback Orthanc and a loopback S3 bucket, named in the env."""
+    lidc = sorted(request.getfixturevalue("lidc_dir").glob("*.dcm"))
+    orthanc, s3 = request.getfixturevalue("orthanc"), request.getfixturevalue("s3_server")
+    orthanc.upload(lidc)
+    bucket = s3.make_bucket()
+    s3.upload_files(lidc, bucket, "cohort/lidc")
+    for name, value in s3.env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("CTFRAME_DICOMWEB_USER", orthanc.username)
+    monkeypatch.setenv("CTFRAME_DICOMWEB_PASSWORD", orthanc.password)
+    monkeypatch.setenv("CTFRAME_EXAMPLE_DICOMWEB", orthanc.dicomweb_url + "?PatientID=LIDC-IDRI-0001")
+    monkeypatch.setenv("CTFRAME_EXAMPLE_S3", s3.url(bucket, "cohort"))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
-def test_execute_notebook__runs_top_to_bottom(name, test_output):
+def test_execute_notebook__runs_top_to_bottom(name, test_output, request, monkeypatch):
     kernel_runs_this_interpreter()
+    if name == "05_remote":
+        _remote_sources(request, monkeypatch)
     book = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
     client = NotebookClient(
         book,
