@@ -24,6 +24,7 @@ import tempfile
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from ctframe.errors import DicomReadError, ParameterError
@@ -172,7 +173,7 @@ def update_catalog(
     kept_problems: list[tuple[str, str]] = []
     versions: dict[str, tuple[int, str]] = {}
     if stored is not None:
-        files = stored[~stored["path"].map(lambda p: location_kind(p) == "dicomweb")]
+        files = stored[~stored["path"].str.startswith("dicomweb+")]
         firsts = files.drop_duplicates("path")
         known = dict(
             zip(
@@ -184,7 +185,11 @@ def update_catalog(
         stored_problem_versions = stored.attrs["problem_versions"]
         known.update(stored_problem_versions)
         unchanged = {p for p, v in current.items() if known.get(p) == v}
-        kept_rows = files[files["path"].isin(unchanged)]
+        if len(unchanged) == len(known) == len(current):  # the common case: nothing to filter
+            kept_rows = files
+        else:
+            paths = files["path"].to_numpy(dtype=object)
+            kept_rows = files[np.fromiter((p in unchanged for p in paths), bool, len(paths))]
         kept_problems = [(p, r) for p, r in stored.attrs["problems"] if p in unchanged]
         versions = {p: v for p, v in stored_problem_versions.items() if p in unchanged}
     to_read = sorted(p for p, v in current.items() if known.get(p) != v)

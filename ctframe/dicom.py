@@ -319,7 +319,7 @@ def _multi_str(value: Any) -> str:
 
 
 def _decimal_text(value: Any) -> str:
-    """Decimal string values (WindowCenter...) as their shortest exact text, ``\\``-joined.
+    """Decimal string values (WindowCenter...) as their shortest exact text, backslash-joined.
 
     ``"49.0000"`` and the JSON number ``49`` of a DICOMweb server both give ``"49"``, so a
     catalog is the same whichever source it came from; text that is no number is kept as it is.

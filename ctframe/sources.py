@@ -278,17 +278,7 @@ def list_files(location: str | os.PathLike[str], access: Access | None = None) -
     """
     text = os.fspath(location)
     if location_kind(text) == "local":
-        from ctframe.scan import iter_files
-
-        infos = []
-        for path in iter_files(local_path(text)):
-            try:
-                info = os.stat(path)
-            except OSError:  # vanished between the walk and now: the header read reports it
-                infos.append(FileInfo(path, -1, ""))
-                continue
-            infos.append(FileInfo(path, info.st_size, str(info.st_mtime_ns)))
-        return infos
+        return _local_listing(local_path(text))
     fs, root = filesystem(text, access)
     fs.invalidate_cache()  # a listing is always fresh: fsspec filesystems cache directory listings
 
@@ -305,6 +295,55 @@ def list_files(location: str | os.PathLike[str], access: Access | None = None) -
         for name, info in sorted(entries.items())
         if info.get("type", "file") == "file"
     ]
+
+
+def _local_listing(root: str) -> list[FileInfo]:
+    """Every file under the local `root` with size and ``mtime_ns``, in :func:`ctframe.scan.iter_files` order.
+
+    One ``os.scandir`` pass per folder (each entry's stat comes with it); folder links are
+    followed once, as by ``iter_files``. A file that cannot be stat'ed is listed with size -1
+    (its header read says why).
+    """
+    if not os.path.isdir(root):
+        from ctframe.scan import iter_files
+
+        return [_stat_info(path) for path in iter_files(root)]  # a file, or the walk's own error
+    infos: list[FileInfo] = []
+    seen: set[str] = set()
+
+    def walk(folder: str) -> None:
+        real = os.path.realpath(folder)
+        if real in seen:
+            return
+        seen.add(real)
+        try:
+            entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
+        except OSError:
+            return
+        folders = []
+        for entry in entries:
+            try:
+                if entry.is_dir():
+                    folders.append(entry.path)
+                    continue
+                info = entry.stat()
+            except OSError:
+                infos.append(FileInfo(entry.path, -1, ""))
+                continue
+            infos.append(FileInfo(entry.path, info.st_size, str(info.st_mtime_ns)))
+        for sub in folders:
+            walk(sub)
+
+    walk(root)
+    return infos
+
+
+def _stat_info(path: str) -> FileInfo:
+    try:
+        info = os.stat(path)
+    except OSError:
+        return FileInfo(path, -1, "")
+    return FileInfo(path, info.st_size, str(info.st_mtime_ns))
 
 
 def _version_of(info: Mapping[str, Any]) -> str:
