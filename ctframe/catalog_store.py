@@ -138,6 +138,47 @@ def _listing(roots: Sequence[Any], access: Access) -> list[FileInfo]:
     return infos
 
 
+def _update_web(
+    stored: pd.DataFrame | None,
+    web_roots: Sequence[Any],
+    salt: str,
+    include_phi: bool,
+    access: Access,
+    changes: dict[str, int],
+) -> tuple[pd.DataFrame, pd.DataFrame, list[tuple[str, str]], int]:
+    """The DICOMweb part of an update: rows kept, rows read again, problems, and the instances counted.
+
+    A series whose QIDO-RS instance count still equals its instances in the stored catalog is
+    kept without a metadata request (DICOM instances do not change under their UID); every
+    other series is read again from its WADO-RS metadata, and its instances are compared with
+    the stored ones by sealed path and version. Series with non-image instances (problems) never
+    match their count, so they are always read again and their problems are fresh.
+    """
+    empty = pd.DataFrame(columns=_catalog_columns(include_phi))
+    if not web_roots:
+        return empty, empty, [], 0
+    from ctframe.dicomweb import discover
+
+    stored_web = empty if stored is None else stored[stored["path"].str.startswith("dicomweb+")]
+    known_series = stored_web.groupby("series_uid")["path"].nunique().to_dict() if len(stored_web) else {}
+    frames, problems, unchanged_series = [], [], set()
+    for item in web_roots:
+        frame, found = discover(item, salt=salt, include_phi=include_phi, access=access, known_series=known_series)
+        frames.append(frame)
+        problems.extend((p["path"], p["reason"]) for p in found)
+        unchanged_series |= set(frame.attrs.get("unchanged_series", ()))
+    fresh = pd.concat([f for f in frames if len(f)], ignore_index=True) if any(len(f) for f in frames) else empty
+    kept = stored_web[stored_web["series_uid"].isin(unchanged_series)]
+    before = dict(zip(stored_web["path"], stored_web["file_version"].astype(str), strict=True))
+    after = dict(zip(fresh["path"], fresh["file_version"].astype(str), strict=True))
+    kept_paths = set(kept["path"])
+    changes["unchanged"] += len(kept_paths) + sum(before.get(p) == v for p, v in after.items())
+    changes["new"] += sum(p not in before for p in after)
+    changes["changed"] += sum(p in before and before[p] != v for p, v in after.items())
+    changes["removed"] += len(set(before) - kept_paths - set(after))
+    return kept, fresh, problems, len(kept_paths) + len(after) + len(problems)
+
+
 def update_catalog(
     path: str | os.PathLike[str],
     roots: Sequence[Any],
@@ -200,7 +241,7 @@ def update_catalog(
         "removed": sum(p not in current for p in known),
     }
     fresh: CatalogRows = read_catalog_rows(
-        web_roots + file_roots,
+        file_roots,
         to_read,
         salt=salt,
         include_phi=include_phi,
@@ -208,28 +249,25 @@ def update_catalog(
         progress=progress,
         access=access,
     )
-    n_web = 0
-    if web_roots:  # DICOMweb sources are discovered again in full; their instances are compared here
-        stored_web = set() if stored is None else set(stored.loc[~stored.index.isin(kept_rows.index), "path"])
-        found_web = {p for p in fresh.rows["path"] if location_kind(p) == "dicomweb"}
-        changes["new"] += len(found_web - stored_web)
-        changes["unchanged"] += len(found_web & stored_web)
-        changes["removed"] += len({p for p in stored_web if location_kind(p) == "dicomweb"} - found_web)
-        n_web = len(found_web)
+    kept_web, fresh_web, web_problems, n_web = _update_web(stored, web_roots, salt, include_phi, access, changes)
     nothing_changed = not to_read and not changes["removed"] and not web_roots and stored is not None
     if nothing_changed:
         catalog = stored
     else:
-        rows = kept_rows.drop(columns=[c for c in STACK_COLUMNS if c in kept_rows])
-        parts = [frame for frame in (rows, fresh.rows) if len(frame)]
+        parts = [
+            frame.drop(columns=[c for c in STACK_COLUMNS if c in frame])
+            for frame in (kept_rows, kept_web, fresh.rows, fresh_web)
+            if len(frame)
+        ]
         merged = pd.concat(parts, ignore_index=True) if parts else fresh.rows
         catalog = assign_stacks(merged)
+    kept_problems += web_problems
     problems = tuple(sorted(kept_problems + list(fresh.problems)))
     versions.update({p: current[p] for p, _ in fresh.problems if p in current})
     result = CatalogRows(
         rows=catalog,
         problems=problems,
-        mode=f"catalog: {changes['unchanged']} unchanged, {len(to_read)} read; {fresh.mode}",
+        mode=f"catalog: {changes['unchanged']} unchanged, {len(to_read)} file(s) read; {fresh.mode}",
         pids=fresh.pids,
         n_files=len(current) + n_web,
         roots=tuple(root_label(r) for r in roots),

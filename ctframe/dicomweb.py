@@ -83,7 +83,7 @@ import numpy as np
 import pandas as pd
 
 from ctframe.errors import CTFrameError, DicomReadError, ParameterError, SourceError
-from ctframe.privacy import resolve_salt
+from ctframe.privacy import pseudonymous_uid, resolve_salt
 from ctframe.sources import Access, redact, with_retries
 
 __all__ = ["ENV_PASSWORD", "ENV_TOKEN", "ENV_USER", "access_for", "discover", "read_frames", "seal_key"]
@@ -573,7 +573,12 @@ def _first_value(metadata: Mapping[str, Any], tag: str) -> str:
 
 
 def discover(
-    location_or_client: Any, *, salt: str | None = None, include_phi: bool = False, access: Access | None = None
+    location_or_client: Any,
+    *,
+    salt: str | None = None,
+    include_phi: bool = False,
+    access: Access | None = None,
+    known_series: Mapping[str, int] | None = None,
 ) -> tuple[pd.DataFrame, list[dict[str, str]]]:
     """Catalog rows of the images of a DICOMweb service, from QIDO-RS and WADO-RS metadata (no pixel data).
 
@@ -588,6 +593,11 @@ def discover(
         From :func:`access_for` with the same salt (built here when omitted
         or without DICOMweb settings). Pass the same Access to the reads:
         it holds the credentials and the key that opens the catalog's paths.
+    known_series : mapping, optional
+        Pseudonymous SeriesInstanceUID -> number of instances already in a
+        persisted catalog (:mod:`ctframe.catalog_store`): a series whose QIDO-RS
+        ``NumberOfSeriesRelatedInstances`` still says that number is not read
+        again, and is listed in ``catalog.attrs["unchanged_series"]``.
 
     Returns
     -------
@@ -637,6 +647,14 @@ def discover(
         where,
     )
     series = sorted({(_first_value(s, "0020000D"), _first_value(s, "0020000E")) for s in found})
+    unchanged: set[str] = set()
+    if known_series:
+        for item in found:
+            pseudonym = pseudonymous_uid(_first_value(item, "0020000E"), salt=salt)
+            count = _first_value(item, "00201209")
+            if count.isdigit() and known_series.get(pseudonym) == int(count):
+                unchanged.add(pseudonym)
+        series = [uids for uids in series if pseudonymous_uid(uids[1], salt=salt) not in unchanged]
     records: list[dict[str, Any]] = []
     problems: list[dict[str, str]] = []
     read = functools.partial(_series_records, client, root, key, salt, include_phi)
@@ -645,7 +663,9 @@ def discover(
         for series_records, series_problems in pool.map(read, series):
             records.extend(series_records)
             problems.extend(series_problems)
-    return pd.DataFrame.from_records(records, columns=_catalog_columns(include_phi)), problems
+    catalog = pd.DataFrame.from_records(records, columns=_catalog_columns(include_phi))
+    catalog.attrs["unchanged_series"] = tuple(sorted(unchanged))
+    return catalog, problems
 
 
 def _series_records(

@@ -111,20 +111,18 @@ def test_summarize__identical_tables_from_every_source_threads_and_local_cluster
 
     reference = _tables(remote_sources["local"]["source"], None, "threads")
     assert reference["regions"]["voxel_count"].iloc[0] > 0
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
-        with Client(cluster) as client:
-            # the workers' environment holds no credentials: they come inside the tasks (Access)
-            credential_names = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL")
-            env = client.run(
-                lambda: {k for k in os.environ if k in credential_names or k.startswith("CTFRAME_DICOMWEB")}
-            )
-            assert not any(env.values())
-            for name in ("s3", "dicomweb"):
-                spec = remote_sources[name]
-                for scheduler in ("threads", client):
-                    got = _tables(spec["source"], spec.get("storage_options"), scheduler)
-                    for table, frame in reference.items():
-                        pd.testing.assert_frame_equal(got[table], frame, obj=f"{name} {table} ({scheduler})")
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
+    with cluster, Client(cluster) as client:
+        # the workers' environment holds no credentials: they come inside the tasks (Access)
+        credential_names = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL")
+        env = client.run(lambda: {k for k in os.environ if k in credential_names or k.startswith("CTFRAME_DICOMWEB")})
+        assert not any(env.values())
+        for name in ("s3", "dicomweb"):
+            spec = remote_sources[name]
+            for scheduler in ("threads", client):
+                got = _tables(spec["source"], spec.get("storage_options"), scheduler)
+                for table, frame in reference.items():
+                    pd.testing.assert_frame_equal(got[table], frame, obj=f"{name} {table} ({scheduler})")
 
 
 def test_s3_discovery__reads_only_header_bytes_in_ranged_requests(s3_server, lidc_dir, counting_proxy) -> None:
@@ -317,7 +315,7 @@ def test_fault__nothing_at_the_location_is_a_clear_error(s3_server, orthanc) -> 
         _cli(
             "scan",
             _with_credentials(orthanc.base_url.replace("http", "dicomweb+http") + "/no-dicomweb-here", *orthanc.auth),
-        ),  # fmt: skip
+        ),
         2,
         r"HTTP 404",
     )
@@ -392,3 +390,39 @@ def test_credentials__absent_from_task_keys_outputs_and_provenance(s3_server_aut
             assert secret.encode() not in path.read_bytes(), path
     record = json.loads((out / "provenance.json").read_text())
     assert secret not in json.dumps(record)
+
+
+def test_catalog__dicomweb_rescan_reads_only_new_series_and_follows_deletions(
+    empty_orthanc, shared_data, tmp_path, counting_proxy
+) -> None:
+    """Unchanged series are kept from the catalog without a metadata request; new ones are read; deleted ones go."""
+    import pydicom
+
+    lidc = sorted((shared_data / "lidc-idri-0001").glob("*.dcm"))
+    other = sorted((shared_data / "lung-pet-ct-dx-a0001").rglob("*.dcm"))
+    empty_orthanc.upload(lidc)
+    proxy = counting_proxy("127.0.0.1", empty_orthanc.port)
+    location = _with_credentials(proxy.url.replace("http://", "dicomweb+http://") + "/dicom-web", *empty_orthanc.auth)
+    store = tmp_path / "catalog.parquet"
+
+    first = _rescan(location, store)
+    assert first.attrs["scan_changes"] == {"unchanged": 0, "new": 133, "changed": 0, "removed": 0}
+    proxy.reset()
+    again = _rescan(location, store)
+    assert again.attrs["scan_changes"] == {"unchanged": 133, "new": 0, "changed": 0, "removed": 0}
+    assert not [r for r in proxy.requests if "/metadata" in r.target], "an unchanged series was read again"
+    pd.testing.assert_frame_equal(again.reset_index(drop=True), first.reset_index(drop=True))
+
+    empty_orthanc.upload(other)
+    proxy.reset()
+    grown = _rescan(location, store)
+    assert grown.attrs["scan_changes"] == {"unchanged": 133, "new": len(other), "changed": 0, "removed": 0}
+    assert len([r for r in proxy.requests if "/metadata" in r.target]) == 1  # the new series only
+    fresh = ctframe.scan(location, salt=SALT)
+    pd.testing.assert_frame_equal(grown.reset_index(drop=True), fresh.reset_index(drop=True))
+
+    removed = empty_orthanc.delete_series(pydicom.dcmread(other[0], stop_before_pixels=True).SeriesInstanceUID)
+    assert removed == 1
+    shrunk = _rescan(location, store)
+    assert shrunk.attrs["scan_changes"] == {"unchanged": 133, "new": 0, "changed": 0, "removed": len(other)}
+    pd.testing.assert_frame_equal(shrunk.reset_index(drop=True), first.reset_index(drop=True))
