@@ -283,9 +283,11 @@ def list_files(location: str | os.PathLike[str], access: Access | None = None) -
     fs.invalidate_cache()  # a listing is always fresh: fsspec filesystems cache directory listings
 
     def find() -> dict[str, dict[str, Any]]:
-        if fs.isfile(root):
-            return {root: fs.info(root)}
-        return fs.find(root, detail=True, withdirs=False)
+        # a prefix first: over HTTP a folder's index page is itself a "file"
+        found = fs.find(root, detail=True, withdirs=False)
+        if not found and fs.isfile(root):
+            found = {root: fs.info(root)}
+        return found
 
     entries = with_retries(find, redact(text))
     if not entries:
@@ -390,7 +392,23 @@ def read_range(path: str, start: int, length: int, access: Access | None = None)
     fs, inner = filesystem(path, access)
     if length < 0:
         return with_retries(lambda: fs.cat_file(inner, start=start), redact(path))
-    return with_retries(lambda: fs.cat_file(inner, start=start, end=start + length), redact(path))
+    data = with_retries(lambda: fs.cat_file(inner, start=start, end=start + length), redact(path))
+    if len(data) > length:  # a server that ignores Range (a plain HTTP server) sent the whole file
+        _warn_whole_files(path)
+        data = data[start : start + length] if len(data) >= start + length else data[:length]
+    return data
+
+
+@functools.lru_cache(maxsize=8)
+def _warn_whole_files(path: str) -> None:
+    import warnings
+
+    from ctframe.errors import PerformanceWarning
+
+    host = urllib.parse.urlsplit(path).netloc.rpartition("@")[2]
+    warnings.warn(
+        f"{host}: the server ignores byte ranges, so every read fetches a whole file", PerformanceWarning, stacklevel=4
+    )
 
 
 def remote_size(path: str, access: Access | None = None) -> int:

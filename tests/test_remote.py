@@ -426,3 +426,72 @@ def test_catalog__dicomweb_rescan_reads_only_new_series_and_follows_deletions(
     shrunk = _rescan(location, store)
     assert shrunk.attrs["scan_changes"] == {"unchanged": 133, "new": 0, "changed": 0, "removed": len(other)}
     pd.testing.assert_frame_equal(shrunk.reset_index(drop=True), first.reset_index(drop=True))
+
+
+@pytest.fixture(scope="module")
+def http_server(shared_data, tmp_path_factory):
+    """Python's own HTTP server on loopback, serving ../shared/data (it ignores Range: whole-file reads)."""
+    from _servers import _wait_http, free_port
+
+    port = free_port()
+    log = tmp_path_factory.mktemp("http") / "http.log"
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(shared_data)],
+            stdout=sink,
+            stderr=sink,
+        )
+    try:
+        _wait_http(process, f"http://127.0.0.1:{port}/", log, "python -m http.server")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def test_https_style_url__a_folder_served_over_http_opens_like_the_folder(http_server, catalogs) -> None:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ctframe.ScanWarning)
+        catalog = ctframe.scan(f"{http_server}/lidc-idri-0001/", salt=SALT)
+    pd.testing.assert_frame_equal(_content(catalog), _content(catalogs["local"]))
+    with pytest.warns(ctframe.errors.PerformanceWarning, match="ignores byte ranges"):
+        hu = ctframe.to_hu(ctframe.open_series(catalog)).values
+    np.testing.assert_array_equal(hu, ctframe.to_hu(ctframe.open_series(catalogs["local"])).values)
+
+
+def test_s3_anonymous_access_to_a_public_bucket(s3_server, lidc_files) -> None:
+    bucket = s3_server.make_bucket()
+    s3_server.upload_files(lidc_files[:3], bucket, "public")
+    public_read = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Effect": "Allow", "Principal": "*", "Action": ["s3:GetObject"], "Resource": f"arn:aws:s3:::{bucket}/*"},
+            {"Effect": "Allow", "Principal": "*", "Action": ["s3:ListBucket"], "Resource": f"arn:aws:s3:::{bucket}"},
+        ],
+    }
+    s3_server.client().put_bucket_policy(Bucket=bucket, Policy=json.dumps(public_read))
+    options = {"anon": True, "client_kwargs": {"endpoint_url": s3_server.endpoint_url}}
+    catalog = ctframe.scan(f"s3://{bucket}/public", salt=SALT, storage_options=options)
+    assert len(catalog) == 3
+
+
+def test_transient_errors_are_retried_with_backoff(s3_server, empty_orthanc, lidc_files, counting_proxy) -> None:
+    """503s from object storage and from a PACS: tried again, then the scan succeeds with everything."""
+    bucket = s3_server.make_bucket()
+    s3_server.upload_files(lidc_files[:3], bucket, "flaky")
+    proxy = counting_proxy("127.0.0.1", s3_server.port)
+    proxy.inject(503, count=2)
+    options = {**s3_server.storage_options, "client_kwargs": {"endpoint_url": proxy.url, "region_name": "us-east-1"}}
+    assert len(ctframe.scan(f"s3://{bucket}/flaky", salt=SALT, storage_options=options)) == 3
+    assert sum(r.method == "GET" for r in proxy.requests) >= 3
+
+    empty_orthanc.upload(lidc_files[:3])
+    web_proxy = counting_proxy("127.0.0.1", empty_orthanc.port)
+    web_proxy.inject(503, count=2)
+    location = _with_credentials(
+        web_proxy.url.replace("http://", "dicomweb+http://") + "/dicom-web", *empty_orthanc.auth
+    )
+    assert len(ctframe.scan(location, salt=SALT)) == 3
+    assert web_proxy.connections >= 3
