@@ -495,3 +495,20 @@ def test_transient_errors_are_retried_with_backoff(s3_server, empty_orthanc, lid
     )
     assert len(ctframe.scan(location, salt=SALT)) == 3
     assert web_proxy.connections >= 3
+
+
+def test_cli_export__from_s3_equals_the_export_from_the_folder(remote_sources, tmp_path) -> None:
+    import nibabel as nib
+
+    spec = remote_sources["s3"]
+    options = spec["storage_options"]
+    local_out, remote_out = tmp_path / "local.nii.gz", tmp_path / "s3.nii.gz"
+    given = [f"key={options['key']}", f"secret={options['secret']}"]
+    given.append(f"client_kwargs.endpoint_url={options['client_kwargs']['endpoint_url']}")
+    flags = [part for option in given for part in ("--storage-option", option)]
+    exported = _cli("export", spec["source"], "-o", str(remote_out), "-q", *flags)
+    assert exported.returncode == 0, exported.stderr
+    assert _cli("export", remote_sources["local"]["source"], "-o", str(local_out), "-q").returncode == 0
+    local, remote = nib.load(local_out), nib.load(remote_out)
+    np.testing.assert_array_equal(remote.get_fdata(), local.get_fdata())
+    np.testing.assert_array_equal(remote.affine, local.affine)
