@@ -84,6 +84,15 @@ def test_catalog__same_as_the_local_folder_apart_from_location(catalogs, name: s
         assert catalogs["s3"]["file_version"].str.fullmatch(r"[0-9a-f]{32}").all()
 
 
+def test_file_url__is_the_local_folder(catalogs, lidc_dir) -> None:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ctframe.ScanWarning)
+        catalog = ctframe.scan(lidc_dir.as_uri(), salt=SALT)
+    pd.testing.assert_frame_equal(catalog, catalogs["local"])
+
+
 @pytest.mark.parametrize("name", ["s3", "dicomweb"])
 def test_hu_volume__identical_to_the_local_folder(remote_sources, catalogs, name: str) -> None:
     local = ctframe.to_hu(ctframe.open_series(catalogs["local"])).values
