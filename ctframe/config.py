@@ -33,6 +33,8 @@ RANGES: dict[str, tuple[float, float]] = {
     "io.compressed_slices_per_chunk": (1, 100_000),
     "scan.workers": (0, 1024),
     "scan.min_files_for_processes": (0, 10**9),
+    "remote.retries": (0, 100),
+    "remote.backoff_s": (0.0, 60.0),
     "qc.gap_factor": (1.0, 100.0),
     "qc.irregular_tolerance": (0.0, 10.0),
     "qc.duplicate_tolerance_mm": (0.0, 100.0),

@@ -38,9 +38,6 @@ T = TypeVar("T")
 
 #: First ranged read of a remote header; CT headers are 2-3 KB, so most headers need one request.
 HEADER_BLOCK_BYTES = 8192
-#: Attempts of a remote request that failed transiently (timeouts, 429, 5xx), with exponential backoff.
-RETRIES = 4
-_BACKOFF_S = 0.25
 _SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
 
 
@@ -221,14 +218,20 @@ def _is_unreachable(exc: BaseException) -> bool:
     )
 
 
-def with_retries(call: Callable[[], T], what: str, *, retries: int = RETRIES) -> T:
-    """Run `call`, retrying transient failures with exponential backoff (jittered), at most `retries` times.
+def with_retries(call: Callable[[], T], what: str, *, retries: int | None = None) -> T:
+    """Run `call`, retrying transient failures with exponential backoff (jittered).
 
-    `what` names the resource (redacted) in the error raised when it still
-    fails: a :class:`~ctframe.errors.SourceError` for an unreachable server,
-    a refusal (401/403) or exhausted retries; a
+    At most `retries` more attempts (default: the ``remote.retries`` configuration),
+    ``remote.backoff_s`` doubling between them. `what` names the resource (redacted) in
+    the error raised when it still fails: a :class:`~ctframe.errors.SourceError` for an
+    unreachable server, a refusal (401/403) or exhausted retries; a
     :class:`~ctframe.errors.DicomReadError` for a missing object (404).
     """
+    from ctframe.config import get_config
+
+    settings = get_config()["remote"]
+    retries = settings["retries"] if retries is None else retries
+    backoff_s = settings["backoff_s"]
     attempt = 0
     while True:
         try:
@@ -243,7 +246,7 @@ def with_retries(call: Callable[[], T], what: str, *, retries: int = RETRIES) ->
             if isinstance(exc, DicomReadError | SourceError):
                 raise
             if _is_transient(exc) and attempt < retries:
-                time.sleep(_BACKOFF_S * 2**attempt * (1 + random.random()))
+                time.sleep(backoff_s * 2**attempt * (1 + random.random()))
                 attempt += 1
                 continue
             if _is_unreachable(exc):

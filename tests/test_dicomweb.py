@@ -421,9 +421,9 @@ def test_read_frames__a_server_that_stops_answering_is_retried_then_source_error
     import socket
     import threading
 
-    import ctframe.sources
+    from ctframe.config import config_context, get_config
 
-    monkeypatch.setattr(ctframe.sources, "_BACKOFF_S", 0.01)  # the same retries, without the test waiting for them
+    retries = get_config()["remote"]["retries"]
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(16)
@@ -443,9 +443,12 @@ def test_read_frames__a_server_that_stops_answering_is_retried_then_source_error
         root = f"dicomweb+http://127.0.0.1:{port}/dicom-web"
         rows = catalog.head(1).assign(path=lambda d: root + "#" + d["path"].str.split("#").str[1])
         access = dicomweb.access_for(root + "?x=1", username="u", password="pw-hidden", salt=SALT, timeout_s=(2, 0.2))
-        with pytest.raises(SourceError, match=rf"failed after {ctframe.sources.RETRIES + 1} attempts") as info:
+        with (
+            config_context(remote={"backoff_s": 0.01}),  # the same retries, without the test waiting for them
+            pytest.raises(SourceError, match=rf"failed after {retries + 1} attempts") as info,
+        ):
             read_frames(_refs(rows), dtype=np.dtype("int16"), access=access)
-        assert len(accepted) == ctframe.sources.RETRIES + 1  # one connection per attempt
+        assert len(accepted) == retries + 1  # one connection per attempt
         assert "pw-hidden" not in str(info.value) and "\n" not in str(info.value)
     finally:
         listener.close()
@@ -487,7 +490,8 @@ def test_read_frames__credentials_go_only_to_their_own_service(lidc_web, lidc_ca
     catalog, _ = lidc_catalog
     for name in (dicomweb.ENV_USER, dicomweb.ENV_PASSWORD, dicomweb.ENV_TOKEN):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(ctframe.sources, "RETRIES", 0)
+    from ctframe.config import config_context
+
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(4)
@@ -510,7 +514,7 @@ def test_read_frames__credentials_go_only_to_their_own_service(lidc_web, lidc_ca
     merged = ctframe.sources.Access(dicomweb={**ours.dicomweb, **theirs.dicomweb})
     assert read_frames(_refs(catalog.head(1)), dtype=np.dtype("int16"), access=merged).shape == (1, 512, 512)
     try:
-        with pytest.raises(SourceError, match="access denied"):
+        with config_context(remote={"retries": 0}), pytest.raises(SourceError, match="access denied"):
             read_frames(_refs(forged), dtype=np.dtype("int16"), access=merged)
         thread.join(10)
     finally:
