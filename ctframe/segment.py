@@ -24,7 +24,9 @@ default of the ``segmentation`` section of the configuration.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -337,6 +339,129 @@ def _bbox(mask: np.ndarray, pad: int = 0) -> tuple[slice, ...] | None:
     return tuple(box)
 
 
+def _workers() -> int:
+    """Threads for the per-slab steps: the cores this process may use."""
+    try:
+        return max(len(os.sched_getaffinity(0)), 1)
+    except AttributeError:  # not on Linux
+        return max(os.cpu_count() or 1, 1)
+
+
+def _slabs(n: int, workers: int, min_slices: int = 4) -> list[slice]:
+    """Slice ranges of about equal size, a few per worker (at least `min_slices` each)."""
+    count = max(min(4 * workers, n // max(min_slices, 1)), 1)
+    edges = np.linspace(0, n, count + 1).round().astype(int)
+    return [slice(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:], strict=True) if b > a]
+
+
+def _per_slab(function: Any, n: int, *, min_slices: int = 4) -> None:
+    """Call ``function(slab)`` for slabs of slices ``0..n`` in a thread pool (numpy and most of
+    scipy.ndimage release the GIL); `function` writes its own part of the result."""
+    workers = _workers()
+    slabs = _slabs(n, workers, min_slices)
+    if workers == 1 or len(slabs) == 1:
+        for slab in slabs:
+            function(slab)
+        return
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for future in [pool.submit(function, slab) for slab in slabs]:
+            future.result()
+
+
+def _rows_of(element: np.ndarray) -> list[tuple[int, int]]:
+    """(row offset, half width) of a 2-D element whose rows are centred runs (a disk)."""
+    rows = []
+    centre_row, centre_col = element.shape[0] // 2, element.shape[1] // 2
+    for i, row in enumerate(element):
+        hits = np.flatnonzero(row)
+        if hits.size == 0:
+            continue
+        half = centre_col - int(hits[0])
+        if int(hits[-1]) != centre_col + half or hits.size != 2 * half + 1:
+            raise ValueError("in-plane morphology needs an element whose rows are centred runs")
+        rows.append((i - centre_row, half))
+    return rows
+
+
+def _in_plane_morphology(mask: np.ndarray, element: np.ndarray, erode: bool) -> np.ndarray:
+    """Erosion (or dilation) of each slice of a 3-D bool array by a 2-D element, outside the image 0.
+
+    The same as ``ndimage.binary_erosion(mask, element[None])`` (or
+    ``binary_dilation``) for an element symmetric about its centre whose rows
+    are centred runs (a disk), built from shifted AND (OR) of whole arrays:
+    the run of each half width along the rows once, then the rows together.
+    """
+    combine = np.logical_and if erode else np.logical_or
+    rows = _rows_of(element)
+    runs = {0: mask}
+    current = mask
+    for half in range(1, max(h for _, h in rows) + 1):  # runs of half width 1, 2, ... along the columns
+        grown = current.copy()
+        combine(grown[..., 1:], current[..., :-1], out=grown[..., 1:])
+        combine(grown[..., :-1], current[..., 1:], out=grown[..., :-1])
+        if erode:
+            grown[..., 0] = grown[..., -1] = False
+        runs[half] = current = grown
+    out = np.ones(mask.shape, bool) if erode else np.zeros(mask.shape, bool)
+    n_rows = mask.shape[1]
+    for dy, half in rows:
+        run = runs[half]
+        if abs(dy) >= n_rows:
+            if erode:
+                out[:] = False
+            continue
+        # out[:, r] combines run[:, r + dy]; rows beyond the image read 0
+        if dy >= 0:
+            combine(out[:, : n_rows - dy], run[:, dy:], out=out[:, : n_rows - dy])
+            if erode and dy:
+                out[:, n_rows - dy :] = False
+        else:
+            combine(out[:, -dy:], run[:, : n_rows + dy], out=out[:, -dy:])
+            if erode:
+                out[:, :-dy] = False
+    return out
+
+
+def _in_plane_opening(mask: np.ndarray, element: np.ndarray) -> np.ndarray:
+    """``ndimage.binary_opening(mask, element[None])``, slab by slab in threads (see _in_plane_morphology)."""
+    out = np.empty(mask.shape, bool)
+
+    def run(slab: slice) -> None:
+        eroded = _in_plane_morphology(mask[slab], element, erode=True)
+        out[slab] = _in_plane_morphology(eroded, element, erode=False)
+
+    _per_slab(run, mask.shape[0])
+    return out
+
+
+def _fill_in_plane(mask: np.ndarray) -> np.ndarray:
+    """``mask`` with the holes of each slice filled (4-connected background), slab by slab in threads."""
+    out = np.empty(mask.shape, bool)
+
+    def run(slab: slice) -> None:
+        outside, count = _label(~mask[slab], structure=_IN_PLANE)
+        border = np.zeros(count + 1, bool)
+        for edge in (outside[:, 0, :], outside[:, -1, :], outside[:, :, 0], outside[:, :, -1]):
+            border[np.unique(edge)] = True
+        border[0] = False
+        out[slab] = ~border[outside]
+
+    _per_slab(run, mask.shape[0])
+    return out
+
+
+def _fill_holes_3d(mask: np.ndarray) -> np.ndarray:
+    """``ndimage.binary_fill_holes(mask, _FACES_3D)`` from one labelling: background components
+    (face connectivity) that do not reach a face of the array are holes."""
+    outside, count = _label(~mask)
+    border = np.zeros(count + 1, bool)
+    for axis in range(3):
+        for end in (0, -1):
+            border[np.unique(np.take(outside, end, axis=axis))] = True
+    border[0] = False
+    return ~border[outside]
+
+
 def _disk(radius: int) -> np.ndarray:
     yy, xx = np.mgrid[-radius : radius + 1, -radius : radius + 1]
     return (yy * yy + xx * xx) <= radius * radius + radius * 0.5
@@ -395,18 +520,13 @@ def _body(code: np.ndarray, geometry: _Geometry, settings: Mapping[str, float]) 
     # whole pixels, rounded down: the opening never exceeds the physical radius
     radius = math.floor(settings["body_opening_mm"] / max(geometry.spacing_mm[1:]))
     if radius >= 1:
-        dense = ndimage.binary_opening(dense, structure=_disk(radius)[None])
+        dense = _in_plane_opening(dense, _disk(radius))
     # holes: per slice, low voxels not connected to the in-plane border (one
-    # labelling of the volume with in-plane connectivity, instead of the
-    # iterative 3-D fill); the trachea, enclosed by the neck in every slice,
-    # is inside the body
-    outside, count = _label(~dense, structure=_IN_PLANE)
-    border = np.zeros(count + 1, bool)
-    for edge in (outside[:, 0, :], outside[:, -1, :], outside[:, :, 0], outside[:, :, -1]):
-        border[np.unique(edge)] = True
-    border[0] = False
-    filled = ~border[outside]
-    del outside, dense
+    # labelling per slab with in-plane connectivity, instead of the iterative
+    # 3-D fill); the trachea, enclosed by the neck in every slice, is inside
+    # the body
+    filled = _fill_in_plane(dense)
+    del dense
     labels, n = _label(filled)
     del filled
     if n == 0:
@@ -478,15 +598,17 @@ def _track_airway(air: np.ndarray, k0: int, seed_2d: np.ndarray, geometry: _Geom
         labels, count = ndimage.label(air[k], structure=_FACES_2D)
         if count == 0:
             break
-        reach = ndimage.binary_dilation(previous, structure=_FACES_2D)
         area = np.bincount(labels.ravel(), minlength=count + 1)
-        prev_labels, n_prev = ndimage.label(previous, structure=_FACES_2D)
+        window = _bbox(previous, pad=1)  # the steps below only look one pixel beyond `previous`
+        assert window is not None
+        prev_labels, n_prev = ndimage.label(previous[window], structure=_FACES_2D)
         prev_area = np.bincount(prev_labels.ravel(), minlength=n_prev + 1)
         # the widest component above that each component here touches
-        touching = reach & (labels > 0)
+        here = labels[window]
+        touching = ndimage.binary_dilation(prev_labels > 0, structure=_FACES_2D) & (here > 0)
         grown_prev = ndimage.grey_dilation(prev_labels, footprint=_FACES_2D)
         limit = np.zeros(count + 1)
-        np.maximum.at(limit, labels[touching], prev_area[grown_prev[touching]])
+        np.maximum.at(limit, here[touching], prev_area[grown_prev[touching]])
         keep = (limit > 0) & (area <= growth * limit) & (area <= max_area)
         keep[0] = False
         if not keep.any():
@@ -517,7 +639,7 @@ def _airways(code: np.ndarray, body: np.ndarray, geometry: _Geometry, settings: 
         k, seed_2d = found
         seed = np.zeros(code.shape, bool)
         seed[k] = seed_2d
-        grown = ndimage.binary_propagation(seed, structure=_FACES_3D, mask=air)
+        grown = _attached(air, seed)  # the air connected to the seed (face connectivity)
         if grown.sum() <= limit:
             return grown | tracked
     return tracked
@@ -659,8 +781,8 @@ def _fill_lung(mask: np.ndarray) -> np.ndarray:
     box = _bbox(mask)
     if box is None:
         return mask
-    sub = ndimage.binary_fill_holes(mask[box], structure=_FACES_3D)
-    holes = ndimage.binary_fill_holes(sub, structure=_IN_PLANE) & ~sub
+    sub = _fill_holes_3d(mask[box])
+    holes = _fill_in_plane(sub) & ~sub
     if holes.any():
         present = sub.any(axis=0)
         first = np.argmax(sub, axis=0)
