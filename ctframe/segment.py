@@ -23,6 +23,7 @@ default of the ``segmentation`` section of the configuration.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 from collections.abc import Mapping
@@ -351,12 +352,15 @@ def _slabs(n: int, workers: int, min_slices: int = 4) -> list[slice]:
     """Slice ranges of about equal size, a few per worker (at least `min_slices` each)."""
     count = max(min(4 * workers, n // max(min_slices, 1)), 1)
     edges = np.linspace(0, n, count + 1).round().astype(int)
-    return [slice(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:], strict=True) if b > a]
+    return [slice(int(a), int(b)) for a, b in itertools.pairwise(edges) if b > a]
 
 
 def _per_slab(function: Any, n: int, *, min_slices: int = 4) -> None:
-    """Call ``function(slab)`` for slabs of slices ``0..n`` in a thread pool (numpy and most of
-    scipy.ndimage release the GIL); `function` writes its own part of the result."""
+    """Call ``function(slab)`` for slabs of slices ``0..n`` in a thread pool.
+
+    numpy and most of scipy.ndimage release the GIL; `function` writes its own
+    part of the result.
+    """
     workers = _workers()
     slabs = _slabs(n, workers, min_slices)
     if workers == 1 or len(slabs) == 1:
@@ -451,8 +455,11 @@ def _fill_in_plane(mask: np.ndarray) -> np.ndarray:
 
 
 def _fill_holes_3d(mask: np.ndarray) -> np.ndarray:
-    """``ndimage.binary_fill_holes(mask, _FACES_3D)`` from one labelling: background components
-    (face connectivity) that do not reach a face of the array are holes."""
+    """``ndimage.binary_fill_holes(mask, _FACES_3D)`` from one labelling.
+
+    Background components (face connectivity) that do not reach a face of the
+    array are holes.
+    """
     outside, count = _label(~mask)
     border = np.zeros(count + 1, bool)
     for axis in range(3):
