@@ -986,6 +986,9 @@ def _lungs_in_body(
     if airway.any():
         blocked[box] |= wall
     out = np.zeros(code.shape, np.int8)
+    if right is not None and left is not None:
+        # the mediastinum: what lies between the lungs is never lung, however narrow the bay
+        blocked |= _between_lungs(right, left, geometry)
     for value, mask, other in ((1, right, left), (2, left, right)):
         if mask is not None:
             walls = blocked if other is None else blocked | other
@@ -994,6 +997,45 @@ def _lungs_in_body(
     del right, left, mask, blocked
     if airways:
         out[airway & (out == 0)] = LUNG_LABELS["airway"]
+    return out
+
+
+def _between_lungs(right: np.ndarray, left: np.ndarray, geometry: _Geometry) -> np.ndarray:
+    """Voxels between the two lungs along the patient's left-right axis: the mediastinum's rows.
+
+    A voxel of neither lung is between them when, along its image line
+    closest to LPS x, the nearest lung voxel towards the patient's right is
+    right lung and the nearest one towards the patient's left is left lung.
+    Computed slab by slab in threads. Returns a new mask.
+    """
+    out = np.zeros(right.shape, bool)
+    box = _bbox(right | left)
+    if box is None:
+        return out
+    axis = 2 if abs(geometry.x_per_col_mm) >= abs(geometry.x_per_row_mm) else 1
+    step = geometry.x_per_col_mm if axis == 2 else geometry.x_per_row_mm
+    n = box[axis].stop - box[axis].start
+    shape = [1, 1, 1]
+    shape[axis] = n
+    index = np.arange(n, dtype=np.int16 if n < 2**15 - 1 else np.int32).reshape(shape)
+    none_before, none_after = index.dtype.type(-1), index.dtype.type(n)
+
+    def run(slab: slice) -> None:
+        part = (slice(box[0].start + slab.start, box[0].start + slab.stop), box[1], box[2])
+        r, lft = right[part], left[part]
+        if step < 0:  # make the index grow towards the patient's left
+            r, lft = np.flip(r, axis), np.flip(lft, axis)
+        # the last right / left lung voxel at or before each position (towards the patient's right)
+        right_side = np.maximum.accumulate(np.where(r, index, none_before), axis=axis) > np.maximum.accumulate(
+            np.where(lft, index, none_before), axis=axis
+        )
+        # the first right / left lung voxel at or after each position (towards the patient's left)
+        first_r = np.flip(np.minimum.accumulate(np.flip(np.where(r, index, none_after), axis), axis=axis), axis)
+        first_l = np.flip(np.minimum.accumulate(np.flip(np.where(lft, index, none_after), axis), axis=axis), axis)
+        between = right_side & (first_l < first_r) & ~r & ~lft
+        out[part] = np.flip(between, axis) if step < 0 else between
+
+    _per_slab(run, box[0].stop - box[0].start)
     return out
 
 

@@ -103,11 +103,11 @@ def case(request: pytest.FixtureRequest) -> tuple[PhantomTruth, np.ndarray, np.n
 
 def test_lung_mask__dice_and_volume_per_lung_on_phantoms(case: tuple[PhantomTruth, np.ndarray, np.ndarray]) -> None:
     truth, labels, _ = case
-    # measured 2026-12-07 (right, left): 4 mm 0.9994, 0.9993; 5 mm 0.9991, 0.9991; tilted 0.9990, 0.9989;
-    # hard 0.9988, 0.9988. The envelope's closing fills a few voxels in the phantom's square corners where the
-    # anterior junction meets the mediastinum (docs/segmentation.md); the issue asks 0.999.
+    # measured 2026-12-07b (right, left): 4 mm 0.9998, 0.9997; 5 mm 0.9998, 0.9996; tilted 0.9998, 0.9994;
+    # hard 0.9993, 0.9991 (volume -0.03 %, -0.15 %). Before the envelope stopped at the mediastinum it filled
+    # the phantom's square corners where the anterior junction meets the mediastinum (0.9987-0.9990).
     for value, side in ((RIGHT, "right"), (LEFT, "left")):
-        assert dice(labels == value, truth.labels == value) >= 0.998
+        assert dice(labels == value, truth.labels == value) >= 0.999
         volume_ml = float((labels == value).sum()) * truth.voxel_volume_ml
         assert abs(volume_ml - truth.lung_volume_ml[side]) / truth.lung_volume_ml[side] < 0.002
 
