@@ -677,6 +677,22 @@ def _side_pieces(fields: np.ndarray, gas: np.ndarray, core: int, thin_radius: in
     """
     removed = np.zeros(fields.shape, bool)
     element = _disk(thin_radius) if thin_radius > 0 else None
+    # everything below is in-plane and looks at most thin_radius + 1 pixels beyond the fields
+    box = _bbox(fields, pad=thin_radius + 1)
+    if box is None:
+        return removed
+    full_removed, fields, gas = removed, fields[:, box[1], box[2]], gas[:, box[1], box[2]]
+    removed = np.zeros(fields.shape, bool)
+    # the components' cores without their rim (for gas) and without thin parts (for streaks), in threads
+    rimless = np.empty(fields.shape, bool)
+    thick = np.empty(fields.shape, bool) if element is not None else None
+
+    def erode(slab: slice) -> None:
+        rimless[slab] = _in_plane_morphology(fields[slab], _FACES_2D, erode=True)
+        if thick is not None and element is not None:
+            thick[slab] = _in_plane_morphology(fields[slab], element, erode=True)
+
+    _per_slab(erode, fields.shape[0])
     for direction in (-1, 1):
         previous = fields[core]
         k = core + direction
@@ -698,12 +714,10 @@ def _side_pieces(fields: np.ndarray, gas: np.ndarray, core: int, thin_radius: in
             if direction < 0:
                 # gas against the component's core (its in-plane rim removed): the
                 # partial-volume rim of a small pocket reads -940..-320 HU
-                core_area = np.bincount(flat[ndimage.binary_erosion(fields[k], _FACES_2D).ravel()],
-                                        minlength=count + 1)  # fmt: skip
+                core_area = np.bincount(flat[rimless[k].ravel()], minlength=count + 1)
                 drop |= 2 * np.bincount(flat[gas[k].ravel()], minlength=count + 1) >= np.maximum(core_area, 1)
-            if direction > 0 and element is not None:
-                core_pixels = ndimage.binary_erosion(fields[k], structure=element)
-                drop |= np.bincount(flat[core_pixels.ravel()], minlength=count + 1) == 0
+            if direction > 0 and thick is not None:
+                drop |= np.bincount(flat[thick[k].ravel()], minlength=count + 1) == 0
             drop &= touches & ~protected
             drop[0] = False
             keep = touches & ~drop
@@ -711,7 +725,8 @@ def _side_pieces(fields: np.ndarray, gas: np.ndarray, core: int, thin_radius: in
             removed[k] = drop[labels]
             previous = keep[labels]
             k += direction
-    return removed
+    full_removed[:, box[1], box[2]] = removed
+    return full_removed
 
 
 def _gas_pockets(
