@@ -12,7 +12,8 @@ How the work is laid out (bounded memory, one series per task):
    byte per voxel leaves the chunk instead of four.
 2. The code is rechunked to a single block and one task per series runs the
    3-D morphology on bool/int8/uint16 arrays (scipy.ndimage), cropped to the
-   body where it can.
+   body where it can. Its in-plane steps run slab by slab in a thread pool
+   (one thread per usable core; numpy and scipy.ndimage release the GIL).
 3. The labels are rechunked like the input.
 
 Right and left are decided from patient coordinates (LPS: +x is the patient's
@@ -1393,9 +1394,10 @@ def lung_mask(hu: xr.DataArray, *, threshold_hu: float | None = None, airways: b
        in-plane erosion (the anterior junction) and regrown; the side comes
        from patient x (LPS), not from the array;
     5. envelope and filling: each slice of each lung is closed with a disk of
-       ``envelope_mm`` (never into bone, the other lung or the airway wall),
-       so dense lung in narrow bites of the outline (subpleural and dependent
-       consolidation, the hilum) is lung; holes enclosed in 3-D, and in-slice
+       ``envelope_mm`` (never into bone, the other lung, the airway wall or
+       the mediastinum: what lies between the two lungs along the patient's
+       left-right axis), so dense lung in narrow bites of the outline
+       (subpleural and dependent consolidation) is lung; holes enclosed in 3-D, and in-slice
        holes (vessels, nodules, consolidation) with lung above and below in
        their column, become lung; the diaphragm dome under the lung base does
        not.
@@ -1430,7 +1432,8 @@ def lung_mask(hu: xr.DataArray, *, threshold_hu: float | None = None, airways: b
     -----
     **Lazy**: one byte per voxel leaves each chunk; one task per series does
     the 3-D work on bool/int8/uint16 arrays (peak about 10 bytes per voxel of
-    the series); the result is rechunked like `hu`. Emphysematous
+    the series), its in-plane steps in a thread pool over slabs of slices;
+    the result is rechunked like `hu`. Emphysematous
     lung whose median lies below ``gas_hu`` is protected only where it
     continues the lung from the slice above; a lung split into two pieces
     keeps its larger piece.
