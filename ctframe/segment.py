@@ -830,7 +830,7 @@ def _envelope(mask: np.ndarray, blocked: np.ndarray, geometry: _Geometry, settin
     coarsened in-plane to about ``envelope_grid_mm`` (whole pixels);
     what it adds at full resolution is the coarse fill and a coarse pixel
     around it, never `blocked` (bone, outside the body, the other lung, the
-    airway wall). Returns a new mask.
+    airway wall, the mediastinum). Returns a new mask.
     """
     radius_mm = settings["envelope_mm"]
     box = _bbox(mask)
