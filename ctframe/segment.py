@@ -131,15 +131,14 @@ class _Geometry:
 
     def mean_x(self, mask: np.ndarray) -> float:
         """Mean LPS x (mm) of the voxels of `mask` (slice, row, col)."""
-        n_per_slice = mask.sum(axis=(1, 2))
+        n_per_slice = np.count_nonzero(mask, axis=(1, 2))
         total = int(n_per_slice.sum())
         if total == 0:
             return float("nan")
         x0 = np.asarray(self.x0_mm)
-        rows = np.nonzero(mask.any(axis=(0, 2)))[0]
-        cols = np.nonzero(mask.any(axis=(0, 1)))[0]
-        row_sum = float((mask.sum(axis=(0, 2))[rows] * rows).sum())
-        col_sum = float((mask.sum(axis=(0, 1))[cols] * cols).sum())
+        in_plane = mask.sum(axis=0, dtype=np.int64)  # one pass; rows and columns from the 2-D counts
+        row_sum = float(in_plane.sum(axis=1) @ np.arange(mask.shape[1]))
+        col_sum = float(in_plane.sum(axis=0) @ np.arange(mask.shape[2]))
         return float((n_per_slice * x0).sum() + row_sum * self.x_per_row_mm + col_sum * self.x_per_col_mm) / total
 
     def count_beyond(self, mask: np.ndarray, x_mm: float) -> int:
