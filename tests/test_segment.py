@@ -9,6 +9,7 @@ centres) and independent simple references (per-slice filled body outline).
 
 from __future__ import annotations
 
+import itertools
 import warnings
 from pathlib import Path
 
@@ -189,6 +190,28 @@ def test_lung_mask__dependent_consolidation_and_trachea_at_the_apex(
     airway = hard_phantom.labels == AIRWAY
     top = int(np.flatnonzero(airway.any(axis=(1, 2)))[-1])
     assert not lungs[top - 40 : top + 1][airway[top - 40 : top + 1]].any()
+
+
+def _between_truth_lungs(labels: np.ndarray) -> np.ndarray:
+    """Voxels that lie, along their image row, in a gap whose left end is truth right lung and whose right
+    end is truth left lung (columns run along the patient's left, +x, in these phantoms)."""
+    out = np.zeros(labels.shape, bool)
+    for k, r in zip(*np.nonzero(np.isin(labels, (RIGHT, LEFT)).any(axis=2)), strict=True):
+        row = labels[k, r]
+        cols = np.flatnonzero(np.isin(row, (RIGHT, LEFT)))
+        for a, b in itertools.pairwise(cols):
+            if b > a + 1 and row[a] == RIGHT and row[b] == LEFT:
+                out[k, r, a + 1 : b] = True
+    return out
+
+
+def test_lung_mask__mediastinum_is_never_lung(case: tuple[PhantomTruth, np.ndarray, np.ndarray]) -> None:
+    """Tissue between the two lungs (the mediastinum, here read off the truth row by row) is never lung: the
+    envelope's closing used to round the lung's corners off into it (measured 2026-12-07: 152-690 voxels)."""
+    truth, labels, _ = case
+    mediastinum = _between_truth_lungs(truth.labels) & (truth.labels == BODY)
+    assert mediastinum.sum() > 10_000
+    assert not np.isin(labels[mediastinum], (RIGHT, LEFT)).any()
 
 
 def test_lung_mask__keeps_ground_glass_and_consolidation(
