@@ -12,7 +12,8 @@ How the work is laid out (bounded memory, one series per task):
    byte per voxel leaves the chunk instead of four.
 2. The code is rechunked to a single block and one task per series runs the
    3-D morphology on bool/int8/uint16 arrays (scipy.ndimage), cropped to the
-   body where it can.
+   body where it can. Its in-plane steps run slab by slab in a thread pool
+   (one thread per usable core; numpy and scipy.ndimage release the GIL).
 3. The labels are rechunked like the input.
 
 Right and left are decided from patient coordinates (LPS: +x is the patient's
@@ -23,8 +24,11 @@ default of the ``segmentation`` section of the configuration.
 
 from __future__ import annotations
 
+import itertools
 import math
+import os
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -127,15 +131,14 @@ class _Geometry:
 
     def mean_x(self, mask: np.ndarray) -> float:
         """Mean LPS x (mm) of the voxels of `mask` (slice, row, col)."""
-        n_per_slice = mask.sum(axis=(1, 2))
+        n_per_slice = np.count_nonzero(mask, axis=(1, 2))
         total = int(n_per_slice.sum())
         if total == 0:
             return float("nan")
         x0 = np.asarray(self.x0_mm)
-        rows = np.nonzero(mask.any(axis=(0, 2)))[0]
-        cols = np.nonzero(mask.any(axis=(0, 1)))[0]
-        row_sum = float((mask.sum(axis=(0, 2))[rows] * rows).sum())
-        col_sum = float((mask.sum(axis=(0, 1))[cols] * cols).sum())
+        in_plane = mask.sum(axis=0, dtype=np.int64)  # one pass; rows and columns from the 2-D counts
+        row_sum = float(in_plane.sum(axis=1) @ np.arange(mask.shape[1]))
+        col_sum = float(in_plane.sum(axis=0) @ np.arange(mask.shape[2]))
         return float((n_per_slice * x0).sum() + row_sum * self.x_per_row_mm + col_sum * self.x_per_col_mm) / total
 
     def count_beyond(self, mask: np.ndarray, x_mm: float) -> int:
@@ -337,6 +340,135 @@ def _bbox(mask: np.ndarray, pad: int = 0) -> tuple[slice, ...] | None:
     return tuple(box)
 
 
+def _workers() -> int:
+    """Threads for the per-slab steps: the cores this process may use."""
+    try:
+        return max(len(os.sched_getaffinity(0)), 1)
+    except AttributeError:  # not on Linux
+        return max(os.cpu_count() or 1, 1)
+
+
+def _slabs(n: int, workers: int, min_slices: int = 4) -> list[slice]:
+    """Slice ranges of about equal size, a few per worker (at least `min_slices` each)."""
+    count = max(min(4 * workers, n // max(min_slices, 1)), 1)
+    edges = np.linspace(0, n, count + 1).round().astype(int)
+    return [slice(int(a), int(b)) for a, b in itertools.pairwise(edges) if b > a]
+
+
+def _per_slab(function: Any, n: int, *, min_slices: int = 4) -> None:
+    """Call ``function(slab)`` for slabs of slices ``0..n`` in a thread pool.
+
+    numpy and most of scipy.ndimage release the GIL; `function` writes its own
+    part of the result.
+    """
+    workers = _workers()
+    slabs = _slabs(n, workers, min_slices)
+    if workers == 1 or len(slabs) == 1:
+        for slab in slabs:
+            function(slab)
+        return
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for future in [pool.submit(function, slab) for slab in slabs]:
+            future.result()
+
+
+def _rows_of(element: np.ndarray) -> list[tuple[int, int]]:
+    """(row offset, half width) of a 2-D element whose rows are centred runs (a disk)."""
+    rows = []
+    centre_row, centre_col = element.shape[0] // 2, element.shape[1] // 2
+    for i, row in enumerate(element):
+        hits = np.flatnonzero(row)
+        if hits.size == 0:
+            continue
+        half = centre_col - int(hits[0])
+        if int(hits[-1]) != centre_col + half or hits.size != 2 * half + 1:
+            raise ValueError("in-plane morphology needs an element whose rows are centred runs")
+        rows.append((i - centre_row, half))
+    return rows
+
+
+def _in_plane_morphology(mask: np.ndarray, element: np.ndarray, erode: bool) -> np.ndarray:
+    """Erosion (or dilation) of each slice of a 3-D bool array by a 2-D element, outside the image 0.
+
+    The same as ``ndimage.binary_erosion(mask, element[None])`` (or
+    ``binary_dilation``) for an element symmetric about its centre whose rows
+    are centred runs (a disk), built from shifted AND (OR) of whole arrays:
+    the run of each half width along the rows once, then the rows together.
+    """
+    combine = np.logical_and if erode else np.logical_or
+    rows = _rows_of(element)
+    runs = {0: mask}
+    current = mask
+    for half in range(1, max(h for _, h in rows) + 1):  # runs of half width 1, 2, ... along the columns
+        grown = current.copy()
+        combine(grown[..., 1:], current[..., :-1], out=grown[..., 1:])
+        combine(grown[..., :-1], current[..., 1:], out=grown[..., :-1])
+        if erode:
+            grown[..., 0] = grown[..., -1] = False
+        runs[half] = current = grown
+    out = np.ones(mask.shape, bool) if erode else np.zeros(mask.shape, bool)
+    n_rows = mask.shape[1]
+    for dy, half in rows:
+        run = runs[half]
+        if abs(dy) >= n_rows:
+            if erode:
+                out[:] = False
+            continue
+        # out[:, r] combines run[:, r + dy]; rows beyond the image read 0
+        if dy >= 0:
+            combine(out[:, : n_rows - dy], run[:, dy:], out=out[:, : n_rows - dy])
+            if erode and dy:
+                out[:, n_rows - dy :] = False
+        else:
+            combine(out[:, -dy:], run[:, : n_rows + dy], out=out[:, -dy:])
+            if erode:
+                out[:, :-dy] = False
+    return out
+
+
+def _in_plane_opening(mask: np.ndarray, element: np.ndarray) -> np.ndarray:
+    """``ndimage.binary_opening(mask, element[None])``, slab by slab in threads (see _in_plane_morphology)."""
+    out = np.empty(mask.shape, bool)
+
+    def run(slab: slice) -> None:
+        eroded = _in_plane_morphology(mask[slab], element, erode=True)
+        out[slab] = _in_plane_morphology(eroded, element, erode=False)
+
+    _per_slab(run, mask.shape[0])
+    return out
+
+
+def _fill_in_plane(mask: np.ndarray) -> np.ndarray:
+    """``mask`` with the holes of each slice filled (4-connected background), slab by slab in threads."""
+    out = np.empty(mask.shape, bool)
+
+    def run(slab: slice) -> None:
+        outside, count = _label(~mask[slab], structure=_IN_PLANE)
+        border = np.zeros(count + 1, bool)
+        for edge in (outside[:, 0, :], outside[:, -1, :], outside[:, :, 0], outside[:, :, -1]):
+            border[np.unique(edge)] = True
+        border[0] = False
+        out[slab] = ~border[outside]
+
+    _per_slab(run, mask.shape[0])
+    return out
+
+
+def _fill_holes_3d(mask: np.ndarray) -> np.ndarray:
+    """``ndimage.binary_fill_holes(mask, _FACES_3D)`` from one labelling.
+
+    Background components (face connectivity) that do not reach a face of the
+    array are holes.
+    """
+    outside, count = _label(~mask)
+    border = np.zeros(count + 1, bool)
+    for axis in range(3):
+        for end in (0, -1):
+            border[np.unique(np.take(outside, end, axis=axis))] = True
+    border[0] = False
+    return ~border[outside]
+
+
 def _disk(radius: int) -> np.ndarray:
     yy, xx = np.mgrid[-radius : radius + 1, -radius : radius + 1]
     return (yy * yy + xx * xx) <= radius * radius + radius * 0.5
@@ -395,18 +527,13 @@ def _body(code: np.ndarray, geometry: _Geometry, settings: Mapping[str, float]) 
     # whole pixels, rounded down: the opening never exceeds the physical radius
     radius = math.floor(settings["body_opening_mm"] / max(geometry.spacing_mm[1:]))
     if radius >= 1:
-        dense = ndimage.binary_opening(dense, structure=_disk(radius)[None])
+        dense = _in_plane_opening(dense, _disk(radius))
     # holes: per slice, low voxels not connected to the in-plane border (one
-    # labelling of the volume with in-plane connectivity, instead of the
-    # iterative 3-D fill); the trachea, enclosed by the neck in every slice,
-    # is inside the body
-    outside, count = _label(~dense, structure=_IN_PLANE)
-    border = np.zeros(count + 1, bool)
-    for edge in (outside[:, 0, :], outside[:, -1, :], outside[:, :, 0], outside[:, :, -1]):
-        border[np.unique(edge)] = True
-    border[0] = False
-    filled = ~border[outside]
-    del outside, dense
+    # labelling per slab with in-plane connectivity, instead of the iterative
+    # 3-D fill); the trachea, enclosed by the neck in every slice, is inside
+    # the body
+    filled = _fill_in_plane(dense)
+    del dense
     labels, n = _label(filled)
     del filled
     if n == 0:
@@ -478,15 +605,17 @@ def _track_airway(air: np.ndarray, k0: int, seed_2d: np.ndarray, geometry: _Geom
         labels, count = ndimage.label(air[k], structure=_FACES_2D)
         if count == 0:
             break
-        reach = ndimage.binary_dilation(previous, structure=_FACES_2D)
         area = np.bincount(labels.ravel(), minlength=count + 1)
-        prev_labels, n_prev = ndimage.label(previous, structure=_FACES_2D)
+        window = _bbox(previous, pad=1)  # the steps below only look one pixel beyond `previous`
+        assert window is not None
+        prev_labels, n_prev = ndimage.label(previous[window], structure=_FACES_2D)
         prev_area = np.bincount(prev_labels.ravel(), minlength=n_prev + 1)
         # the widest component above that each component here touches
-        touching = reach & (labels > 0)
+        here = labels[window]
+        touching = ndimage.binary_dilation(prev_labels > 0, structure=_FACES_2D) & (here > 0)
         grown_prev = ndimage.grey_dilation(prev_labels, footprint=_FACES_2D)
         limit = np.zeros(count + 1)
-        np.maximum.at(limit, labels[touching], prev_area[grown_prev[touching]])
+        np.maximum.at(limit, here[touching], prev_area[grown_prev[touching]])
         keep = (limit > 0) & (area <= growth * limit) & (area <= max_area)
         keep[0] = False
         if not keep.any():
@@ -517,7 +646,7 @@ def _airways(code: np.ndarray, body: np.ndarray, geometry: _Geometry, settings: 
         k, seed_2d = found
         seed = np.zeros(code.shape, bool)
         seed[k] = seed_2d
-        grown = ndimage.binary_propagation(seed, structure=_FACES_3D, mask=air)
+        grown = _attached(air, seed)  # the air connected to the seed (face connectivity)
         if grown.sum() <= limit:
             return grown | tracked
     return tracked
@@ -548,6 +677,22 @@ def _side_pieces(fields: np.ndarray, gas: np.ndarray, core: int, thin_radius: in
     """
     removed = np.zeros(fields.shape, bool)
     element = _disk(thin_radius) if thin_radius > 0 else None
+    # everything below is in-plane and looks at most thin_radius + 1 pixels beyond the fields
+    box = _bbox(fields, pad=thin_radius + 1)
+    if box is None:
+        return removed
+    full_removed, fields, gas = removed, fields[:, box[1], box[2]], gas[:, box[1], box[2]]
+    removed = np.zeros(fields.shape, bool)
+    # the components' cores without their rim (for gas) and without thin parts (for streaks), in threads
+    rimless = np.empty(fields.shape, bool)
+    thick = np.empty(fields.shape, bool) if element is not None else None
+
+    def erode(slab: slice) -> None:
+        rimless[slab] = _in_plane_morphology(fields[slab], _FACES_2D, erode=True)
+        if thick is not None and element is not None:
+            thick[slab] = _in_plane_morphology(fields[slab], element, erode=True)
+
+    _per_slab(erode, fields.shape[0])
     for direction in (-1, 1):
         previous = fields[core]
         k = core + direction
@@ -569,12 +714,10 @@ def _side_pieces(fields: np.ndarray, gas: np.ndarray, core: int, thin_radius: in
             if direction < 0:
                 # gas against the component's core (its in-plane rim removed): the
                 # partial-volume rim of a small pocket reads -940..-320 HU
-                core_area = np.bincount(flat[ndimage.binary_erosion(fields[k], _FACES_2D).ravel()],
-                                        minlength=count + 1)  # fmt: skip
+                core_area = np.bincount(flat[rimless[k].ravel()], minlength=count + 1)
                 drop |= 2 * np.bincount(flat[gas[k].ravel()], minlength=count + 1) >= np.maximum(core_area, 1)
-            if direction > 0 and element is not None:
-                core_pixels = ndimage.binary_erosion(fields[k], structure=element)
-                drop |= np.bincount(flat[core_pixels.ravel()], minlength=count + 1) == 0
+            if direction > 0 and thick is not None:
+                drop |= np.bincount(flat[thick[k].ravel()], minlength=count + 1) == 0
             drop &= touches & ~protected
             drop[0] = False
             keep = touches & ~drop
@@ -582,7 +725,8 @@ def _side_pieces(fields: np.ndarray, gas: np.ndarray, core: int, thin_radius: in
             removed[k] = drop[labels]
             previous = keep[labels]
             k += direction
-    return removed
+    full_removed[:, box[1], box[2]] = removed
+    return full_removed
 
 
 def _gas_pockets(
@@ -659,8 +803,8 @@ def _fill_lung(mask: np.ndarray) -> np.ndarray:
     box = _bbox(mask)
     if box is None:
         return mask
-    sub = ndimage.binary_fill_holes(mask[box], structure=_FACES_3D)
-    holes = ndimage.binary_fill_holes(sub, structure=_IN_PLANE) & ~sub
+    sub = _fill_holes_3d(mask[box])
+    holes = _fill_in_plane(sub) & ~sub
     if holes.any():
         present = sub.any(axis=0)
         first = np.argmax(sub, axis=0)
@@ -685,7 +829,7 @@ def _envelope(mask: np.ndarray, blocked: np.ndarray, geometry: _Geometry, settin
     coarsened in-plane to about ``envelope_grid_mm`` (whole pixels);
     what it adds at full resolution is the coarse fill and a coarse pixel
     around it, never `blocked` (bone, outside the body, the other lung, the
-    airway wall). Returns a new mask.
+    airway wall, the mediastinum). Returns a new mask.
     """
     radius_mm = settings["envelope_mm"]
     box = _bbox(mask)
@@ -857,6 +1001,9 @@ def _lungs_in_body(
     if airway.any():
         blocked[box] |= wall
     out = np.zeros(code.shape, np.int8)
+    if right is not None and left is not None:
+        # the mediastinum: what lies between the lungs is never lung, however narrow the bay
+        blocked |= _between_lungs(right, left, geometry)
     for value, mask, other in ((1, right, left), (2, left, right)):
         if mask is not None:
             walls = blocked if other is None else blocked | other
@@ -865,6 +1012,45 @@ def _lungs_in_body(
     del right, left, mask, blocked
     if airways:
         out[airway & (out == 0)] = LUNG_LABELS["airway"]
+    return out
+
+
+def _between_lungs(right: np.ndarray, left: np.ndarray, geometry: _Geometry) -> np.ndarray:
+    """Voxels between the two lungs along the patient's left-right axis: the mediastinum's rows.
+
+    A voxel of neither lung is between them when, along its image line
+    closest to LPS x, the nearest lung voxel towards the patient's right is
+    right lung and the nearest one towards the patient's left is left lung.
+    Computed slab by slab in threads. Returns a new mask.
+    """
+    out = np.zeros(right.shape, bool)
+    box = _bbox(right | left)
+    if box is None:
+        return out
+    axis = 2 if abs(geometry.x_per_col_mm) >= abs(geometry.x_per_row_mm) else 1
+    step = geometry.x_per_col_mm if axis == 2 else geometry.x_per_row_mm
+    n = box[axis].stop - box[axis].start
+    shape = [1, 1, 1]
+    shape[axis] = n
+    index = np.arange(n, dtype=np.int16 if n < 2**15 - 1 else np.int32).reshape(shape)
+    none_before, none_after = index.dtype.type(-1), index.dtype.type(n)
+
+    def run(slab: slice) -> None:
+        part = (slice(box[0].start + slab.start, box[0].start + slab.stop), box[1], box[2])
+        r, lft = right[part], left[part]
+        if step < 0:  # make the index grow towards the patient's left
+            r, lft = np.flip(r, axis), np.flip(lft, axis)
+        # the last right / left lung voxel at or before each position (towards the patient's right)
+        right_side = np.maximum.accumulate(np.where(r, index, none_before), axis=axis) > np.maximum.accumulate(
+            np.where(lft, index, none_before), axis=axis
+        )
+        # the first right / left lung voxel at or after each position (towards the patient's left)
+        first_r = np.flip(np.minimum.accumulate(np.flip(np.where(r, index, none_after), axis), axis=axis), axis)
+        first_l = np.flip(np.minimum.accumulate(np.flip(np.where(lft, index, none_after), axis), axis=axis), axis)
+        between = right_side & (first_l < first_r) & ~r & ~lft
+        out[part] = np.flip(between, axis) if step < 0 else between
+
+    _per_slab(run, box[0].stop - box[0].start)
     return out
 
 
@@ -1207,9 +1393,10 @@ def lung_mask(hu: xr.DataArray, *, threshold_hu: float | None = None, airways: b
        in-plane erosion (the anterior junction) and regrown; the side comes
        from patient x (LPS), not from the array;
     5. envelope and filling: each slice of each lung is closed with a disk of
-       ``envelope_mm`` (never into bone, the other lung or the airway wall),
-       so dense lung in narrow bites of the outline (subpleural and dependent
-       consolidation, the hilum) is lung; holes enclosed in 3-D, and in-slice
+       ``envelope_mm`` (never into bone, the other lung, the airway wall or
+       the mediastinum: what lies between the two lungs along the patient's
+       left-right axis), so dense lung in narrow bites of the outline
+       (subpleural and dependent consolidation) is lung; holes enclosed in 3-D, and in-slice
        holes (vessels, nodules, consolidation) with lung above and below in
        their column, become lung; the diaphragm dome under the lung base does
        not.
@@ -1244,7 +1431,8 @@ def lung_mask(hu: xr.DataArray, *, threshold_hu: float | None = None, airways: b
     -----
     **Lazy**: one byte per voxel leaves each chunk; one task per series does
     the 3-D work on bool/int8/uint16 arrays (peak about 10 bytes per voxel of
-    the series); the result is rechunked like `hu`. Emphysematous
+    the series), its in-plane steps in a thread pool over slabs of slices;
+    the result is rechunked like `hu`. Emphysematous
     lung whose median lies below ``gas_hu`` is protected only where it
     continues the lung from the slice above; a lung split into two pieces
     keeps its larger piece.

@@ -9,6 +9,7 @@ centres) and independent simple references (per-slice filled body outline).
 
 from __future__ import annotations
 
+import itertools
 import warnings
 from pathlib import Path
 
@@ -103,11 +104,11 @@ def case(request: pytest.FixtureRequest) -> tuple[PhantomTruth, np.ndarray, np.n
 
 def test_lung_mask__dice_and_volume_per_lung_on_phantoms(case: tuple[PhantomTruth, np.ndarray, np.ndarray]) -> None:
     truth, labels, _ = case
-    # measured 2026-12-07 (right, left): 4 mm 0.9994, 0.9993; 5 mm 0.9991, 0.9991; tilted 0.9990, 0.9989;
-    # hard 0.9988, 0.9988. The envelope's closing fills a few voxels in the phantom's square corners where the
-    # anterior junction meets the mediastinum (docs/segmentation.md); the issue asks 0.999.
+    # measured 2026-12-07b (right, left): 4 mm 0.9998, 0.9997; 5 mm 0.9998, 0.9996; tilted 0.9998, 0.9994;
+    # hard 0.9993, 0.9991 (volume -0.03 %, -0.15 %). Before the envelope stopped at the mediastinum it filled
+    # the phantom's square corners where the anterior junction meets the mediastinum (0.9987-0.9990).
     for value, side in ((RIGHT, "right"), (LEFT, "left")):
-        assert dice(labels == value, truth.labels == value) >= 0.998
+        assert dice(labels == value, truth.labels == value) >= 0.999
         volume_ml = float((labels == value).sum()) * truth.voxel_volume_ml
         assert abs(volume_ml - truth.lung_volume_ml[side]) / truth.lung_volume_ml[side] < 0.002
 
@@ -189,6 +190,28 @@ def test_lung_mask__dependent_consolidation_and_trachea_at_the_apex(
     airway = hard_phantom.labels == AIRWAY
     top = int(np.flatnonzero(airway.any(axis=(1, 2)))[-1])
     assert not lungs[top - 40 : top + 1][airway[top - 40 : top + 1]].any()
+
+
+def _between_truth_lungs(labels: np.ndarray) -> np.ndarray:
+    """Voxels that lie, along their image row, in a gap whose left end is truth right lung and whose right
+    end is truth left lung (columns run along the patient's left, +x, in these phantoms)."""
+    out = np.zeros(labels.shape, bool)
+    for k, r in zip(*np.nonzero(np.isin(labels, (RIGHT, LEFT)).any(axis=2)), strict=True):
+        row = labels[k, r]
+        cols = np.flatnonzero(np.isin(row, (RIGHT, LEFT)))
+        for a, b in itertools.pairwise(cols):
+            if b > a + 1 and row[a] == RIGHT and row[b] == LEFT:
+                out[k, r, a + 1 : b] = True
+    return out
+
+
+def test_lung_mask__mediastinum_is_never_lung(case: tuple[PhantomTruth, np.ndarray, np.ndarray]) -> None:
+    """Tissue between the two lungs (the mediastinum, here read off the truth row by row) is never lung: the
+    envelope's closing used to round the lung's corners off into it (measured 2026-12-07: 152-690 voxels)."""
+    truth, labels, _ = case
+    mediastinum = _between_truth_lungs(truth.labels) & (truth.labels == BODY)
+    assert mediastinum.sum() > 10_000
+    assert not np.isin(labels[mediastinum], (RIGHT, LEFT)).any()
 
 
 def test_lung_mask__keeps_ground_glass_and_consolidation(
@@ -393,6 +416,29 @@ def test_lung_mask__lidc_no_trachea_above_the_carina(lidc_result: tuple[xr.DataA
         assert not np.isin(labels[k][wall], (RIGHT, LEFT)).any(), k
         # the airway grows through air below -950 HU: most of this < -900 HU lumen is labelled airway
         assert (labels[k][lumen] == AIRWAY).mean() > 0.5
+
+
+def test_segment__fast_in_plane_steps_equal_scipy(lidc_result: tuple[xr.DataArray, np.ndarray, np.ndarray]) -> None:
+    """The shifted-array opening and erosion, the per-slab slice-hole filling and the one-labelling 3-D
+    fill give exactly scipy.ndimage's masks: on LIDC-IDRI-0001's own tissue and lung-candidate masks and
+    on a noisy mask whose pieces touch every face of the array."""
+    from ctframe import segment
+
+    hu, _, _ = lidc_result
+    values = np.nan_to_num(hu.values[40:60], nan=-3000.0)  # 20 slices through both lungs
+    noisy = np.random.default_rng(15).random((12, 40, 50)) < 0.6
+    in_plane = np.zeros((3, 3, 3), bool)
+    in_plane[1] = ndimage.generate_binary_structure(2, 1)
+    faces = ndimage.generate_binary_structure(3, 1)
+    for mask in (values >= -500, values < -320, noisy, ~noisy):
+        for radius in (1, 3):
+            disk = segment._disk(radius)
+            assert (segment._in_plane_opening(mask, disk) == ndimage.binary_opening(mask, disk[None])).all()
+            eroded, dilated = (segment._in_plane_morphology(mask, disk, erode=erode) for erode in (True, False))
+            assert (eroded == ndimage.binary_erosion(mask, disk[None])).all()
+            assert (dilated == ndimage.binary_dilation(mask, disk[None])).all()
+        assert (segment._fill_in_plane(mask) == ndimage.binary_fill_holes(mask, structure=in_plane)).all()
+        assert (segment._fill_holes_3d(mask) == ndimage.binary_fill_holes(mask, structure=faces)).all()
 
 
 def test_lung_mask__lidc_overlays(lidc_result: tuple[xr.DataArray, np.ndarray, np.ndarray], test_output: Path) -> None:
