@@ -107,11 +107,13 @@ def _tables(source, storage_options, scheduler) -> dict[str, pd.DataFrame]:
     from ctframe.cohort import open_cohort, summarize
 
     cohort = open_cohort(source, salt=SALT, storage_options=storage_options)
-    summary = summarize(cohort, regions=["scan"], levels=("series",), scheduler=scheduler, progress=False)
+    summary = summarize(cohort, regions=["scan", "lungs"], levels=("series",), scheduler=scheduler, progress=False)
     return {
         "regions": summary.regions.reset_index(drop=True),
         "histograms": summary.histograms.reset_index(drop=True),
         "slice_areas": summary.slice_areas.reset_index(drop=True),
+        "longitudinal": summary.longitudinal.reset_index(drop=True),
+        "lung_qc": summary.series.filter(like="lung_qc").reset_index(drop=True),
     }
 
 
@@ -120,7 +122,8 @@ def test_summarize__identical_tables_from_every_source_threads_and_local_cluster
     from dask.distributed import Client, LocalCluster
 
     reference = _tables(remote_sources["local"]["source"], None, "threads")
-    assert reference["regions"]["voxel_count"].iloc[0] > 0
+    assert (reference["regions"].set_index("region")["volume_ml"] > 0).all()  # the scan and its lungs
+    assert bool(reference["lung_qc"]["lung_qc_ok"].iloc[0])
     cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
     with cluster, Client(cluster) as client:
         # the workers' environment holds no credentials: they come inside the tasks (Access)
