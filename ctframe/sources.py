@@ -303,44 +303,73 @@ def list_files(location: str | os.PathLike[str], access: Access | None = None) -
 
 
 def _local_listing(root: str) -> list[FileInfo]:
-    """Every file under the local `root` with size and ``mtime_ns``, in :func:`ctframe.scan.iter_files` order.
+    """Every file under the local `root` with size and ``mtime_ns`` (the files of :func:`ctframe.scan.iter_files`).
 
-    One ``os.scandir`` pass per folder (each entry's stat comes with it); folder links are
-    followed once, as by ``iter_files``. A file that cannot be stat'ed is listed with size -1
-    (its header read says why).
+    One ``os.scandir`` pass per folder and one stat per file (threads do not pay:
+    the stats of a warm tree take microseconds, and threads would fight over the
+    GIL); folder links are followed once, as by ``iter_files``. A file that cannot
+    be stat'ed is listed with size -1 (its header read says why). In no particular
+    order (callers compare by path).
     """
     if not os.path.isdir(root):
         from ctframe.scan import iter_files
 
         return [_stat_info(path) for path in iter_files(root)]  # a file, or the walk's own error
-    infos: list[FileInfo] = []
-    seen: set[str] = set()
+    with gc_paused():
+        return _walk_and_stat(root)
 
-    def walk(folder: str) -> None:
+
+def _walk_and_stat(root: str) -> list[FileInfo]:
+    entries: list[os.DirEntry[str]] = []
+    seen: set[str] = set()
+    pending = [root]
+    while pending:
+        folder = pending.pop()
         real = os.path.realpath(folder)
         if real in seen:
-            return
+            continue
         seen.add(real)
         try:
-            entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
+            with os.scandir(folder) as listing:
+                for entry in listing:
+                    try:
+                        is_dir = entry.is_dir()
+                    except OSError:
+                        is_dir = False
+                    (pending.append(entry.path) if is_dir else entries.append(entry))
         except OSError:
-            return
-        folders = []
-        for entry in entries:
-            try:
-                if entry.is_dir():
-                    folders.append(entry.path)
-                    continue
-                info = entry.stat()
-            except OSError:
-                infos.append(FileInfo(entry.path, -1, ""))
-                continue
-            infos.append(FileInfo(entry.path, info.st_size, str(info.st_mtime_ns)))
-        for sub in folders:
-            walk(sub)
+            continue
+    return _entry_infos(entries)
 
-    walk(root)
-    return infos
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection inside the block (for building many small acyclic objects).
+
+    Tens of thousands of tuples trigger full collections that walk every object of
+    the process (pandas, dask...): tens of milliseconds each, for nothing to collect.
+    """
+    import gc
+
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _entry_infos(entries: list[os.DirEntry[str]]) -> list[FileInfo]:
+    out = []
+    for entry in entries:
+        try:
+            info = entry.stat()
+        except OSError:
+            out.append(FileInfo(entry.path, -1, ""))
+            continue
+        out.append(FileInfo(entry.path, info.st_size, str(info.st_mtime_ns)))
+    return out
 
 
 def _stat_info(path: str) -> FileInfo:
