@@ -427,7 +427,7 @@ def _open_dataset(path: str, access: Access | None = None) -> tuple[Header, int,
                 fp.seek(size if ds.pixel_element_offset < 0 else ds.pixel_element_offset)
             else:
                 fp.seek(0)
-                ds = _dcmread_header(fp, where)
+                ds = _dcmread_header(fp, where, size)
             offset = fp.tell()
             head = fp.read(12)
             has_pixels = head[:4] in _PIXEL_TAGS
@@ -486,16 +486,39 @@ def _pixel_element_layout(head: bytes, *, implicit: bool) -> tuple[int, bool]:
     return 8, False  # a short-form VR: a 2-byte length cannot be undefined
 
 
-def _dcmread_header(fp: Any, path: str) -> Dataset:
+class _BoundedFile:
+    """`fp` with reads capped at what is left of a file of `size` bytes.
+
+    pydicom reads an element's value with ``fp.read(length)``, and a file object
+    allocates the full `length` before it finds the end of the file: a corrupt
+    length, or a text file read as a dataset without preamble, made a 300 KB XML
+    file cost 1.6 GB. Capped, a read asks for no more than the file holds.
+    """
+
+    def __init__(self, fp: Any, size: int) -> None:
+        self._fp = fp
+        self._size = size
+
+    def read(self, n: int | None = -1) -> bytes:
+        if n is None or n < 0:
+            return self._fp.read()
+        return self._fp.read(max(0, min(n, self._size - self._fp.tell())))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._fp, name)
+
+
+def _dcmread_header(fp: Any, path: str, size: int) -> Dataset:
     """Read a header with pydicom (every file the fast path declines); `fp` is left where pydicom stopped."""
+    bounded = _BoundedFile(fp, size)
     with warnings.catch_warnings():
         # pydicom warns about every odd value; bad values surface as problems instead
         warnings.simplefilter("ignore")
         try:
-            return pydicom.dcmread(fp, stop_before_pixels=True)
+            return pydicom.dcmread(bounded, stop_before_pixels=True)
         except InvalidDicomError:
             fp.seek(0)
-            ds = pydicom.dcmread(fp, stop_before_pixels=True, force=True)
+            ds = pydicom.dcmread(bounded, stop_before_pixels=True, force=True)
             if "SOPClassUID" not in ds:
                 raise DicomReadError(
                     f"{path}: not a DICOM file (no 'DICM' preamble and no recognisable dataset)"
@@ -505,9 +528,9 @@ def _dcmread_header(fp: Any, path: str) -> Dataset:
 
 def _has_pixels_full_read(path: str, access: Access | None = None) -> bool:
     try:
-        with warnings.catch_warnings(), open_for_header(path, access) as (fp, _, _):
+        with warnings.catch_warnings(), open_for_header(path, access) as (fp, size, _):
             warnings.simplefilter("ignore")
-            full = pydicom.dcmread(fp, force=True)
+            full = pydicom.dcmread(_BoundedFile(fp, size), force=True)
         return any(k in full for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"))
     except Exception:
         return False

@@ -230,3 +230,18 @@ def test_stored_dtype__mixed_signedness_widens() -> None:
     assert dicom.stored_dtype([16, 16], [0, 1]) == np.int32
     with pytest.raises(UnsupportedDicomError, match="BitsAllocated 12"):
         dicom.stored_dtype([12], [0])
+
+
+def test_read_header__a_text_file_costs_no_more_memory_than_its_size(lidc_dir: Path) -> None:
+    """pydicom read the radiologists' 300 KB XML as a dataset without preamble and asked for 1.6 GB at once."""
+    import tracemalloc
+
+    xml = lidc_dir / "069.xml"
+    tracemalloc.start()
+    try:
+        with pytest.raises(ctframe.DicomReadError, match="not a DICOM file"):
+            read_header(xml)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 20 * xml.stat().st_size, f"{peak / 2**20:.0f} MiB to reject a {xml.stat().st_size} byte file"
