@@ -209,10 +209,11 @@ def _is_transient(exc: BaseException) -> bool:
 
 
 def _is_unreachable(exc: BaseException) -> bool:
+    """Whether nothing answers at the address (refused, no route): not retried, the client library already did."""
     name = type(exc).__name__
     return (
-        isinstance(exc, ConnectionError)
-        or name in {"ClientConnectorError", "EndpointConnectionError", "ConnectTimeoutError", "NewConnectionError"}
+        isinstance(exc, ConnectionRefusedError)
+        or name in {"ClientConnectorError", "EndpointConnectionError", "NewConnectionError"}
         or "Connection refused" in str(exc)
         or "Could not connect" in str(exc)
     )
@@ -245,14 +246,14 @@ def with_retries(call: Callable[[], T], what: str, *, retries: int | None = None
         except Exception as exc:
             if isinstance(exc, DicomReadError | SourceError):
                 raise
-            if _is_transient(exc) and attempt < retries:
-                time.sleep(backoff_s * 2**attempt * (1 + random.random()))
-                attempt += 1
-                continue
             if _is_unreachable(exc):
                 raise SourceError(
                     f"{what}: server unreachable ({_short(exc)}); check the address and network"
                 ) from None
+            if _is_transient(exc) and attempt < retries:
+                time.sleep(backoff_s * 2**attempt * (1 + random.random()))
+                attempt += 1
+                continue
             if _is_transient(exc):
                 raise SourceError(f"{what}: failed after {attempt + 1} attempts ({_short(exc)})") from None
             raise
