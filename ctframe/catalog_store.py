@@ -32,12 +32,12 @@ from ctframe.privacy import pseudonymous_uid
 from ctframe.scan import (
     STACK_COLUMNS,
     CatalogRows,
-    _catalog_columns,
-    _is_dicomweb_client,
-    _with_attrs,
     assign_stacks,
+    catalog_columns,
+    is_dicomweb_client,
     read_catalog_rows,
     root_label,
+    with_scan_attrs,
 )
 from ctframe.sources import Access, FileInfo, gc_paused, is_remote, list_files, location_kind
 
@@ -159,7 +159,7 @@ def _update_web(
     the stored ones by sealed path and version. Series with non-image instances (problems) never
     match their count, so they are always read again and their problems are fresh.
     """
-    empty = pd.DataFrame(columns=_catalog_columns(include_phi))
+    empty = pd.DataFrame(columns=catalog_columns(include_phi))
     if not web_roots:
         return empty, empty, [], 0
     from ctframe.dicomweb import discover
@@ -210,7 +210,7 @@ def _unchanged(
         access=access,
     )
     versions, stored_roots = stored.attrs["problem_versions"], stored.attrs.get("roots")
-    catalog = _with_attrs(stored, result)
+    catalog = with_scan_attrs(stored, result)
     catalog.attrs["problem_versions"] = versions
     catalog.attrs["scan_changes"] = {"unchanged": len(listing), "new": 0, "changed": 0, "removed": 0}
     if stored_roots != result.roots:
@@ -238,7 +238,7 @@ def update_catalog(
         ``changed`` and ``removed`` files (DICOMweb: instances).
     """
     target = os.fspath(path)
-    web_roots = [r for r in roots if _is_dicomweb_client(r) or location_kind(os.fspath(r)) == "dicomweb"]
+    web_roots = [r for r in roots if is_dicomweb_client(r) or location_kind(os.fspath(r)) == "dicomweb"]
     file_roots = [r for r in roots if r not in web_roots]
     stored = read_catalog(target) if os.path.exists(target) else None
     if stored is not None and (
@@ -254,7 +254,7 @@ def update_catalog(
     current = {info.path: (info.size, info.version) for info in listing}
 
     known: dict[str, tuple[int, str]] = {}
-    kept_rows = pd.DataFrame(columns=_catalog_columns(include_phi))
+    kept_rows = pd.DataFrame(columns=catalog_columns(include_phi))
     kept_problems: list[tuple[str, str]] = []
     versions: dict[str, tuple[int, str]] = {}
     if stored is not None:
@@ -318,7 +318,7 @@ def update_catalog(
         roots=tuple(root_label(r) for r in roots),
         access=access,
     )
-    catalog = _with_attrs(catalog, result)
+    catalog = with_scan_attrs(catalog, result)
     catalog.attrs["problem_versions"] = versions
     catalog.attrs["scan_changes"] = changes
     if not nothing_changed or stored.attrs.get("roots") != result.roots:

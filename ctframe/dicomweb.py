@@ -620,7 +620,7 @@ def discover(
     -----
     **Computes** (metadata only: bulk data URIs are never followed).
     """
-    from ctframe.scan import _catalog_columns
+    from ctframe.scan import catalog_columns
 
     salt = resolve_salt(salt)  # once: every record and path of this scan under one salt
     is_location = isinstance(location_or_client, str | os.PathLike)
@@ -663,7 +663,7 @@ def discover(
         for series_records, series_problems in pool.map(read, series):
             records.extend(series_records)
             problems.extend(series_problems)
-    catalog = pd.DataFrame.from_records(records, columns=_catalog_columns(include_phi))
+    catalog = pd.DataFrame.from_records(records, columns=catalog_columns(include_phi))
     catalog.attrs["unchanged_series"] = tuple(sorted(unchanged))
     return catalog, problems
 

@@ -115,7 +115,8 @@ def iter_files(root: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) 
                 yield os.path.join(dirpath, name)
 
 
-def _catalog_columns(include_phi: bool) -> list[str]:
+def catalog_columns(include_phi: bool) -> list[str]:
+    """The catalog's columns in order (with the identifying ones when `include_phi`)."""
     return list(CATALOG_COLUMNS) + (list(PHI_COLUMNS) if include_phi else [])
 
 
@@ -142,7 +143,7 @@ def _read_batch(
         except Exception as exc:
             exc.add_note(f"while ctframe.scan read the header of {path}")
             raise
-    return pd.DataFrame.from_records(records, columns=_catalog_columns(include_phi)), problems
+    return pd.DataFrame.from_records(records, columns=catalog_columns(include_phi)), problems
 
 
 def _reason(exc: Exception, path: str) -> str:
@@ -629,7 +630,7 @@ def scan(
         result = read_catalog_rows(
             roots, None, salt=salt, include_phi=include_phi, workers=workers, progress=progress, access=access
         )
-        result = assign_stacks(result.rows).pipe(_with_attrs, result)
+        result = assign_stacks(result.rows).pipe(with_scan_attrs, result)
     problems_df = problems_table(result)
     if len(problems_df):
         counts = problems_df["reason"].str.split(r"[;(]", n=1, regex=True).str[0].str.strip().value_counts()
@@ -646,7 +647,7 @@ def scan(
 
 def _as_roots(root: Any) -> list[Any]:
     """The roots of a scan as a list (a location, a DICOMweb client, or several)."""
-    if isinstance(root, str | os.PathLike) or _is_dicomweb_client(root):
+    if isinstance(root, str | os.PathLike) or is_dicomweb_client(root):
         return [root]
     roots = list(root)
     if not roots:
@@ -654,7 +655,8 @@ def _as_roots(root: Any) -> list[Any]:
     return roots
 
 
-def _is_dicomweb_client(obj: Any) -> bool:
+def is_dicomweb_client(obj: Any) -> bool:
+    """Whether `obj` is a ``dicomweb_client.DICOMwebClient`` (checked by name: the package is imported lazily)."""
     return type(obj).__name__ == "DICOMwebClient"
 
 
@@ -662,12 +664,12 @@ def access_of(roots: Sequence[Any], storage_options: dict[str, Any] | None, *, s
     """The :class:`~ctframe.sources.Access` read tasks of `roots` need (storage options, DICOMweb settings)."""
     dicomweb: dict[str, Any] = {}
     for item in roots:
-        if _is_dicomweb_client(item) or (isinstance(item, str) and location_kind(item) == "dicomweb"):
+        if is_dicomweb_client(item) or (isinstance(item, str) and location_kind(item) == "dicomweb"):
             from ctframe.dicomweb import access_for
 
             salt = resolve_salt(salt)
             found = (
-                access_for(None, client=item, salt=salt) if _is_dicomweb_client(item) else access_for(item, salt=salt)
+                access_for(None, client=item, salt=salt) if is_dicomweb_client(item) else access_for(item, salt=salt)
             )
             dicomweb.update(found.dicomweb)
     return Access(storage_options, dicomweb)
@@ -675,7 +677,7 @@ def access_of(roots: Sequence[Any], storage_options: dict[str, Any] | None, *, s
 
 def root_label(item: Any) -> str:
     """How a root is named in attrs, tables and messages: an absolute local path or a redacted URL."""
-    if _is_dicomweb_client(item):
+    if is_dicomweb_client(item):
         return redact("dicomweb+" + str(getattr(item, "base_url", getattr(item, "url", "")) or "client"))
     text = os.fspath(item)
     if location_kind(text) == "local":
@@ -695,7 +697,8 @@ class CatalogRows(NamedTuple):
     access: Access
 
 
-def _with_attrs(catalog: pd.DataFrame, result: CatalogRows) -> pd.DataFrame:
+def with_scan_attrs(catalog: pd.DataFrame, result: CatalogRows) -> pd.DataFrame:
+    """`catalog` with the attrs :func:`scan` documents (problems, scan mode, roots, worker PIDs, access)."""
     # attrs hold plain tuples (pandas compares and copies attrs on every operation)
     catalog.attrs["problems"] = result.problems
     catalog.attrs["scan_mode"] = result.mode
@@ -726,7 +729,7 @@ def read_catalog_rows(
     problems: list[dict[str, str]] = []
     modes: list[str] = []
     pids: tuple[int, ...] = ()
-    file_roots = [r for r in roots if not (_is_dicomweb_client(r) or location_kind(os.fspath(r)) == "dicomweb")]
+    file_roots = [r for r in roots if not (is_dicomweb_client(r) or location_kind(os.fspath(r)) == "dicomweb")]
     web_roots = [r for r in roots if r not in file_roots]
     for item in web_roots:
         from ctframe.dicomweb import discover
@@ -761,7 +764,7 @@ def read_catalog_rows(
         if remote_paths:
             modes.append(_scan_in_threads(remote_paths, salt, include_phi, access, frames, problems, bar))
     frames = [f for f in frames if len(f)]  # batches of skipped files only add no rows
-    rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=_catalog_columns(include_phi))
+    rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=catalog_columns(include_phi))
     return CatalogRows(
         rows=rows,
         problems=tuple(sorted((p["path"], p["reason"]) for p in problems)),
