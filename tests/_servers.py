@@ -533,14 +533,18 @@ class S3Server:
         return f"s3://{bucket}/{prefix.strip('/')}".rstrip("/")
 
 
-@pytest.fixture(scope="session")
-def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    """moto's S3 server on a free loopback port for this test session (xdist worker); buckets persist within it."""
+def _require_s3_packages() -> None:
     for module in ("moto.server", "boto3", "s3fs", "requests"):
         try:
             __import__(module)
         except ImportError as exc:
             missing(f"{exc.name} is not installed (needs moto[server], boto3, s3fs: pip install -e '.[test]')")
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """moto's S3 server on a free loopback port for this test session (xdist worker); buckets persist within it."""
+    _require_s3_packages()
     server = S3Server(workdir=tmp_path_factory.mktemp("moto"))
     server.start()
     try:
@@ -552,11 +556,7 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
 @pytest.fixture(scope="session")
 def s3_server_auth(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     """A second moto S3 server that checks credentials (`S3Server.enforce_auth`): wrong or no credentials get 403."""
-    for module in ("moto.server", "boto3", "s3fs", "requests"):
-        try:
-            __import__(module)
-        except ImportError as exc:
-            missing(f"{exc.name} is not installed (needs moto[server], boto3, s3fs: pip install -e '.[test]')")
+    _require_s3_packages()
     server = S3Server(workdir=tmp_path_factory.mktemp("moto-auth"))
     server.start()
     try:
