@@ -18,7 +18,6 @@ import math
 import os
 import re
 import stat
-import warnings
 from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
@@ -33,7 +32,7 @@ from pydicom.tag import BaseTag
 from pydicom.uid import UID
 from pydicom.values import convert_value, default_encoding
 
-from ctframe.errors import CTFrameError, DicomReadError, UnsupportedDicomError
+from ctframe.errors import CTFrameError, DicomReadError, UnsupportedDicomError, library_warnings_ignored
 from ctframe.header_fastpath import _LONG_VRS, RawHeader, element_vr, parse_header
 from ctframe.privacy import date_offset_days, patient_key, pseudonymous_uid, resolve_salt, shift_date
 from ctframe.sources import (
@@ -511,9 +510,7 @@ class _BoundedFile:
 def _dcmread_header(fp: Any, path: str, size: int) -> Dataset:
     """Read a header with pydicom (every file the fast path declines); `fp` is left where pydicom stopped."""
     bounded = _BoundedFile(fp, size)
-    with warnings.catch_warnings():
-        # pydicom warns about every odd value; bad values surface as problems instead
-        warnings.simplefilter("ignore")
+    with library_warnings_ignored():  # pydicom warns about every odd value; bad values surface as problems
         try:
             return pydicom.dcmread(bounded, stop_before_pixels=True)
         except InvalidDicomError:
@@ -528,8 +525,7 @@ def _dcmread_header(fp: Any, path: str, size: int) -> Dataset:
 
 def _has_pixels_full_read(path: str, access: Access | None = None) -> bool:
     try:
-        with warnings.catch_warnings(), open_for_header(path, access) as (fp, size, _):
-            warnings.simplefilter("ignore")
+        with library_warnings_ignored(), open_for_header(path, access) as (fp, size, _):
             full = pydicom.dcmread(_BoundedFile(fp, size), force=True)
         return any(k in full for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"))
     except Exception:
@@ -576,10 +572,8 @@ def read_header(
     **Computes** (reads the header from disk; never the pixel data).
     """
     path = os.fspath(path)
-    with warnings.catch_warnings():
-        # pydicom warns on every malformed value it converts; those surface as
-        # NaN fields or problems instead
-        warnings.simplefilter("ignore")
+    # pydicom warns on every malformed value it converts; those surface as NaN fields or problems instead
+    with library_warnings_ignored():
         try:
             return _records(path, salt=salt, include_phi=include_phi, access=access)
         except CTFrameError:

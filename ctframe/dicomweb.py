@@ -75,14 +75,13 @@ import pickle
 import re
 import threading
 import urllib.parse
-import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from ctframe.errors import CTFrameError, DicomReadError, ParameterError, SourceError
+from ctframe.errors import CTFrameError, DicomReadError, ParameterError, SourceError, library_warnings_ignored
 from ctframe.privacy import pseudonymous_uid, resolve_salt
 from ctframe.sources import Access, redact, with_retries
 
@@ -659,7 +658,10 @@ def discover(
     problems: list[dict[str, str]] = []
     read = functools.partial(_series_records, client, root, key, salt, include_phi)
     # series metadata requests overlap (the server's latency dominates); results keep the series order
-    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, min(METADATA_THREADS, len(series)))) as pool:
+    with (
+        library_warnings_ignored(),  # entered here, once, for the metadata threads (see its docstring)
+        concurrent.futures.ThreadPoolExecutor(max_workers=max(1, min(METADATA_THREADS, len(series)))) as pool,
+    ):
         for series_records, series_problems in pool.map(read, series):
             records.extend(series_records)
             problems.extend(series_problems)
@@ -696,8 +698,7 @@ def _records_of(
     metadata: Mapping[str, Any], path: str, key: bytes, salt: str, include_phi: bool, records_of_dataset: Any
 ) -> list[dict[str, Any]]:
     """Catalog records of one instance's metadata (DicomReadError when pydicom cannot read it)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # odd values surface as NaN fields or problems, as for files
+    with library_warnings_ignored():  # odd values surface as NaN fields or problems, as for files
         try:
             ds = _dataset_of(metadata)
         except Exception as exc:
@@ -842,8 +843,7 @@ def _fetch(client: Any, uids: tuple[str, str, str], ref: Any, numbers: list[int]
 def _decode_instance(ds: Any, numbers: list[int], what: str) -> list[np.ndarray]:
     """Frames `numbers` (1-based) of a whole retrieved instance, decoded by pydicom (as a file's would be)."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with library_warnings_ignored():
             pixels = ds.pixel_array
     except Exception as exc:  # decoders raise many types
         raise DicomReadError(

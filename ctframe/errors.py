@@ -18,6 +18,11 @@ an ``OSError``: ctframe's own ``except OSError`` around a read must never catch
 
 from __future__ import annotations
 
+import contextlib
+import threading
+import warnings
+from collections.abc import Iterator
+
 __all__ = [
     "CTFrameError",
     "CTFrameWarning",
@@ -109,3 +114,22 @@ class CohortWarning(CTFrameWarning):
 
 class QCWarning(CTFrameWarning):
     """A series opened, but its geometry or encoding deserves attention."""
+
+
+@contextlib.contextmanager
+def library_warnings_ignored() -> Iterator[None]:
+    """Ignore the warnings of libraries ctframe calls (pydicom's, on every odd value) inside the block.
+
+    Odd values surface as NaN fields or problem rows instead. ``warnings.catch_warnings``
+    changes process-wide filters and is not thread-safe: two threads leaving it out of
+    order restore each other's state, and every warning of the process can end up
+    ignored for good. So the filter changes only in the main thread; ctframe's own
+    reading threads run inside one such block entered by the thread that started them,
+    and elsewhere (a caller's threads, dask's) library warnings pass through as they are.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield

@@ -31,7 +31,14 @@ import pandas as pd
 from ctframe.calibration import calibration_of_rows
 from ctframe.config import get_config
 from ctframe.dicom import read_header
-from ctframe.errors import CTFrameError, NoSeriesError, PerformanceWarning, ScanWarning, SourceError
+from ctframe.errors import (
+    CTFrameError,
+    NoSeriesError,
+    PerformanceWarning,
+    ScanWarning,
+    SourceError,
+    library_warnings_ignored,
+)
 from ctframe.geometry import ORIENTATION_COLUMNS, POSITION_COLUMNS, orientation_groups, stack_geometry
 from ctframe.privacy import resolve_salt
 from ctframe.sources import Access, is_remote, list_files, local_path, location_kind, redact
@@ -794,7 +801,8 @@ def _scan_in_threads(
 
     batches = _batches(paths, 16)
     n_threads = min(REMOTE_HEADER_THREADS, len(batches))
-    with ThreadPoolExecutor(n_threads, thread_name_prefix="ctframe-scan") as pool:
+    # library warnings are ignored once, here, for the reading threads (see library_warnings_ignored)
+    with library_warnings_ignored(), ThreadPoolExecutor(n_threads, thread_name_prefix="ctframe-scan") as pool:
         for (frame, probs), batch in zip(
             pool.map(lambda b: _read_batch(b, salt, include_phi, access), batches), batches, strict=True
         ):

@@ -528,3 +528,30 @@ def test_cli_export__from_s3_equals_the_export_from_the_folder(remote_sources, t
     local, remote = nib.load(local_out), nib.load(remote_out)
     np.testing.assert_array_equal(remote.get_fdata(), local.get_fdata())
     np.testing.assert_array_equal(remote.affine, local.affine)
+
+
+def test_remote_scans_change_warning_filters_only_in_the_calling_thread(remote_sources, monkeypatch) -> None:
+    """Header and metadata threads once entered warnings.catch_warnings each; threads leaving it out of
+    order restore each other's filters, and every warning of the process can end up ignored for good."""
+    import threading
+    import warnings
+
+    entered_in: list[str] = []
+    original = warnings.catch_warnings
+
+    class Recording(original):  # type: ignore[misc, valid-type]
+        def __enter__(self):  # type: ignore[no-untyped-def]
+            entered_in.append(threading.current_thread().name)
+            return super().__enter__()
+
+    before = list(warnings.filters)
+    monkeypatch.setattr(warnings, "catch_warnings", Recording)
+    for name in ("s3", "dicomweb"):
+        spec = remote_sources[name]
+        # (Orthanc may hold other series by now: tests with `empty_orthanc` share the server)
+        with warnings.catch_warnings():  # the folder's XML and notes; this thread is the main thread
+            warnings.simplefilter("ignore", ctframe.ScanWarning)
+            ctframe.scan(spec["source"], salt=SALT, storage_options=spec.get("storage_options"))
+    monkeypatch.undo()
+    assert entered_in and set(entered_in) == {threading.main_thread().name}, sorted(set(entered_in))
+    assert warnings.filters == before
