@@ -98,9 +98,14 @@ def catalog_for(
         target = list(source)
         if not target:
             raise NoSeriesError("open_series got an empty list of files; pass a folder, files or catalog rows")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ScanWarning)
-        catalog = scan(target, salt=salt, include_phi=include_phi, progress=False, storage_options=storage_options)
+    catalog = scan(
+        target,
+        salt=salt,
+        include_phi=include_phi,
+        progress=False,
+        storage_options=storage_options,
+        warn_skipped=False,  # said below, for the DICOM files only
+    )
     problems = problems_table(catalog)
     broken = problems[~problems["reason"].str.startswith("not a DICOM file")]
     if len(broken):

@@ -532,6 +532,7 @@ def scan(
     progress: bool | None = None,
     storage_options: dict[str, Any] | None = None,
     catalog: str | os.PathLike[str] | None = None,
+    warn_skipped: bool = True,
 ) -> pd.DataFrame:
     """Discover the DICOM image files of a source from their headers.
 
@@ -572,6 +573,10 @@ def scan(
         or changed since it was written are read, files that are gone are
         dropped, and ``catalog.attrs["scan_changes"]`` counts them; it is then
         written anew (whole or not at all).
+    warn_skipped : bool
+        Say in a ScanWarning how many files were skipped and why (the default).
+        Callers that report the problems their own way turn it off instead of
+        filtering the warning: filters are process-wide and not thread-safe.
 
     Returns
     -------
@@ -604,7 +609,7 @@ def scan(
     Warns
     -----
     ScanWarning
-        Some files were skipped; see :func:`problems_table`.
+        Some files were skipped (unless `warn_skipped` is off); see :func:`problems_table`.
     PerformanceWarning
         Once per reason: the worker processes could not start or one of them
         ended, so headers were read in this process.
@@ -639,7 +644,7 @@ def scan(
         )
         result = assign_stacks(result.rows).pipe(with_scan_attrs, result)
     problems_df = problems_table(result)
-    if len(problems_df):
+    if len(problems_df) and warn_skipped:
         counts = problems_df["reason"].str.split(r"[;(]", n=1, regex=True).str[0].str.strip().value_counts()
         summary = "; ".join(f"{n} x {reason}" for reason, n in counts.head(4).items())
         n_files = result.attrs.get("n_files", len(problems_df))
