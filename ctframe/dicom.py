@@ -929,7 +929,9 @@ def _check_bits(ref: SliceRef) -> None:
 
 
 def _read_path(ref: SliceRef) -> str:
-    """Which reader decodes the frame `ref`: ``"native"``, ``"imagecodecs"`` or ``"pydicom"``.
+    """Which reader decodes the frame `ref`: ``"dicomweb"``, ``"native"``, ``"imagecodecs"`` or ``"pydicom"``.
+
+    ``"dicomweb"``: a frame of a DICOMweb instance (:func:`ctframe.dicomweb.read_instance_frames`).
 
     ``"native"``: uncompressed little-endian integer frames of one sample,
     whose bytes the header pass located (Pixel Data in any VR; not Float or
@@ -939,6 +941,8 @@ def _read_path(ref: SliceRef) -> str:
     another layout). ``"pydicom"``: everything else (big endian, deflated,
     float, colour, other syntaxes). Each path gives ``pixel_array``'s values.
     """
+    if is_dicomweb(ref.path):
+        return "dicomweb"
     simple = ref.bits_allocated in (8, 16, 32) and ref.samples_per_pixel == 1
     if simple and ref.transfer_syntax_uid in NATIVE_LITTLE_ENDIAN and ref.pixel_data_offset >= 0:
         return "native"
@@ -1156,6 +1160,10 @@ def _decode_file(refs: Sequence[SliceRef], access: Access | None = None) -> list
     """
     first = refs[0]
     path = _read_path(first)  # the frames of one file share their encoding
+    if path == "dicomweb":
+        from ctframe.dicomweb import read_instance_frames
+
+        return read_instance_frames(refs, access)
     if path == "native":
         return [_read_native(r, access) for r in refs]
     frames = [r.frame for r in refs]
@@ -1183,7 +1191,7 @@ def read_frames(refs: Sequence[SliceRef], *, dtype: np.dtype, access: Access | N
     Parameters
     ----------
     refs : sequence of SliceRef
-        Frames in output order; frames of one file are read with one open.
+        Frames in output order; frames of one file (or DICOMweb instance) are read with one open (or request).
     dtype : numpy dtype
         Output dtype (see :func:`stored_dtype`).
     access : Access, optional
@@ -1203,10 +1211,6 @@ def read_frames(refs: Sequence[SliceRef], *, dtype: np.dtype, access: Access | N
     **Computes** (this is the body of every read task).
     """
     shape = (refs[0].rows, refs[0].columns)
-    if is_dicomweb(refs[0].path):
-        from ctframe.dicomweb import read_frames as read_dicomweb_frames
-
-        return read_dicomweb_frames(refs, dtype=dtype, access=access)
     for ref in refs:
         _check_bits(ref)
     if all(_read_path(r) == "native" and _native_dtype(r) == dtype and (r.rows, r.columns) == shape for r in refs):

@@ -55,9 +55,10 @@ HTTPS certificates are checked by requests (``REQUESTS_CA_BUNDLE`` names a
 private CA). dicomweb-client and urllib3 log request URLs at INFO/DEBUG
 level: this module masks the UIDs in those records.
 
-Decimal strings arrive as JSON numbers in DICOM JSON, so their text is
-rebuilt the shortest way (``-600``, ``0.703125``): a file's ``49.0000`` reads
-``49`` in the text columns (window centre and width); the numbers are equal.
+Decimal strings arrive as JSON numbers in DICOM JSON, so their text is lost;
+the catalog's text columns of numbers (window centre and width) are written
+the shortest way for every source (:func:`ctframe.dicom.records_of_dataset`),
+so a file's ``49.0000`` and the JSON number ``49`` both read ``49``.
 """
 
 from __future__ import annotations
@@ -83,9 +84,9 @@ import pandas as pd
 
 from ctframe.errors import CTFrameError, DicomReadError, ParameterError, SourceError, library_warnings_ignored
 from ctframe.privacy import pseudonymous_uid, resolve_salt
-from ctframe.sources import Access, redact, with_retries
+from ctframe.sources import Access, TransientError, redact, with_retries
 
-__all__ = ["ENV_PASSWORD", "ENV_TOKEN", "ENV_USER", "access_for", "discover", "read_frames", "seal_key"]
+__all__ = ["ENV_PASSWORD", "ENV_TOKEN", "ENV_USER", "access_for", "discover", "read_instance_frames", "seal_key"]
 
 #: Environment variables read for credentials when the location carries none.
 ENV_USER = "CTFRAME_DICOMWEB_USER"
@@ -475,7 +476,7 @@ def _call(fn: Any, what: str, *, missing: str = "read") -> Any:
                 f"${ENV_USER} and ${ENV_PASSWORD}, or ${ENV_TOKEN})"
             ) from None
         if status in (408, 429) or status >= 500:
-            raise _TransientHTTPError(f"HTTP {status} {reason}") from None
+            raise TransientError(f"HTTP {status} {reason}") from None
         raise SourceError(f"{what}: HTTP {status} {reason}") from None
     except requests.Timeout:
         raise TimeoutError("request timed out") from None
@@ -486,14 +487,6 @@ def _call(fn: Any, what: str, *, missing: str = "read") -> Any:
                 "the server runs"
             ) from None
         raise ConnectionResetError("connection dropped") from None
-
-
-class _TransientHTTPError(TimeoutError):
-    """A 408, 429 or 5xx answer: :func:`ctframe.sources.with_retries` retries it as it retries timeouts.
-
-    A ``TimeoutError`` so that every such status is retried (the text match
-    of :mod:`ctframe.sources` knows only 429, 500, 502, 503 and 504).
-    """
 
 
 def _refused(exc: BaseException) -> bool:
@@ -528,42 +521,7 @@ def _no_bulk_data(tag: Any, vr: Any, uri: Any) -> bytes:
 def _dataset_of(metadata: Mapping[str, Any]) -> Any:
     from pydicom.dataset import Dataset
 
-    ds = Dataset.from_json(dict(metadata), bulk_data_uri_handler=_no_bulk_data)
-    _ds_as_text(ds, metadata)
-    return ds
-
-
-def _ds_as_text(ds: Any, metadata: Mapping[str, Any]) -> None:
-    """Give the DS elements of `ds` their numbers as text, the shortest way (``-600``, not ``-600.0``).
-
-    DICOM JSON gives decimal strings as JSON numbers, so their text is lost,
-    and pydicom's ``from_json`` makes floats of them, which print as
-    ``-600.0``. The shortest text is what files hold in the common case
-    (integral window centres, spacings such as ``0.703125``), so the text
-    columns (window centre and width) match a file scan there; a file's
-    ``49.0000`` comes back as ``49``.
-    """
-    for tag, element in metadata.items():
-        if not isinstance(element, Mapping) or not isinstance(element.get("Value"), list):
-            continue
-        vr, values = element.get("vr"), element["Value"]
-        try:
-            target = ds[int(tag, 16)]
-        except (KeyError, ValueError):
-            continue
-        if vr == "DS" and all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
-            texts = [_number_text(v) for v in values]
-            target.value = texts[0] if len(texts) == 1 else texts
-        elif vr == "SQ":
-            for item, item_json in zip(target.value, values, strict=False):
-                if isinstance(item_json, Mapping):
-                    _ds_as_text(item, item_json)
-
-
-def _number_text(value: float) -> str:
-    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
-        return str(int(value))
-    return repr(value) if isinstance(value, float) else str(value)
+    return Dataset.from_json(dict(metadata), bulk_data_uri_handler=_no_bulk_data)
 
 
 def _first_value(metadata: Mapping[str, Any], tag: str) -> str:
@@ -736,70 +694,48 @@ def _reason(exc: Exception, path: str) -> str:
 # --------------------------------------------------------------------------- reads
 
 
-def read_frames(refs: Sequence[Any], *, dtype: np.dtype, access: Access | None = None) -> np.ndarray:
-    """Read the DICOMweb frames `refs` (:class:`~ctframe.dicom.SliceRef`) as stored values of `dtype`.
+def read_instance_frames(refs: Sequence[Any], access: Access | None = None) -> list[np.ndarray]:
+    """The stored values of the frames `refs` (:class:`~ctframe.dicom.SliceRef`) of one DICOMweb instance.
 
-    One WADO-RS frames request per instance (frames are 1-based there), as
+    One WADO-RS frames request (frames are 1-based there), as
     ``application/octet-stream`` in Explicit VR Little Endian; each frame is
     checked for its byte count, viewed in the dtype of BitsAllocated and
     PixelRepresentation and corrected by :func:`ctframe.dicom.keep_stored_bits`
     (what pydicom's ``pixel_array`` gives). An instance the server cannot
-    transcode is retrieved whole and decoded by pydicom.
+    transcode is retrieved whole and decoded by pydicom. This is the DICOMweb
+    reader of :func:`ctframe.dicom.read_frames`, which stacks and checks the
+    frames of every reader the same way.
 
     Parameters
     ----------
     refs : sequence of SliceRef
-        Frames in output order; their paths are sealed DICOMweb paths.
-    dtype : numpy dtype
-        Output dtype (see :func:`ctframe.dicom.stored_dtype`).
+        Frames of one instance (one sealed path), in output order.
     access : Access, optional
         From :func:`access_for` (settings per service root). A root it has
         no settings for (or no access at all) is read with the environment's
         credentials and the configured salt.
 
-    Returns
-    -------
-    ndarray (slice, row, col)
-
     Raises
     ------
     DicomReadError
-        An instance is gone since the scan (404), a frame has the wrong size,
-        cannot be decoded, or the path was sealed with another salt.
+        The instance is gone since the scan (404), a frame has the wrong byte
+        count, cannot be decoded, or the path was sealed with another salt.
     SourceError
         The server is unreachable, refuses access, or keeps failing.
 
     Notes
     -----
-    **Computes** (the body of a DICOMweb read task).
+    **Computes**.
     """
-    from ctframe.dicom import _check_bits
-
-    shape = (refs[0].rows, refs[0].columns)
-    out = np.empty((len(refs), *shape), dtype=dtype)
-    by_path: dict[str, list[int]] = {}
-    for i, ref in enumerate(refs):
-        _check_bits(ref)
-        by_path.setdefault(ref.path, []).append(i)
-    for path, positions in by_path.items():
-        root, token = _split_path(path)
-        settings = _settings_of(access, root)  # credentials go only to the service they were given for
-        study, series, instance = _unseal(_key_of(settings), token, redact(path))
-        client = _client_of(settings, root)
-        first = refs[positions[0]]
-        numbers = [refs[i].frame + 1 for i in positions]
-        what = f"{path} frame(s) {_ranges(numbers)}"
-        fetch = functools.partial(_fetch, client, (study, series, instance), first, numbers, what)
-        arrays = with_retries(functools.partial(_call, fetch, what), what)
-        for i, array in zip(positions, arrays, strict=True):
-            if array.shape != shape:
-                raise DicomReadError(f"{what}: frame has shape {array.shape}, expected {shape} from the metadata")
-            if not np.can_cast(array.dtype, dtype):
-                raise DicomReadError(
-                    f"{what}: pixel data decodes as {array.dtype}, which the stack's {dtype} cannot hold exactly"
-                )
-            out[i] = array
-    return out
+    first = refs[0]
+    root, token = _split_path(first.path)
+    settings = _settings_of(access, root)  # credentials go only to the service they were given for
+    uids = _unseal(_key_of(settings), token, redact(first.path))
+    client = _client_of(settings, root)
+    numbers = [ref.frame + 1 for ref in refs]
+    what = f"{first.path} frame(s) {_ranges(numbers)}"
+    fetch = functools.partial(_fetch, client, uids, first, numbers, what)
+    return with_retries(functools.partial(_call, fetch, what), what)
 
 
 def _ranges(numbers: Sequence[int]) -> str:

@@ -188,9 +188,17 @@ def _unstrip(fs: Any, path: str) -> str:
     return fs.unstrip_protocol(path)
 
 
+class TransientError(OSError):
+    """A request that may succeed when tried again (an HTTP 408, 429 or 5xx answer): :func:`with_retries` retries it.
+
+    For readers that know the status (ctframe.dicomweb); errors of fsspec
+    filesystems are recognised by their class or text (:func:`_is_transient`).
+    """
+
+
 def _is_transient(exc: BaseException) -> bool:
     """Whether a failed request may succeed when tried again (timeout, dropped connection, 429, 5xx)."""
-    if isinstance(exc, TimeoutError | ConnectionError):
+    if isinstance(exc, TransientError | TimeoutError | ConnectionError):
         return True
     text = f"{type(exc).__name__} {exc}"
     if re.search(r"\b(429|500|502|503|504)\b|SlowDown|Throttl|ServiceUnavailable|InternalError|timed? ?out", text):
