@@ -34,12 +34,12 @@ from ctframe.scan import (
     CatalogRows,
     assign_stacks,
     catalog_columns,
-    is_dicomweb_client,
+    is_dicomweb_root,
     read_catalog_rows,
     root_label,
     with_scan_attrs,
 )
-from ctframe.sources import Access, FileInfo, gc_paused, is_remote, list_files, location_kind
+from ctframe.sources import Access, FileInfo, gc_paused, is_remote, list_files
 
 __all__ = ["read_catalog", "update_catalog", "write_catalog"]
 
@@ -238,8 +238,8 @@ def update_catalog(
         ``changed`` and ``removed`` files (DICOMweb: instances).
     """
     target = os.fspath(path)
-    web_roots = [r for r in roots if is_dicomweb_client(r) or location_kind(os.fspath(r)) == "dicomweb"]
-    file_roots = [r for r in roots if r not in web_roots]
+    web_roots = [r for r in roots if is_dicomweb_root(r)]
+    file_roots = [r for r in roots if not is_dicomweb_root(r)]
     stored = read_catalog(target) if os.path.exists(target) else None
     if stored is not None and (
         stored.attrs["salt_check"] != _salt_check(salt) or ("patient_id" in stored) != include_phi

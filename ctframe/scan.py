@@ -672,11 +672,16 @@ def is_dicomweb_client(obj: Any) -> bool:
     return type(obj).__name__ == "DICOMwebClient"
 
 
+def is_dicomweb_root(item: Any) -> bool:
+    """Whether a scan root is a DICOMweb source: a ``dicomweb+http(s)://`` location or a DICOMwebClient."""
+    return is_dicomweb_client(item) or location_kind(os.fspath(item)) == "dicomweb"
+
+
 def access_of(roots: Sequence[Any], storage_options: dict[str, Any] | None, *, salt: str | None = None) -> Access:
     """The :class:`~ctframe.sources.Access` read tasks of `roots` need (storage options, DICOMweb settings)."""
     dicomweb: dict[str, Any] = {}
     for item in roots:
-        if is_dicomweb_client(item) or (isinstance(item, str) and location_kind(item) == "dicomweb"):
+        if is_dicomweb_root(item):
             from ctframe.dicomweb import access_for
 
             salt = resolve_salt(salt)
@@ -741,14 +746,16 @@ def read_catalog_rows(
     problems: list[dict[str, str]] = []
     modes: list[str] = []
     pids: tuple[int, ...] = ()
-    file_roots = [r for r in roots if not (is_dicomweb_client(r) or location_kind(os.fspath(r)) == "dicomweb")]
-    web_roots = [r for r in roots if r not in file_roots]
+    web_roots = [r for r in roots if is_dicomweb_root(r)]
+    file_roots = [r for r in roots if not is_dicomweb_root(r)]
+    n_instances = 0
     for item in web_roots:
         from ctframe.dicomweb import discover
 
         frame, probs = discover(item, salt=salt, include_phi=include_phi, access=access)
         frames.append(frame)
         problems.extend(probs)
+        n_instances += frame["path"].nunique() + len(probs)
         modes.append("dicomweb")
     if paths is None:
         local = [r for r in file_roots if location_kind(os.fspath(r)) == "local"]
@@ -782,7 +789,7 @@ def read_catalog_rows(
         problems=tuple(sorted((p["path"], p["reason"]) for p in problems)),
         mode="; ".join(modes) or "in-process: no files",
         pids=pids,
-        n_files=n_files,
+        n_files=n_files + n_instances,
         roots=tuple(root_label(r) for r in roots),
         access=access,
     )

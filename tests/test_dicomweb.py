@@ -522,3 +522,14 @@ def test_read_frames__credentials_go_only_to_their_own_service(lidc_web, lidc_ca
     request = b"".join(received)
     assert request.startswith(b"GET /dicom-web/studies/")
     assert b"authorization" not in request.lower() and orthanc.password.encode() not in request
+
+
+def test_scan__skipped_instances_are_counted_among_the_instances_found(orthanc, edge_cases):
+    """The ScanWarning's 'k of n files' counts DICOMweb instances (it said '1 of 0' before)."""
+    sr = edge_cases / "pydicom-3.0.2" / "test-SR.dcm"
+    orthanc.upload([sr])
+    series = pydicom.dcmread(sr, stop_before_pixels=True).SeriesInstanceUID
+    location = _with_credentials(orthanc.dicomweb_url, *orthanc.auth, f"SeriesInstanceUID={series}")
+    with pytest.warns(ctframe.ScanWarning, match=r"^1 of 1 files were skipped \(1 x no image pixel data"):
+        catalog = ctframe.scan(location, salt=SALT)
+    assert catalog.empty
