@@ -183,11 +183,6 @@ def filesystem(url: str, access: Access | None = None) -> tuple[Any, str]:
     return fs, fs._strip_protocol(url)
 
 
-def _unstrip(fs: Any, path: str) -> str:
-    """A full URL for a path inside `fs` (what the catalog's ``path`` column holds)."""
-    return fs.unstrip_protocol(path)
-
-
 class TransientError(OSError):
     """A request that may succeed when tried again (an HTTP 408, 429 or 5xx answer): :func:`with_retries` retries it.
 
@@ -279,7 +274,9 @@ def _short(exc: BaseException) -> str:
 
 
 def list_files(location: str | os.PathLike[str], access: Access | None = None) -> list[FileInfo]:
-    """Every file under a local or fsspec `location` (a file or a folder/prefix), sorted, with size and version.
+    """Every file under a local or fsspec `location` (a file or a folder/prefix), with size and version.
+
+    Remote listings come sorted by path; a local one in no particular order (callers compare by path).
 
     Raises
     ------
@@ -305,7 +302,7 @@ def list_files(location: str | os.PathLike[str], access: Access | None = None) -
     if not entries:
         raise NoSeriesError(f"{redact(text)}: no files there; check the bucket and prefix")
     return [
-        FileInfo(_unstrip(fs, name), int(info.get("size") or 0), _version_of(info))
+        FileInfo(fs.unstrip_protocol(name), int(info.get("size") or 0), _version_of(info))
         for name, info in sorted(entries.items())
         if info.get("type", "file") == "file"
     ]
@@ -435,24 +432,18 @@ def read_range(path: str, start: int, length: int, access: Access | None = None)
         return with_retries(lambda: fs.cat_file(inner, start=start), redact(path))
     data = with_retries(lambda: fs.cat_file(inner, start=start, end=start + length), redact(path))
     if len(data) > length:  # a server that ignores Range (a plain HTTP server) sent the whole file
-        _warn_whole_files(path)
+        _warn_whole_files(urllib.parse.urlsplit(path).netloc.rpartition("@")[2])
         data = data[start : start + length] if len(data) >= start + length else data[:length]
     return data
 
 
-@functools.lru_cache(maxsize=8)
-def _warn_whole_files(path: str) -> None:
+@functools.lru_cache(maxsize=64)
+def _warn_whole_files(host: str) -> None:
+    """Say once per host (per process) that its server ignores byte ranges."""
     import warnings
 
     from ctframe.errors import PerformanceWarning
 
-    host = urllib.parse.urlsplit(path).netloc.rpartition("@")[2]
     warnings.warn(
         f"{host}: the server ignores byte ranges, so every read fetches a whole file", PerformanceWarning, stacklevel=4
     )
-
-
-def remote_size(path: str, access: Access | None = None) -> int:
-    """The size in bytes of the remote file `path` now."""
-    fs, inner = filesystem(path, access)
-    return int(with_retries(lambda: fs.info(inner), redact(path)).get("size") or 0)
