@@ -39,7 +39,7 @@ from ctframe.scan import (
     root_label,
     with_scan_attrs,
 )
-from ctframe.sources import Access, FileInfo, gc_paused, is_remote, list_files
+from ctframe.sources import Access, FileInfo, gc_paused, is_dicomweb, is_remote, list_files
 
 __all__ = ["read_catalog", "update_catalog", "write_catalog"]
 
@@ -184,16 +184,19 @@ def _update_web(
     return kept, fresh, problems, len(kept_paths) + len(after) + len(problems)
 
 
-def _same_files(stored: pd.DataFrame, listing: list[FileInfo]) -> bool:
-    """Whether `listing` holds exactly the files of `stored` (rows and problems), each of the same size and version.
-
-    The common case of a re-scan, decided with two sets of (path, size, version) instead of row by row.
-    """
-    files = stored.drop_duplicates("path")
-    paths, versions = _objects(files["path"]), _objects(files["file_version"])
-    known = set(zip(paths, files["file_size"].to_numpy(int).tolist(), versions, strict=True))
-    known.update((p, size, version) for p, (size, version) in stored.attrs["problem_versions"].items())
-    return len(known) == len(listing) and known == set(listing)
+def _known_versions(stored: pd.DataFrame) -> dict[str, tuple[int, str]]:
+    """(size, version) of every file or instance of a stored catalog: its rows and its problem files."""
+    firsts = stored.drop_duplicates("path")
+    # lists of Python objects: iterating pandas' Arrow-backed strings one by one costs 3 us each
+    known = dict(
+        zip(
+            _objects(firsts["path"]),
+            zip(firsts["file_size"].to_numpy(int).tolist(), _objects(firsts["file_version"]), strict=True),
+            strict=True,
+        )
+    )
+    known.update(stored.attrs["problem_versions"])
+    return known
 
 
 def _unchanged(
@@ -246,44 +249,29 @@ def update_catalog(
     ):
         stored = None  # other pseudonyms or other columns: nothing of it can be reused
     listing = _listing(file_roots, access)
-    if stored is not None and not web_roots:
-        with gc_paused():
-            same = _same_files(stored, listing)
-        if same:
-            return _unchanged(stored, listing, roots, access, target, salt)
+    with gc_paused():  # tens of thousands of small tuples (see gc_paused)
+        known = _known_versions(stored) if stored is not None else {}
+        unchanged = {info.path for info in listing if known.get(info.path) == (info.size, info.version)}
+    if stored is not None and not web_roots and len(unchanged) == len(known) == len(listing):
+        return _unchanged(stored, listing, roots, access, target, salt)  # the common re-scan: nothing to do
     current = {info.path: (info.size, info.version) for info in listing}
+    is_web = {p for p in known if is_dicomweb(p)}
+    known = {p: v for p, v in known.items() if p not in is_web}  # DICOMweb instances: see _update_web
 
-    known: dict[str, tuple[int, str]] = {}
     kept_rows = pd.DataFrame(columns=catalog_columns(include_phi))
     kept_problems: list[tuple[str, str]] = []
     versions: dict[str, tuple[int, str]] = {}
     if stored is not None:
-        files = stored[~stored["path"].str.startswith("dicomweb+")]
-        firsts = files.drop_duplicates("path")
-        # numpy object arrays: iterating pandas' Arrow-backed strings one by one costs 3 us each
-        known = dict(
-            zip(
-                _objects(firsts["path"]),
-                zip(firsts["file_size"].to_numpy(int).tolist(), _objects(firsts["file_version"]), strict=True),
-                strict=True,
-            )
-        )
-        stored_problem_versions = stored.attrs["problem_versions"]
-        known.update(stored_problem_versions)
-        unchanged = {p for p, v in current.items() if known.get(p) == v}
-        if len(unchanged) == len(known) == len(current):  # the common case: nothing to filter
-            kept_rows = files
-        else:
-            paths = files["path"].to_numpy(dtype=object)
-            kept_rows = files[np.fromiter((p in unchanged for p in paths), bool, len(paths))]
+        paths = stored["path"].to_numpy(dtype=object)
+        kept_rows = stored[np.fromiter((p in unchanged for p in paths), bool, len(paths))]
         kept_problems = [(p, r) for p, r in stored.attrs["problems"] if p in unchanged]
-        versions = {p: v for p, v in stored_problem_versions.items() if p in unchanged}
+        versions = {p: v for p, v in stored.attrs["problem_versions"].items() if p in unchanged}
     to_read = sorted(p for p, v in current.items() if known.get(p) != v)
     changes = {
         "unchanged": len(current) - len(to_read),
         "new": sum(p not in known for p in to_read),
         "changed": sum(p in known for p in to_read),
-        "removed": sum(p not in current for p in known),
+        "removed": sum(p not in current for p in known) + (0 if web_roots else len(is_web)),
     }
     fresh: CatalogRows = read_catalog_rows(
         file_roots,
@@ -295,17 +283,12 @@ def update_catalog(
         access=access,
     )
     kept_web, fresh_web, web_problems, n_web = _update_web(stored, web_roots, salt, include_phi, access, changes)
-    nothing_changed = not to_read and not changes["removed"] and not web_roots and stored is not None
-    if nothing_changed:
-        catalog = stored
-    else:
-        parts = [
-            frame.drop(columns=[c for c in STACK_COLUMNS if c in frame])
-            for frame in (kept_rows, kept_web, fresh.rows, fresh_web)
-            if len(frame)
-        ]
-        merged = pd.concat(parts, ignore_index=True) if parts else fresh.rows
-        catalog = assign_stacks(merged)
+    parts = [
+        frame.drop(columns=[c for c in STACK_COLUMNS if c in frame])
+        for frame in (kept_rows, kept_web, fresh.rows, fresh_web)
+        if len(frame)
+    ]
+    catalog = assign_stacks(pd.concat(parts, ignore_index=True) if parts else fresh.rows)
     kept_problems += web_problems
     problems = tuple(sorted(kept_problems + list(fresh.problems)))
     versions.update({p: current[p] for p, _ in fresh.problems if p in current})
@@ -321,6 +304,5 @@ def update_catalog(
     catalog = with_scan_attrs(catalog, result)
     catalog.attrs["problem_versions"] = versions
     catalog.attrs["scan_changes"] = changes
-    if not nothing_changed or stored.attrs.get("roots") != result.roots:
-        write_catalog(catalog, target, salt=salt)
+    write_catalog(catalog, target, salt=salt)
     return catalog
