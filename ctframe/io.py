@@ -36,8 +36,16 @@ from ctframe.errors import (
 )
 from ctframe.geometry import StackGeometry, stack_geometry
 from ctframe.privacy import pseudonymous_uid
-from ctframe.scan import PHI_COLUMNS, access_of, assign_stacks, problems_table, scan, series_table
-from ctframe.sources import Access, is_remote, location_kind
+from ctframe.scan import (
+    PHI_COLUMNS,
+    access_of,
+    assign_stacks,
+    is_dicomweb_client,
+    problems_table,
+    scan,
+    series_table,
+)
+from ctframe.sources import Access, is_dicomweb, is_remote, location_kind
 
 __all__ = ["catalog_for", "open_series", "volume_from_catalog"]
 
@@ -92,7 +100,7 @@ def catalog_for(
         catalog = read_catalog(source)
         catalog.attrs["access"] = access_of(_remote_roots(catalog), storage_options, salt=salt)
         return catalog
-    if isinstance(source, str | os.PathLike) or type(source).__name__ == "DICOMwebClient":
+    if isinstance(source, str | os.PathLike) or is_dicomweb_client(source):
         target: Any = source
     else:
         target = list(source)
@@ -125,9 +133,7 @@ def _is_catalog_file(source: str | os.PathLike[str]) -> bool:
 
 def _remote_roots(catalog: pd.DataFrame) -> list[str]:
     """The DICOMweb service roots of a persisted catalog's paths (their read settings are rebuilt from these)."""
-    paths = catalog["path"].astype(str)
-    web = paths[paths.map(location_kind) == "dicomweb"]
-    return sorted({p.split("#", 1)[0] for p in web})
+    return sorted({path.partition("#")[0] for path in catalog["path"].astype(str).unique() if is_dicomweb(path)})
 
 
 def _access_of(catalog: pd.DataFrame) -> Access:

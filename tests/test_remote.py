@@ -409,7 +409,7 @@ def test_credentials__absent_from_task_keys_outputs_and_provenance(s3_server_aut
 
 
 def test_catalog__dicomweb_rescan_reads_only_new_series_and_follows_deletions(
-    empty_orthanc, shared_data, tmp_path, counting_proxy
+    empty_orthanc, shared_data, tmp_path, counting_proxy, monkeypatch
 ) -> None:
     """Unchanged series are kept from the catalog without a metadata request; new ones are read; deleted ones go."""
     import pydicom
@@ -442,6 +442,13 @@ def test_catalog__dicomweb_rescan_reads_only_new_series_and_follows_deletions(
     shrunk = _rescan(location, store)
     assert shrunk.attrs["scan_changes"] == {"unchanged": 133, "new": 0, "changed": 0, "removed": len(other)}
     pd.testing.assert_frame_equal(shrunk.reset_index(drop=True), first.reset_index(drop=True))
+    # the persisted catalog opens without the source location: credentials from the environment, the salt's key
+    monkeypatch.setenv("CTFRAME_DICOMWEB_USER", empty_orthanc.username)
+    monkeypatch.setenv("CTFRAME_DICOMWEB_PASSWORD", empty_orthanc.password)
+    from_store = ctframe.open_series(str(store), salt=SALT)
+    np.testing.assert_array_equal(
+        from_store.isel(slice=slice(60, 64)).values, ctframe.open_series(first).isel(slice=slice(60, 64)).values
+    )
 
 
 @pytest.fixture(scope="module")
