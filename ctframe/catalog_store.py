@@ -104,6 +104,7 @@ def read_catalog(path: str | os.PathLike[str]) -> pd.DataFrame:
     DicomReadError
         The file is not a ctframe catalog (or was written by an incompatible version).
     """
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     source = os.fspath(path)
@@ -111,7 +112,7 @@ def read_catalog(path: str | os.PathLike[str]) -> pd.DataFrame:
         table = pq.read_table(source)
     except FileNotFoundError:
         raise DicomReadError(f"{source}: no such catalog file; write one with ctframe scan SOURCE --catalog") from None
-    except Exception as exc:
+    except (OSError, ValueError, pa.ArrowException) as exc:  # pyarrow's errors on a file that is not Parquet
         raise DicomReadError(f"{source}: not a readable Parquet catalog ({type(exc).__name__}: {exc})") from None
     raw = (table.schema.metadata or {}).get(_META_KEY)
     meta = json.loads(raw) if raw else {}

@@ -184,11 +184,7 @@ class _ClientHolder:
 
     @functools.cached_property
     def picklable(self) -> bool:
-        try:
-            pickle.dumps(self.client)
-        except Exception:
-            return False
-        return True
+        return _picklable(self.client)
 
     def __getstate__(self) -> dict[str, Any]:
         return {"client": self.client if self.client is not None and self.picklable else None}
@@ -202,6 +198,15 @@ class _ClientHolder:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.client = state["client"]
+
+
+def _picklable(obj: Any) -> bool:
+    """Whether `obj` travels to a worker by pickle (a lambda hook, a lock or a socket does not)."""
+    try:
+        pickle.dumps(obj)
+    except (pickle.PicklingError, TypeError, AttributeError):
+        return False
+    return True
 
 
 def _client_settings(client: Any) -> dict[str, Any]:
@@ -218,11 +223,8 @@ def _client_settings(client: Any) -> dict[str, Any]:
     auth = getattr(session, "auth", None)
     if isinstance(auth, requests.auth.HTTPBasicAuth):
         auth = (auth.username, auth.password)
-    if auth is not None and not isinstance(auth, tuple):
-        try:
-            pickle.dumps(auth)
-        except Exception:
-            auth = None
+    if auth is not None and not isinstance(auth, tuple) and not _picklable(auth):
+        auth = None
     return {
         "url": _normal_root(client.base_url),
         "prefixes": {k: getattr(client, k, None) for k in ("qido_url_prefix", "wado_url_prefix")},
@@ -656,10 +658,14 @@ def _records_of(
     metadata: Mapping[str, Any], path: str, key: bytes, salt: str, include_phi: bool, records_of_dataset: Any
 ) -> list[dict[str, Any]]:
     """Catalog records of one instance's metadata (DicomReadError when pydicom cannot read it)."""
+    from ctframe.dicom import _raised_in_pydicom
+
     with library_warnings_ignored():  # odd values surface as NaN fields or problems, as for files
         try:
             ds = _dataset_of(metadata)
         except Exception as exc:
+            if not _raised_in_pydicom(exc):  # ctframe's own code failed: a bug, not bad metadata
+                raise
             raise DicomReadError(f"{redact(path)}: unreadable DICOM JSON metadata ({type(exc).__name__})") from None
         pixel_keys = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
         # servers omit PixelData of compressed instances (Orthanc): an image is known by its matrix then
@@ -680,6 +686,8 @@ def _records_of(
         except CTFrameError:
             raise
         except Exception as exc:  # pydicom converts JSON values lazily and raises many types
+            if not _raised_in_pydicom(exc):  # ctframe's own code failed: a bug, not bad metadata
+                raise
             raise DicomReadError(f"{redact(path)}: unreadable metadata value ({type(exc).__name__})") from None
 
 

@@ -563,3 +563,14 @@ def test_remote_scans_change_warning_filters_only_in_the_calling_thread(remote_s
     monkeypatch.undo()
     assert entered_in and set(entered_in) == {threading.main_thread().name}, sorted(set(entered_in))
     assert warnings.filters == before
+
+
+def test_catalog__a_file_that_is_not_a_ctframe_catalog_is_a_clear_error(tmp_path) -> None:
+    text = tmp_path / "notes.parquet"
+    text.write_text("not parquet")
+    with pytest.raises(ctframe.DicomReadError, match=r"notes\.parquet: not a readable Parquet catalog \(ArrowInvalid"):
+        catalog_store.read_catalog(text)
+    other = tmp_path / "other.parquet"
+    pd.DataFrame({"a": [1]}).to_parquet(other)
+    with pytest.raises(ctframe.DicomReadError, match=r"other\.parquet: not a ctframe catalog of format"):
+        catalog_store.read_catalog(other)
