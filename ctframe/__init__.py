@@ -38,7 +38,6 @@ _SOURCES: dict[str, str] = {
             "QCWarning",
             "ScanWarning",
             "ShortStackError",
-    "SourceError",
             "SourceError",
             "UnsupportedDicomError",
         ),
@@ -61,6 +60,7 @@ _SOURCES: dict[str, str] = {
 #: modules that need no xarray: using their names does not register the accessor
 _LIGHT = frozenset({"ctframe.errors", "ctframe.config", "ctframe.privacy"})
 
+# written out (not derived from _SOURCES) so that linters and type checkers see it; a test keeps the two equal
 __all__ = [
     "CTFrameError",
     "CTFrameWarning",
@@ -76,6 +76,7 @@ __all__ = [
     "QCWarning",
     "ScanWarning",
     "ShortStackError",
+    "SourceError",
     "UnsupportedDicomError",
     "__version__",
     "adjust_gamma",

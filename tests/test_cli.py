@@ -466,6 +466,13 @@ def test_init__every_public_name_resolves_lazily() -> None:
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
 
 
+def test_init__all_lists_exactly_the_lazy_names() -> None:
+    import ctframe
+
+    assert sorted(ctframe.__all__) == sorted([*ctframe._SOURCES, "__version__"])
+    assert len(ctframe.__all__) == len(set(ctframe.__all__))
+
+
 def test_init__unknown_name_is_an_attribute_error() -> None:
     with pytest.raises(AttributeError, match="no attribute 'no_such_thing'"):
         ctframe.no_such_thing  # noqa: B018
