@@ -167,6 +167,8 @@ if TYPE_CHECKING:  # static tools see the names as plain imports
         ParameterError,
         QCWarning,
         ScanWarning,
+        ShortStackError,
+        SourceError,
         UnsupportedDicomError,
     )
     from ctframe.hu import to_hu
@@ -176,5 +178,5 @@ if TYPE_CHECKING:  # static tools see the names as plain imports
     from ctframe.privacy import linkage_table
     from ctframe.projection import aspect, mean_projection, minip, mip, plane_dim, reformat, resample_isotropic
     from ctframe.scan import problems_table, scan, series_table
-    from ctframe.segment import body_mask, lung_mask
+    from ctframe.segment import body_mask, can_segment, lung_mask, lung_qc
     from ctframe.window import adjust_gamma, apply_window, equalize_adapthist, rescale_intensity
