@@ -215,9 +215,11 @@ StorageOption = Annotated[
 
 
 def _storage_options(pairs: list[str] | None) -> dict[str, Any] | None:
-    """``--storage-option KEY=VALUE`` pairs as a dict: dotted keys nest, true/false/null and numbers convert."""
-    import json
+    """``--storage-option KEY=VALUE`` pairs as a dict.
 
+    Dotted keys nest (``client_kwargs.endpoint_url=...``); ``true``, ``false``,
+    ``null`` and numbers convert; a quoted value stays text (``secret='12345'``).
+    """
     from ctframe.errors import ParameterError
 
     if not pairs:
@@ -227,26 +229,31 @@ def _storage_options(pairs: list[str] | None) -> dict[str, Any] | None:
         key, sep, text = pair.partition("=")
         if not sep or not key.strip():
             raise ParameterError(f"--storage-option {pair.split('=', 1)[0]!r}: write it as KEY=VALUE")
-        try:
-            value: Any = json.loads(text) if text.lower() in {"true", "false", "null"} or _is_number(text) else text
-        except ValueError:
-            value = text
         node = options
         *parents, leaf = key.strip().split(".")
         for name in parents:
             node = node.setdefault(name, {})
             if not isinstance(node, dict):
                 raise ParameterError(f"--storage-option {key!r}: {name} is given both as a value and as a group")
-        node[leaf] = value
+        node[leaf] = _option_value(text)
     return options
 
 
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
+def _option_value(text: str) -> Any:
+    """An option's value from its text (see :func:`_storage_options`)."""
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+        return text[1:-1]
+    words = {"true": True, "false": False, "null": None}
+    if text.lower() in words:
+        return words[text.lower()]
+    for number in (int, float):
+        try:
+            value = number(text)
+        except ValueError:
+            continue
+        if value == value and abs(value) != float("inf"):  # "nan" and "inf" stay text
+            return value
+    return text
 
 
 def _shown(root: str | Path) -> str:

@@ -726,3 +726,33 @@ def test_summarize__scheduler_address_prints_its_dashboard_and_gives_the_same_ta
     assert re.search(r"^computing: done, \d+ tasks in [\d.]+ s$", result.stderr, re.M), result.stderr
     regions = [pd.read_parquet(folder / "regions.parquet") for folder in (local, outdir)]
     pd.testing.assert_frame_equal(*regions)
+
+
+def test_storage_options__values_convert_nest_and_quoted_text_stays_text() -> None:
+    from ctframe.cli import _storage_options
+
+    given = ["anon=true", "client_kwargs.endpoint_url=http://127.0.0.1:9000", "client_kwargs.region_name=eu",
+             "block_size=8192", "timeout=1.5", "secret='12345'", 'key="null"', "token=nan", "profile=NULL"]  # fmt: skip
+    assert _storage_options(given) == {
+        "anon": True,
+        "client_kwargs": {"endpoint_url": "http://127.0.0.1:9000", "region_name": "eu"},
+        "block_size": 8192,
+        "timeout": 1.5,
+        "secret": "12345",
+        "key": "null",
+        "token": "nan",
+        "profile": None,
+    }
+    assert _storage_options(None) is None
+
+
+@pytest.mark.parametrize(
+    ("pairs", "message"),
+    [(["anon"], "'anon': write it as KEY=VALUE"), (["=x"], "write it as KEY=VALUE"),
+     (["a=1", "a.b=2"], "a is given both as a value and as a group")],
+)  # fmt: skip
+def test_storage_options__malformed_pairs_are_parameter_errors(pairs, message) -> None:
+    from ctframe.cli import _storage_options
+
+    with pytest.raises(ctframe.ParameterError, match=message):
+        _storage_options(pairs)
