@@ -245,3 +245,21 @@ def test_read_header__a_text_file_costs_no_more_memory_than_its_size(lidc_dir: P
     finally:
         tracemalloc.stop()
     assert peak < 20 * xml.stat().st_size, f"{peak / 2**20:.0f} MiB to reject a {xml.stat().st_size} byte file"
+
+
+@pytest.mark.parametrize(
+    ("center", "width", "expected"),
+    [("40.0000", "400.00", ("40", "400")), ("-600\\40", "1500\\400", ("-600\\40", "1500\\400")),
+     ("4.0E1", "4.5e+02", ("40", "450")), ("+40.5 ", " 0400", ("40.5", "400"))],
+)  # fmt: skip
+def test_read_header__window_text_is_canonical(lidc_dir: Path, tmp_path: Path, center, width, expected) -> None:
+    """Writers pad decimal strings differently ('40.0000', '4.0E1', '+40.5 '): the catalog writes each number one way,
+    the way a DICOMweb server's JSON numbers come out too, so catalogs agree whatever the source."""
+    import pydicom
+
+    ds = pydicom.dcmread(sorted(lidc_dir.glob("*.dcm"))[0])
+    ds.WindowCenter, ds.WindowWidth = center, width  # pydicom keeps a DS's original text when it writes
+    ds.save_as(tmp_path / "slice.dcm")
+    assert center.encode() in (tmp_path / "slice.dcm").read_bytes()  # the text as written, not reformatted
+    record = read_header(tmp_path / "slice.dcm")[0]
+    assert (record["window_center"], record["window_width"]) == expected
